@@ -1,0 +1,35 @@
+# Two commands set up a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MINUTES ?= 5
+
+.PHONY: demo test test-fast lint install browser-deps clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch goes first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[all,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/goushi demo --minutes $(MINUTES)
+
+test: $(STAMP)
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -q -m "not slow and not browser"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

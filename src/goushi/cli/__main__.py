@@ -1,0 +1,5 @@
+import sys
+
+from goushi.cli import main
+
+sys.exit(main())
