@@ -163,7 +163,7 @@ def dataclass_from_dict(cls: type, d: dict[str, Any], *, source: str = "config")
         want = type(getattr(defaults, k))
         if want is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        if want in (int, float, str, bool) and not (type(v) is want):
+        if want in (int, float, str, bool) and type(v) is not want:
             raise ConfigError(f"{source}: {k}={v!r} should be {want.__name__}")
         kwargs[k] = v
     return cls(**kwargs)
