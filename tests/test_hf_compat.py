@@ -16,7 +16,7 @@ def test_hf_logits_match(family, tied):
     cfg = preset_config("tiny", family, vocab_size=97, n_layer=2, n_embd=64, context_length=32, tie_embeddings=tied)
     model = GPT(cfg).eval()
     with torch.no_grad():  # non-trivial norms so a swapped scale/shift would show
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     hf = to_hf(model)
