@@ -1,0 +1,367 @@
+"""`build_dataset`: sources.toml -> DATA_DIR (token shards, tokenizer, meta, data card, provenance index).
+
+Three streaming passes over one cleaned copy of the corpus kept on disk (in the temporary output
+folder), so memory holds at most one chunk of documents, a few bytes per document, and the
+tokenizer's bounded training state:
+
+1. read, clean and de-duplicate every source into a JSON-lines file; remember a hash per document;
+2. train the tokenizer on the training documents;
+3. tokenise in chunks (`encode_batch` runs on every core) and write train.bin, val.bin, val.jsonl
+   and the provenance index.
+
+The split is by document and depends only on the seed and the documents' text: the validation set
+is the `val_fraction` of documents with the smallest seeded hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from goushi.data.clean import REASONS, Cleaner, CleanOptions
+from goushi.data.readers import read_source
+from goushi.data.sources import Source, load_manifest
+from goushi.errors import GoushiError
+from goushi.fsutil import atomic_dir
+from goushi.tokenizer import DEFAULT_MAX_SAMPLE_CHARS, KINDS, SPECIAL_TOKENS, Tokenizer
+
+META_VERSION = 1
+CHUNK_DOCS = 2048
+_CORPUS = ".corpus.jsonl"
+
+
+@dataclass
+class BuildOptions:
+    tokenizer: str = "char"
+    vocab_size: int = 8192  # bpe only
+    min_frequency: int | None = None  # char: 1, bpe: 2
+    max_vocab: int | None = None  # char only: cap on the whole vocabulary
+    val_fraction: float = 0.05
+    seed: int = 1337
+    encoding: str | None = None  # overrides every source's encoding
+    max_sample_chars: int = DEFAULT_MAX_SAMPLE_CHARS  # bpe training sample
+    provenance: bool = True
+    clean: CleanOptions = field(default_factory=CleanOptions)
+
+    def validate(self) -> BuildOptions:
+        if self.tokenizer not in KINDS:
+            raise GoushiError(f"--tokenizer {self.tokenizer!r}: choose one of {', '.join(KINDS)}")
+        if not (isinstance(self.val_fraction, int | float) and 0.0 <= self.val_fraction < 1.0):
+            raise GoushiError(f"--val-fraction {self.val_fraction}: must be in [0, 1), e.g. 0.05")
+        if self.max_sample_chars < 1000:
+            raise GoushiError(f"max_sample_chars={self.max_sample_chars}: too small to train a tokenizer on")
+        self.clean.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _split_key(seed: int, text: str) -> int:
+    h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=str(seed).encode("ascii")[:64] or b"0")
+    return int.from_bytes(h.digest(), "little")
+
+
+def _choose_val(keys: np.ndarray, fraction: float) -> np.ndarray:
+    """Boolean mask of validation documents: the `fraction` with the smallest keys (ties by position)."""
+    n = len(keys)
+    mask = np.zeros(n, dtype=bool)
+    if fraction <= 0 or n < 2:
+        return mask
+    k = min(n - 1, max(1, round(n * fraction)))
+    order = np.lexsort((np.arange(n), keys))
+    mask[order[:k]] = True
+    return mask
+
+
+def _repeats(weight: float, key: int) -> int:
+    """How many times a training document goes into train.bin: floor(weight), plus one with the fractional odds."""
+    whole = math.floor(weight)
+    frac = weight - whole
+    return whole + (1 if frac and ((key >> 11) / float(1 << 53)) < frac else 0)
+
+
+def _iter_corpus(path: Path) -> Iterator[tuple[int, str]]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            yield d["s"], d["t"]
+
+
+def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, options: BuildOptions | None = None,
+                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Build DATA_DIR `out` from the manifest `sources`; returns meta.json's content.
+
+    Refuses an existing `out` unless `force`; the old folder stays intact until the new one is complete.
+    """
+    opts = (options or BuildOptions()).validate()
+    say = log or (lambda _msg: None)
+    manifest = Path(sources)
+    if manifest.is_dir():
+        manifest = manifest / "sources.toml"
+    srcs = load_manifest(manifest)
+    if not srcs:
+        raise GoushiError(f"{manifest}: lists no sources; add one with `goushi data add PATH --id ID`")
+    for s in srcs:
+        s.files()  # every path must exist before any work is done
+    out = Path(out)
+    if out.resolve() == manifest.parent.resolve() or manifest.parent.resolve().is_relative_to(out.resolve()):
+        raise GoushiError(f"--out {out}: would replace the folder holding the sources; choose another --out")
+    t0 = time.perf_counter()
+    with atomic_dir(out, force=force) as tmp:
+        cleaner = Cleaner(opts.clean, seed=opts.seed)
+        corpus = tmp / _CORPUS
+        keys = array("Q")
+        src_of = array("H")
+        files: dict[str, list[str]] = {}
+        bytes_in = 0
+        with open(corpus, "w", encoding="utf-8") as f:
+            for si, src in enumerate(srcs):
+                seen_files: list[str] = []
+
+                def raw_docs(src: Source = src, seen_files: list[str] = seen_files) -> Iterator[str]:
+                    nonlocal bytes_in
+                    last = None
+                    for path, doc in read_source(src, opts.encoding):
+                        if path != last:
+                            seen_files.append(str(path))
+                            bytes_in += path.stat().st_size
+                            last = path
+                        yield doc
+
+                for text in cleaner.clean(src.id, raw_docs(), t2s=src.t2s):
+                    f.write(json.dumps({"s": si, "t": text}, ensure_ascii=False) + "\n")
+                    keys.append(_split_key(opts.seed, text))
+                    src_of.append(si)
+                files[src.id] = seen_files
+                say(f"read {src.id}: {cleaner.reports[src.id].docs_kept} documents kept")
+        n_docs = len(keys)
+        if n_docs == 0:
+            read = sum(r.docs_in for r in cleaner.reports.values())
+            dropped: Counter[str] = Counter()
+            for r in cleaner.reports.values():
+                dropped.update(r.dropped)
+            why = ", ".join(f"{k} {v}" for k, v in dropped.items()) or "no documents in the files"
+            raise GoushiError(f"{manifest}: corpus is empty after cleaning ({read} documents read; dropped: {why}); "
+                              "check the sources' paths and formats, or lower --min-chars")
+        key_arr = np.frombuffer(keys, dtype=np.uint64)
+        is_val = _choose_val(key_arr, opts.val_fraction)
+        t1 = time.perf_counter()
+
+        def train_texts() -> Iterator[str]:
+            for i, (_, text) in enumerate(_iter_corpus(corpus)):
+                if not is_val[i]:
+                    yield text
+
+        if opts.tokenizer == "char":
+            tok = Tokenizer.train_char(train_texts(), min_frequency=opts.min_frequency or 1, max_vocab=opts.max_vocab)
+        else:
+            tok = Tokenizer.train_bpe(train_texts(), vocab_size=opts.vocab_size, min_frequency=opts.min_frequency or 2,
+                                      max_sample_chars=opts.max_sample_chars)
+        (tmp / "tokenizer.json").write_text(tok.hf.to_str(pretty=True), encoding="utf-8")
+        say(f"tokenizer: {tok.kind}, {tok.vocab_size} tokens")
+        t2 = time.perf_counter()
+        stats = _write_shards(tmp, corpus, srcs, tok, is_val, key_arr, opts)
+        corpus.unlink()
+        t3 = time.perf_counter()
+        meta = _meta(srcs, tok, stats, opts, manifest)
+        report = cleaner.report()
+        report["files"] = files
+        report["timing_s"] = {"read_clean": round(t1 - t0, 3), "tokenizer": round(t2 - t1, 3),
+                              "tokenize_write": round(t3 - t2, 3), "total": round(time.perf_counter() - t0, 3)}
+        report["bytes_in"] = bytes_in
+        # Plain writes: the whole folder is already swapped in atomically by atomic_dir.
+        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp / "DATA_CARD.md").write_text(data_card(meta, report, srcs), encoding="utf-8")
+        shutil.copyfile(manifest, tmp / "sources.toml")
+    say(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+    return meta
+
+
+def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, is_val: np.ndarray,
+                  keys: np.ndarray, opts: BuildOptions) -> dict[str, Any]:
+    dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
+    per = {s.id: dict(train_docs=0, val_docs=0, chars=0, train_chars=0, val_chars=0, tokens=0, train_tokens=0,
+                      val_tokens=0, repeats=0) for s in srcs}
+    totals = dict(train_tokens=0, val_tokens=0, train_docs=0, val_docs=0, train_chars=0, val_chars=0,
+                  text_tokens=0, text_chars=0, unk_val=0, unk_train=0, val_text_tokens=0)
+    fallback = np.zeros(tok.vocab_size, dtype=bool)
+    fallback[1] = True
+    if tok.kind == "char":
+        fallback[len(SPECIAL_TOKENS):len(SPECIAL_TOKENS) + 256] = True
+    index = None
+    if opts.provenance:
+        from goushi.data.textindex import TextIndexWriter
+
+        index = TextIndexWriter(tmp)
+    try:
+        with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval, \
+                open(tmp / "val.jsonl", "w", encoding="utf-8") as fjson:
+            batch: list[tuple[int, int, str]] = []
+
+            def flush() -> None:
+                encoded = tok.encode_batch([t for _, _, t in batch])
+                for (i, si, text), ids in zip(batch, encoded, strict=True):
+                    src = srcs[si]
+                    arr = np.asarray(ids + [tok.eot_id], dtype=dtype)
+                    n_unk = int(fallback[arr[:-1]].sum()) if len(ids) else 0
+                    p = per[src.id]
+                    p["chars"] += len(text)
+                    p["tokens"] += len(ids)
+                    totals["text_tokens"] += len(ids)
+                    totals["text_chars"] += len(text)
+                    if is_val[i]:
+                        fval.write(arr.tobytes())
+                        fjson.write(json.dumps({"text": text, "source": src.id}, ensure_ascii=False) + "\n")
+                        p["val_docs"] += 1
+                        p["val_chars"] += len(text)
+                        p["val_tokens"] += len(arr)
+                        totals["val_docs"] += 1
+                        totals["val_chars"] += len(text)
+                        totals["val_tokens"] += len(arr)
+                        totals["unk_val"] += n_unk
+                        totals["val_text_tokens"] += len(ids)
+                        continue
+                    totals["unk_train"] += n_unk
+                    p["train_docs"] += 1
+                    p["train_chars"] += len(text)
+                    totals["train_docs"] += 1
+                    totals["train_chars"] += len(text)
+                    reps = _repeats(src.weight, int(keys[i]))
+                    if reps:
+                        data = arr.tobytes()
+                        for _ in range(reps):
+                            ftrain.write(data)
+                        p["train_tokens"] += reps * len(arr)
+                        p["repeats"] += reps
+                        totals["train_tokens"] += reps * len(arr)
+                        if index is not None:
+                            index.add(text, src.id)
+                batch.clear()
+
+            for i, (si, text) in enumerate(_iter_corpus(corpus)):
+                batch.append((i, si, text))
+                if len(batch) >= CHUNK_DOCS:
+                    flush()
+            if batch:
+                flush()
+        if index is not None:
+            index.close({s.id: s.credit() for s in srcs})
+    except BaseException:
+        if index is not None:
+            index.abort()
+        raise
+    if totals["train_tokens"] == 0:
+        raise GoushiError("no training tokens: every training document has weight 0 or the corpus is all validation; "
+                          "raise a source's weight or lower --val-fraction")
+    return {"dtype": np.dtype(dtype).name, "per": per, "totals": totals}
+
+
+def _meta(srcs: list[Source], tok: Tokenizer, stats: dict[str, Any], opts: BuildOptions, manifest: Path) -> dict[str, Any]:
+    t, per = stats["totals"], stats["per"]
+    all_chars = sum(p["chars"] for p in per.values()) or 1
+    sources = {}
+    for s in srcs:
+        p = per[s.id]
+        c = s.credit()
+        sources[s.id] = {"docs": p["train_docs"] + p["val_docs"], "chars": p["chars"], "tokens": p["tokens"],
+                         "share": round(p["chars"] / all_chars, 6), "license": c["license"], "author": c["author"],
+                         "url": c["url"], "note": c["note"], "weight": s.weight, "train_docs": p["train_docs"],
+                         "val_docs": p["val_docs"], "train_tokens": p["train_tokens"], "val_tokens": p["val_tokens"]}
+    unk_tokens, unk_on = (t["unk_val"], t["val_text_tokens"]) if t["val_text_tokens"] else (t["unk_train"], t["text_tokens"])
+    return {
+        "version": META_VERSION,
+        "dtype": stats["dtype"],
+        "vocab_size": tok.vocab_size,
+        "tokenizer_hash": tok.hash(),
+        "tokenizer_kind": tok.kind,
+        "eot_id": tok.eot_id,
+        "train_tokens": t["train_tokens"],
+        "val_tokens": t["val_tokens"],
+        "train_docs": t["train_docs"],
+        "val_docs": t["val_docs"],
+        "train_chars": t["train_chars"],
+        "val_chars": t["val_chars"],
+        "chars_per_token": round(t["text_chars"] / max(1, t["text_tokens"]), 4),
+        # Byte-fallback (or <|unk|>) tokens per token on the validation text: how much of unseen text
+        # the vocabulary does not know.
+        "unk_rate": round(unk_tokens / max(1, unk_on), 6),
+        "unk_rate_measured_on": "val" if t["val_text_tokens"] else "train",
+        "sources": sources,
+        "options": {**opts.to_dict(), "manifest": str(manifest)},
+    }
+
+
+def _cell(v: Any) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ") if v not in (None, "") else "—"
+
+
+def data_card(meta: dict[str, Any], report: dict[str, Any], srcs: list[Source]) -> str:
+    """DATA_CARD.md: what the data is, where every source came from, under which licence, and what was dropped."""
+    o = meta["options"]
+    lines = [
+        "# Data card",
+        "",
+        f"Built by `goushi data build` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{o['manifest']}`.",
+        "",
+        "## Summary",
+        "",
+        f"- documents: {meta['train_docs']:,} train, {meta['val_docs']:,} validation (split by document, seed {o['seed']}, "
+        f"validation fraction {o['val_fraction']})",
+        f"- characters: {meta['train_chars']:,} train, {meta['val_chars']:,} validation",
+        f"- tokens: {meta['train_tokens']:,} train, {meta['val_tokens']:,} validation ({meta['dtype']}, "
+        "each document followed by `<|endoftext|>`)",
+        f"- tokenizer: {meta['tokenizer_kind']}, {meta['vocab_size']:,} tokens, {meta['chars_per_token']} characters per token, "
+        f"unknown rate {meta['unk_rate']:.4%} on {meta['unk_rate_measured_on']} text; sha256 `{meta['tokenizer_hash'][:16]}…`",
+        "",
+        "## Sources",
+        "",
+        "| id | author | url | licence | documents | characters | share |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for sid, s in meta["sources"].items():
+        lines.append(f"| {_cell(sid)} | {_cell(s['author'])} | {_cell(s['url'])} | {_cell(s['license'])} | "
+                     f"{s['docs']:,} | {s['chars']:,} | {s['share']:.1%} |")
+    lines.append("")
+    weighted = [(sid, s) for sid, s in meta["sources"].items() if s["weight"] != 1.0]
+    if weighted:
+        lines += ["Weighted sources (training documents repeated or subsampled): "
+                  + ", ".join(f"{sid} ×{s['weight']:g} → {s['train_tokens']:,} training tokens" for sid, s in weighted), ""]
+    notes = [(s.id, s.note.strip()) for s in srcs if s.note.strip()]
+    if notes:
+        lines += ["Notes:", ""] + [f"- **{sid}**: {n}" for sid, n in notes] + [""]
+    licences: dict[str, list[str]] = {}
+    for sid, s in meta["sources"].items():
+        licences.setdefault(s["license"], []).append(sid)
+    lines += ["## Licences", ""]
+    lines += [f"- {lic}: {', '.join(ids)}" for lic, ids in sorted(licences.items())]
+    if "unknown" in licences:
+        lines += ["", f"**Warning:** no licence is recorded for {', '.join(licences['unknown'])}. Find out under which "
+                  "terms that text may be used before you publish a model trained on it."]
+    lines += ["", "Each licence applies to its source's text; check its terms (attribution, share-alike, "
+              "non-commercial) before publishing a model or generated text.", "",
+              "## Cleaning", "",
+              f"Options: {', '.join(f'{k}={v}' for k, v in report['options'].items())}.", "",
+              "| source | read | kept | " + " | ".join(r.replace("_", " ") for r in REASONS) + " |",
+              "|---|---:|---:|" + "---:|" * len(REASONS)]
+    for sid, r in report["sources"].items():
+        lines.append(f"| {_cell(sid)} | {r['docs_in']:,} | {r['docs_kept']:,} | "
+                     + " | ".join(f"{r['dropped'].get(k, 0):,}" for k in REASONS) + " |")
+    lines += ["", "Reasons: " + "; ".join(f"{k.replace('_', ' ')} = {v}" for k, v in REASONS.items()) + ".",
+              "Details, with an example per reason, are in `report.json`.", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["BuildOptions", "build_dataset", "data_card"]
