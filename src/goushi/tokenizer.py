@@ -115,6 +115,7 @@ class Tokenizer:
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
         self.eot_id = 0
         self._token_bytes: list[bytes] | None = None
+        self._fallback: list[bool] | None = None
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -211,12 +212,30 @@ class Tokenizer:
         canonical = json.dumps(json.loads(self.hf.to_str()), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
+    def fallback_mask(self) -> list[bool]:
+        """Per id: does this token stand for less than a whole character (a byte-fallback piece) or `<|unk|>`?
+
+        Char-level: the 256 byte tokens. BPE: tokens whose bytes are not valid UTF-8 on their own,
+        which is how byte-level BPE spells characters its vocabulary does not hold.
+        """
+        if self._fallback is None:
+            mask = [False] * self.vocab_size
+            mask[1] = True
+            for i in range(len(SPECIAL_TOKENS), self.vocab_size):
+                if self.kind == "char":
+                    mask[i] = i < len(SPECIAL_TOKENS) + 256
+                else:
+                    try:
+                        self.token_bytes(i).decode("utf-8")
+                    except UnicodeDecodeError:
+                        mask[i] = True
+            self._fallback = mask
+        return self._fallback
+
     def unknown_count(self, ids: Iterable[int]) -> int:
-        """Ids that are byte-fallback tokens (char) or `<|unk|>`: the text the vocabulary did not know."""
-        lo, hi = len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + 256
-        if self.kind == "char":
-            return sum(1 for i in ids if lo <= i < hi or i == 1)
-        return sum(1 for i in ids if i == 1)
+        """How many of `ids` are byte-fallback pieces or `<|unk|>`: text the vocabulary did not know."""
+        mask = self.fallback_mask()
+        return sum(1 for i in ids if mask[i])
 
     def __len__(self) -> int:
         return self.vocab_size

@@ -34,7 +34,7 @@ from goushi.data.readers import read_source
 from goushi.data.sources import Source, load_manifest
 from goushi.errors import GoushiError
 from goushi.fsutil import atomic_dir
-from goushi.tokenizer import DEFAULT_MAX_SAMPLE_CHARS, KINDS, SPECIAL_TOKENS, Tokenizer
+from goushi.tokenizer import DEFAULT_MAX_SAMPLE_CHARS, KINDS, Tokenizer
 
 META_VERSION = 1
 CHUNK_DOCS = 2048
@@ -197,10 +197,7 @@ def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, i
                       val_tokens=0, repeats=0) for s in srcs}
     totals = dict(train_tokens=0, val_tokens=0, train_docs=0, val_docs=0, train_chars=0, val_chars=0,
                   text_tokens=0, text_chars=0, unk_val=0, unk_train=0, val_text_tokens=0)
-    fallback = np.zeros(tok.vocab_size, dtype=bool)
-    fallback[1] = True
-    if tok.kind == "char":
-        fallback[len(SPECIAL_TOKENS):len(SPECIAL_TOKENS) + 256] = True
+    fallback = np.array(tok.fallback_mask(), dtype=bool)
     index = None
     if opts.provenance:
         from goushi.data.textindex import TextIndexWriter
