@@ -87,7 +87,7 @@ class Source:
         full = p if p.is_absolute() else self.base_dir / p
         if any(ch in self.path for ch in "*?["):
             matches = sorted(Path(m) for m in globlib.glob(str(full), recursive=True))
-            found = [m for m in matches if m.is_file() and not _NOT_TEXT.match(m.name)]
+            found = [m for m in matches if m.is_file() and not _skipped(m, self.base_dir)]
             if not found:
                 raise GoushiError(f"{where}: path {self.path!r} matches no files (looked in {self.base_dir})")
             return found
@@ -96,14 +96,22 @@ class Source:
         if full.is_dir():
             found = sorted(
                 f for f in full.rglob("*")
-                if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES and not _NOT_TEXT.match(f.name)
-                and not any(part.startswith(".") or _NOT_TEXT.match(part) for part in f.relative_to(full).parts)
+                if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES and not _skipped(f, full)
             )
             if not found:
                 raise GoushiError(f"{where}: folder {full} holds no text files "
                                   f"({', '.join(sorted(TEXT_SUFFIXES))}); point path at the files")
             return found
         raise GoushiError(f"{where}: path {full} not found; fix `path` in the manifest (it is relative to the manifest's folder)")
+
+
+def _skipped(f: Path, base: Path) -> bool:
+    """Licence texts, readmes, credits and hidden files below `base` are not corpus text."""
+    try:
+        parts = f.relative_to(base).parts
+    except ValueError:
+        parts = (f.name,)
+    return any(p.startswith(".") or _NOT_TEXT.match(p) for p in parts)
 
 
 def _check_source(d: Any, where: str, base_dir: Path) -> Source:
