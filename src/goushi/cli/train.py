@@ -1,0 +1,174 @@
+"""`goushi train`: train a model on a data directory (thin: flags -> TrainConfig -> goushi.train.train)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from goushi.config import FAMILY_DEFAULTS, MLPS, NORMS, POS_ENCODINGS, PRESETS, ModelConfig, param_counts
+
+# Model fields as flags (over the preset); `family` is a train-level flag, `vocab_size` comes from the data.
+MODEL_FLAGS: dict[str, tuple[type, str]] = {
+    "vocab_size": (int, "vocabulary size (default: the data's; only needed with --print-config and no --data)"),
+    "context_length": (int, "longest sequence the model sees, in tokens (alias --context)"),
+    "n_layer": (int, "number of transformer blocks"),
+    "n_head": (int, "attention heads per block"),
+    "n_kv_head": (int, "key/value heads (grouped-query attention); 0 = same as --n-head"),
+    "n_embd": (int, "model width (embedding size); a multiple of --n-head"),
+    "mlp_hidden": (int, "MLP hidden width; 0 = automatic (4x width, ~8/3x for swiglu)"),
+    "pos_encoding": (str, f"positions: {' | '.join(POS_ENCODINGS)}"),
+    "norm": (str, f"normalisation: {' | '.join(NORMS)}"),
+    "mlp": (str, f"MLP kind: {' | '.join(MLPS)}"),
+    "dropout": (float, "dropout probability (0 for short runs on small data is fine)"),
+    "rope_theta": (float, "RoPE base frequency"),
+    "norm_eps": (float, "epsilon of the norms"),
+}
+MODEL_BOOLS = {"tie_embeddings": "share the token embedding with the LM head", "bias": "biases in linear layers and norms",
+               "qk_norm": "RMS-normalise queries and keys"}
+CHOICES = {"pos_encoding": POS_ENCODINGS, "norm": NORMS, "mlp": MLPS}
+
+TRAIN_FLAGS: dict[str, tuple[type, str]] = {
+    "optimizer": (str, "adamw | muon (Muon for hidden matrices, AdamW for the rest); default adamw"),
+    "lr": (float, "peak learning rate (default 2e-3)"),
+    "min_lr": (float, "learning rate at the end of the schedule (default 2e-4)"),
+    "warmup": (int, "warmup steps (default 30, at most a fifth of the run)"),
+    "schedule": (str, "cosine | wsd (warmup-stable-decay); default cosine"),
+    "decay_frac": (float, "wsd: fraction of the run spent decaying (default 0.2)"),
+    "weight_decay": (float, "AdamW/Muon weight decay on weight matrices (default 0.1)"),
+    "beta1": (float, "AdamW beta1 (default 0.9)"),
+    "beta2": (float, "AdamW beta2 (default 0.95)"),
+    "muon_momentum": (float, "Muon momentum (default 0.95)"),
+    "clip": (float, "gradient-norm clipping; 0 = off (default 1.0)"),
+    "batch_size": (int, "sequences per micro-step, all processes together (default 32)"),
+    "grad_accum": (int, "micro-steps per optimizer step (default 1)"),
+    "max_steps": (int, "stop after this many optimizer steps"),
+    "tokens": (int, "stop after this many training tokens"),
+    "time_budget": (str, "stop after this much time, e.g. 90s, 10m, 1.5h; the schedule is planned to end on time"),
+    "eval_every": (int, "validate every N steps; 0 = only at the end (default 100)"),
+    "eval_batches": (int, "validation batches per evaluation (default 20)"),
+    "log_every": (int, "write metrics every N steps (default 10)"),
+    "sample_every": (int, "print a sample every N steps; 0 = at every evaluation (default)"),
+    "sample_tokens": (int, "tokens per printed sample; 0 = no samples (default 40)"),
+    "save_every": (int, "write the `last` checkpoint every N steps (default 500; also at the end and on Ctrl-C)"),
+    "seed": (int, "random seed (default 1337)"),
+    "device": (str, "auto | cpu | cuda | cuda:N | mps (default auto)"),
+    "dtype": (str, "auto | float32 | bfloat16 | float16 (default auto: bf16/fp16 on GPUs, fp32 on CPU)"),
+}
+TRAIN_BOOLS = {"compile": "torch.compile the model (falls back to eager mode, with a note, if it fails)",
+               "activation_checkpointing": "recompute activations in the backward pass: less memory, ~30% slower"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model on a data directory",
+        description="Train a GPT on DATA_DIR (from `goushi data build`) into RUN_DIR. Settings: preset and family, "
+        "then a TOML --config file, then the flags given here. Ctrl-C saves a checkpoint; --resume continues it.",
+        argument_default=argparse.SUPPRESS)
+    p.add_argument("--data", metavar="DATA_DIR", help="data directory written by `goushi data build`")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to write (refused if not empty, unless "
+                   "--resume or --force)")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="model size: tiny (CPU minutes), small (a CPU hour), "
+                   "base (~100M, a GPU); default tiny")
+    p.add_argument("--family", choices=tuple(k for k in FAMILY_DEFAULTS), help="gpt2 (learned positions, LayerNorm, "
+                   "GELU) or llama (RoPE, RMSNorm, SwiGLU, GQA); default gpt2")
+    p.add_argument("--config", metavar="FILE", dest="config_file", help="TOML file with settings (same names as the "
+                   "flags, with underscores; model fields flat or under [model])")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--force", action="store_true", help="replace the run in a non-empty --out")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings and parameter counts, "
+                   "then exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    m = p.add_argument_group("model (overrides the preset)")
+    for name, (typ, help_) in MODEL_FLAGS.items():
+        flags = [_flag(name)] + (["--context"] if name == "context_length" else [])
+        m.add_argument(*flags, dest=f"model.{name}", type=typ, choices=CHOICES.get(name), help=help_)
+    for name, help_ in MODEL_BOOLS.items():
+        m.add_argument(_flag(name), dest=f"model.{name}", action=argparse.BooleanOptionalAction, help=help_)
+    t = p.add_argument_group("training")
+    for name, (typ, help_) in TRAIN_FLAGS.items():
+        choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd")}.get(name)
+        t.add_argument(_flag(name), dest=name, type=typ, choices=choices, help=help_)
+    for name, help_ in TRAIN_BOOLS.items():
+        t.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_)
+    p.set_defaults(func=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags actually given (argparse.SUPPRESS leaves the rest out), as TrainConfig keys."""
+    out: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    skip = {"func", "command", "config_file", "print_config", "no_progress"}
+    for k, v in vars(args).items():
+        if k in skip:
+            continue
+        if k.startswith("model."):
+            model[k[len("model."):]] = v
+        else:
+            out[k] = v
+    if model:
+        out["model"] = model
+    return out
+
+
+def _vocab_for_print(cfg) -> int:
+    if cfg.model.get("vocab_size"):
+        return int(cfg.model["vocab_size"])
+    from goushi.errors import GoushiError
+
+    if not cfg.data:
+        raise GoushiError("--print-config needs --data DATA_DIR (for the vocabulary size) or --vocab-size N")
+    meta = Path(cfg.data) / "meta.json"
+    try:
+        return int(json.loads(meta.read_text(encoding="utf-8"))["vocab_size"])
+    except FileNotFoundError:
+        raise GoushiError(f"{meta}: not found; give a data directory from `goushi data build` or --vocab-size N") from None
+    except (KeyError, ValueError, TypeError) as e:
+        raise GoushiError(f"{meta}: no usable vocab_size ({e}); rebuild the data directory") from None
+
+
+def print_config(cfg, mc: ModelConfig) -> None:
+    counts = param_counts(mc)
+    print("[train]")
+    for k, v in cfg.to_dict().items():
+        if k != "model":
+            print(f"{k} = {json.dumps(v, ensure_ascii=False)}")
+    print("\n[model]")
+    for k, v in mc.to_dict().items():
+        print(f"{k} = {json.dumps(v)}")
+    total = counts["total"]
+    print(f"\nparameters: {total:,} total")
+    for k in ("embedding", "positions", "blocks"):
+        print(f"  {k:<10} {counts[k]:>12,}  ({counts[k] / total:.1%})")
+    print(f"embedding share: {counts['embedding'] / total:.1%} (token embedding"
+          f"{'' if mc.tie_embeddings else ' + untied LM head'}; vocabulary {mc.vocab_size} x width {mc.n_embd})")
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * mc.context_length
+    print(f"tokens per step: {tokens_per_step:,}; budget: {cfg.budget_summary()}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from goushi.train.config import resolve_model_config, run_config
+
+    overrides = overrides_from_args(args)
+    cfg = run_config(getattr(args, "config_file", None), overrides)
+    if getattr(args, "print_config", False):
+        print_config(cfg, resolve_model_config(cfg, _vocab_for_print(cfg)))
+        return 0
+    from goushi.errors import GoushiError
+
+    if not cfg.out:
+        raise GoushiError("goushi train needs --out RUN_DIR (where the model is written)")
+    if not cfg.data and not cfg.resume:
+        raise GoushiError("goushi train needs --data DATA_DIR (build one with `goushi data build`)")
+    from goushi.train import train
+
+    summary = train(cfg, progress=not getattr(args, "no_progress", False))
+    return 0 if summary["stop_reason"] != "interrupted" else 130
+
+
+__all__ = ["register", "run", "overrides_from_args"]

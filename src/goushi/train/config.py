@@ -1,0 +1,227 @@
+"""TrainConfig: every knob of a training run, as data (TOML file and CLI flags on top of defaults).
+
+Model shape is not here: it is a preset + family + ModelConfig field overrides (`model`), resolved by
+`resolve_model_config` once the vocabulary size is known (from DATA_DIR/meta.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from goushi.config import PRESETS, ConfigError, ModelConfig, load_toml, preset_config
+
+SCHEDULES = ("cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")
+MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig))
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # DATA_DIR written by `goushi data build`
+    out: str = ""  # RUN_DIR
+    preset: str = "tiny"
+    family: str = "gpt2"
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides on top of preset+family
+
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    min_lr: float = 2e-4  # floor the schedule decays to
+    warmup: int = 30  # optimizer steps of linear warmup (capped at a fifth of the run)
+    schedule: str = "cosine"
+    decay_frac: float = 0.2  # wsd: final fraction of the run spent decaying linearly to min_lr
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    muon_momentum: float = 0.95
+    clip: float = 1.0  # gradient-norm clip; 0 = off
+    batch_size: int = 32  # sequences per micro-step, global (split across DDP ranks)
+    grad_accum: int = 1
+
+    # budgets: whichever ends first; none given = 1000 steps
+    max_steps: int = 0
+    tokens: int = 0
+    time_budget: str = ""  # "90s", "10m", "1.5h"
+
+    # evaluation, logging, checkpoints
+    eval_every: int = 100
+    eval_batches: int = 20
+    log_every: int = 10
+    sample_every: int = 0  # 0 = with every evaluation
+    sample_tokens: int = 40  # 0 = no samples
+    save_every: int = 500  # steps between `last` checkpoints (also at every evaluation, the end and Ctrl-C)
+
+    # machine
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+
+    # run directory handling
+    resume: bool = False
+    force: bool = False
+
+    # ---------------------------------------------------------------------------------------
+    def validate(self) -> TrainConfig:
+        """Refuse impossible values before any work, naming the field and the fix."""
+
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"train config: {name}={getattr(self, name)!r} {why}")
+
+        if self.preset not in PRESETS:
+            raise bad("preset", f"is not one of {', '.join(PRESETS)}")
+        if self.family not in ("gpt2", "llama"):
+            raise bad("family", "is not one of gpt2, llama")
+        unknown = sorted(set(self.model) - set(MODEL_FIELDS))
+        if unknown:
+            raise ConfigError(f"train config: unknown model field {unknown[0]!r}; known: {', '.join(MODEL_FIELDS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"is not one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"is not one of {', '.join(SCHEDULES)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise bad("lr", "must be a positive number")
+        if not 0 <= self.min_lr <= self.lr:
+            raise bad("min_lr", f"must be between 0 and lr={self.lr}")
+        if not 0 < self.decay_frac <= 1:
+            raise bad("decay_frac", "must be in (0, 1]")
+        for name in ("beta1", "beta2", "muon_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise bad(name, "must be in [0, 1)")
+        for name in ("batch_size", "grad_accum", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        for name in ("warmup", "max_steps", "tokens", "eval_every", "log_every", "sample_every", "sample_tokens",
+                     "save_every"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.log_every < 1:
+            raise bad("log_every", "must be >= 1")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "must be >= 0")
+        if self.clip < 0:
+            raise bad("clip", "must be >= 0 (0 turns clipping off)")
+        if self.time_budget:
+            parse_duration(self.time_budget)
+        if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
+            raise bad("dtype", "is not one of auto, float32, bfloat16, float16")
+        if self.resume and self.force:
+            raise ConfigError("train config: resume and force together make no sense; --resume continues a run, "
+                              "--force replaces it")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def budget_summary(self) -> str:
+        parts = [f"{self.max_steps} steps" if self.max_steps else "",
+                 f"{self.tokens:,} tokens" if self.tokens else "",
+                 f"{self.time_budget}" if self.time_budget else ""]
+        return " / ".join(p for p in parts if p) or "1000 steps (default)"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|secs|m|min|mins|h|hr|hrs|)\s*$", re.IGNORECASE)
+_UNIT = {"": 1, "s": 1, "sec": 1, "secs": 1, "m": 60, "min": 60, "mins": 60, "h": 3600, "hr": 3600, "hrs": 3600}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90s' / '10m' / '1.5h' / '600' (seconds) -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if not m:
+            raise ConfigError(f"train config: time_budget={text!r} is not a duration; write e.g. 90s, 10m or 1.5h")
+        seconds = float(m.group(1)) * _UNIT[m.group(2).lower()]
+    if seconds <= 0:
+        raise ConfigError(f"train config: time_budget={text!r} must be longer than zero")
+    return seconds
+
+
+def merge_dict(cfg: TrainConfig, d: dict[str, Any], *, source: str) -> TrainConfig:
+    """Apply settings from a TOML/JSON table: TrainConfig keys, ModelConfig keys (flat or under [model])."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected a table of settings")
+    train_names = {f.name: f for f in fields(TrainConfig)}
+    values = cfg.to_dict()
+    model = dict(values["model"])
+    for k, v in d.items():
+        if k == "model":
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: [model] should be a table of model fields")
+            for mk, mv in v.items():
+                if mk not in MODEL_FIELDS:
+                    raise ConfigError(f"{source}: unknown model key {mk!r}; known: {', '.join(MODEL_FIELDS)}")
+                model[mk] = mv
+        elif k in train_names:
+            values[k] = _typed(source, k, v, type(getattr(TrainConfig(), k)))
+        elif k in MODEL_FIELDS:
+            model[k] = v
+        else:
+            raise ConfigError(f"{source}: unknown key {k!r}; see `goushi train --help` for the settings")
+    values["model"] = model
+    return TrainConfig(**values)
+
+
+def _typed(source: str, key: str, v: Any, want: type) -> Any:
+    if want is float and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if key == "time_budget" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v}s"
+    if want in (int, float, str, bool) and type(v) is not want:
+        raise ConfigError(f"{source}: {key}={v!r} should be {want.__name__}")
+    return v
+
+
+def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the TOML file, then explicit overrides (CLI flags); validated."""
+    cfg = TrainConfig()
+    if path:
+        cfg = merge_dict(cfg, load_toml(path), source=str(path))
+    if overrides:
+        cfg = merge_dict(cfg, overrides, source="command line")
+    return cfg.validate()
+
+
+def run_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The config of a run as the CLI means it: with `resume`, the run's own saved settings are the base
+    (so `goushi train --out RUN --resume` needs nothing else), then the TOML file, then the flags."""
+    if not overrides.get("resume"):
+        return load_train_config(path, overrides)
+    from goushi.checkpoint import read_config
+
+    out = overrides.get("out") or ""
+    if not out:
+        raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+    stored = dict(read_config(out).get("train") or {})
+    stored.pop("out", None)
+    cfg = merge_dict(TrainConfig(), stored, source=f"{out}/config.json")
+    if path:
+        cfg = merge_dict(cfg, load_toml(path), source=str(path))
+    return merge_dict(cfg, overrides, source="command line").validate()
+
+
+def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    """Preset + family + overrides -> a validated ModelConfig. An explicit vocab_size may exceed the data's."""
+    overrides = dict(cfg.model)
+    vs = overrides.pop("vocab_size", None) or vocab_size
+    if vs < vocab_size:
+        raise ConfigError(f"model config: vocab_size={vs} is smaller than the data's vocabulary ({vocab_size})")
+    overrides.pop("family", None)
+    if cfg.family == "llama" and overrides.get("n_head") and not overrides.get("n_kv_head"):
+        # The llama preset halves the key/value heads; keep that for a custom head count too.
+        h = overrides["n_head"]
+        overrides["n_kv_head"] = max(d for d in range(1, max(1, h // 2) + 1) if h % d == 0)
+    mc = preset_config(cfg.preset, cfg.family, vs, **overrides)
+    if cfg.model.get("family") not in (None, cfg.family):
+        raise ConfigError(f"model config: family={cfg.model['family']!r} conflicts with family={cfg.family!r}")
+    return mc
+
+
+__all__ = ["TrainConfig", "load_train_config", "run_config", "merge_dict", "parse_duration", "resolve_model_config"]

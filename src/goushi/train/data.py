@@ -1,0 +1,125 @@
+"""Batches from a DATA_DIR: memory-mapped train.bin / val.bin, random windows from a seeded generator.
+
+Every rank draws the same global batch from the same generator and keeps its own slice of rows, so
+ranks see disjoint sequences, the global batch equals the single-process batch, and the generator
+state (saved in the trainer state) is the same everywhere: resume continues the data order exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from goushi.errors import GoushiError
+
+REQUIRED = ("train.bin", "val.bin", "meta.json", "tokenizer.json")
+META_KEYS = ("dtype", "vocab_size", "tokenizer_hash")
+# meta.json fields copied into RUN_DIR/config.json ("data": {"meta": ...}); the per-source table goes too,
+# so the model card can credit sources without the data directory.
+META_FIELDS = ("version", "vocab_size", "tokenizer_hash", "tokenizer_kind", "dtype", "train_tokens", "val_tokens",
+               "train_docs", "val_docs", "train_chars", "val_chars", "chars_per_token", "sources")
+
+
+class TokenData:
+    def __init__(self, data_dir: str | Path):
+        self.dir = Path(data_dir)
+        if not self.dir.is_dir():
+            raise GoushiError(f"{self.dir}: no such data directory; build one with `goushi data build --out {self.dir}`")
+        missing = [n for n in REQUIRED if not (self.dir / n).is_file()]
+        if missing:
+            raise GoushiError(f"{self.dir}: not a data directory, missing {', '.join(missing)} "
+                              f"(build it with `goushi data build`)")
+        meta_path = self.dir / "meta.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise GoushiError(f"{meta_path}: not valid JSON ({e}); rebuild the data directory") from None
+        if not isinstance(meta, dict):
+            raise GoushiError(f"{meta_path}: expected a JSON object; rebuild the data directory")
+        for k in META_KEYS:
+            if k not in meta:
+                raise GoushiError(f"{meta_path}: missing {k!r}; rebuild the data directory with `goushi data build`")
+        if meta["dtype"] not in ("uint16", "uint32"):
+            raise GoushiError(f"{meta_path}: dtype={meta['dtype']!r} should be uint16 or uint32")
+        self.meta: dict[str, Any] = meta
+        self.vocab_size = int(meta["vocab_size"])
+        self.tokenizer_hash = str(meta["tokenizer_hash"])
+        self.dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+        self.train = self._open("train")
+        self.val = self._open("val")
+
+    def _open(self, split: str) -> np.ndarray:
+        path = self.dir / f"{split}.bin"
+        size = path.stat().st_size
+        if size % self.dtype.itemsize:
+            raise GoushiError(f"{path}: {size} bytes is not a whole number of {self.dtype.name} tokens; "
+                              f"the file is truncated, rebuild the data directory")
+        n = size // self.dtype.itemsize
+        expect = self.meta.get(f"{split}_tokens")
+        if isinstance(expect, int) and expect != n:
+            raise GoushiError(f"{path}: holds {n} tokens but meta.json says {split}_tokens={expect}; "
+                              f"the file is truncated or from another build, rebuild the data directory")
+        if n == 0:
+            raise GoushiError(f"{path}: empty; add more text or lower the validation share when building data")
+        arr = np.memmap(path, dtype=self.dtype, mode="r", shape=(n,))
+        # A cheap check on a prefix: a token id past the vocabulary means the shards and meta.json disagree.
+        head = int(np.asarray(arr[: 1 << 16]).max())
+        if head >= self.vocab_size:
+            raise GoushiError(f"{path}: token id {head} >= vocab_size={self.vocab_size} in meta.json; "
+                              f"rebuild the data directory")
+        return arr
+
+    def check_context(self, context: int) -> None:
+        for split, arr in (("train", self.train), ("val", self.val)):
+            if len(arr) < context + 2:
+                raise GoushiError(f"{self.dir / (split + '.bin')}: {len(arr)} tokens is too few for context "
+                                  f"{context}; use a smaller --context or add more text")
+
+    @property
+    def tokens_per_char(self) -> float | None:
+        """Of the validation split; turns nats per token into bits per character."""
+        tok, ch = self.meta.get("val_tokens"), self.meta.get("val_chars")
+        if isinstance(tok, (int, float)) and isinstance(ch, (int, float)) and ch > 0:
+            return tok / ch
+        return None
+
+    def selected_meta(self) -> dict[str, Any]:
+        return {k: self.meta[k] for k in META_FIELDS if k in self.meta}
+
+    # ---- batches ---------------------------------------------------------------------------
+    def _windows(self, arr: np.ndarray, starts: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.stack([np.asarray(arr[s: s + T + 1]) for s in starts.tolist()]).astype(np.int64)
+        xy = torch.from_numpy(rows)
+        return xy[:, :-1], xy[:, 1:]
+
+    def train_batch(self, batch: int, T: int, generator: torch.Generator, rank: int = 0, world: int = 1):
+        """Random windows of T+1 tokens; this rank's share of the global batch."""
+        starts = torch.randint(0, len(self.train) - T, (batch,), generator=generator)
+        per = batch // world
+        return self._windows(self.train, starts[rank * per: (rank + 1) * per], T)
+
+    def val_batches(self, n_batches: int, batch: int, T: int, rank: int = 0, world: int = 1):
+        """The same evenly spaced validation windows at every evaluation, so losses compare across steps."""
+        last = len(self.val) - T - 1
+        n = n_batches * batch
+        starts = torch.linspace(0, last, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)
+        # Fewer distinct windows than asked for when the split is short: do not count one window twice.
+        starts = torch.unique(starts) if len(self.val) < n * (T + 1) else starts
+        per = math.ceil(len(starts) / world)
+        mine = starts[rank * per: (rank + 1) * per]
+        for i in range(0, len(mine), batch):
+            yield self._windows(self.val, mine[i: i + batch], T)
+
+
+def new_generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+__all__ = ["TokenData", "new_generator", "META_FIELDS"]

@@ -1,0 +1,107 @@
+"""Optimisers and learning-rate schedules.
+
+AdamW: weight decay only on the weight matrices of linear layers; norms, biases and embeddings keep
+theirs (decaying an embedding pulls rare tokens to zero; decaying a norm gain fights the norm).
+Muon (torch.optim.Muon, torch >= 2.9): orthogonalised momentum for the 2-D hidden matrices of the blocks;
+embeddings, the LM head, norms and biases stay on AdamW, as Muon's authors recommend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from goushi.errors import GoushiError
+
+
+def param_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Split parameters into `hidden` (2-D matrices inside blocks), `embed` (token/position tables, an
+    untied head) and `other` (norm gains, biases). Tied weights appear once."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"hidden": [], "embed": [], "other": []}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if name.startswith(("wte.", "wpe.", "lm_head.")):
+            groups["embed"].append((name, p))
+        elif p.dim() == 2:
+            groups["hidden"].append((name, p))
+        else:
+            groups["other"].append((name, p))
+    return groups
+
+
+def _adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
+    # Fused AdamW (one kernel for all parameters) exists for CUDA, MPS and CPU in recent torch; fall
+    # back to the foreach implementation where this build lacks it.
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type in ("cuda", "cpu", "mps"))
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+
+
+def build_optimizers(model: nn.Module, *, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
+                     muon_momentum: float = 0.95, device: torch.device | None = None) -> list[torch.optim.Optimizer]:
+    """One optimiser (AdamW) or two (Muon + AdamW). Each param group carries `base_lr` for the schedule."""
+    device = device or next(model.parameters()).device
+    g = param_groups(model)
+    hidden = [p for _, p in g["hidden"]]
+    rest_nodecay = [p for _, p in g["embed"]] + [p for _, p in g["other"]]
+    if name == "adamw":
+        opt = _adamw([dict(params=hidden, weight_decay=weight_decay), dict(params=rest_nodecay, weight_decay=0.0)],
+                     lr, betas, device)
+        opts: list[torch.optim.Optimizer] = [opt]
+    elif name == "muon":
+        if not hasattr(torch.optim, "Muon"):
+            raise GoushiError(f"--optimizer muon needs torch >= 2.9 (this is {torch.__version__}); use --optimizer adamw")
+        # match_rms_adamw scales each update to AdamW's typical RMS (Moonshot's recipe), so the same
+        # --lr suits both optimisers and the same schedule drives them.
+        muon = torch.optim.Muon([dict(params=hidden)], lr=lr, weight_decay=weight_decay, momentum=muon_momentum,
+                                nesterov=True, adjust_lr_fn="match_rms_adamw")
+        opts = [muon, _adamw([dict(params=rest_nodecay, weight_decay=0.0)], lr, betas, device)]
+    else:
+        raise GoushiError(f"--optimizer {name!r} is not one of adamw, muon")
+    for opt in opts:
+        for group in opt.param_groups:
+            group["base_lr"] = lr
+    return opts
+
+
+def set_lr(opts: list[torch.optim.Optimizer], multiplier: float) -> float:
+    for opt in opts:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * multiplier
+    return opts[0].param_groups[0]["lr"]
+
+
+def lr_multiplier(step: int, *, total: int | None, warmup: int, schedule: str, min_ratio: float,
+                  decay_frac: float = 0.2) -> float:
+    """Multiplier of the peak lr for optimizer step `step` (0-based).
+
+    Linear warmup starts at 1/(warmup+1), never 0, so step 0 already learns. Then `cosine` decays to
+    `min_ratio` by the last step; `wsd` (warmup-stable-decay) holds the peak and decays linearly over
+    the final `decay_frac` of the run. With `total` unknown (time budget not planned yet) it stays at
+    the warmup/peak value.
+    """
+    if warmup and step < warmup:
+        return (step + 1) / (warmup + 1)
+    if not total or step >= total:
+        return 1.0 if not total else min_ratio
+    if schedule == "cosine":
+        span = max(1, total - 1 - warmup)
+        progress = min(1.0, (step - warmup) / span)
+        return min_ratio + 0.5 * (1 - min_ratio) * (1 + math.cos(math.pi * progress))
+    if schedule == "wsd":
+        decay_steps = max(1, round(decay_frac * (total - warmup)))
+        start = total - decay_steps
+        if step < start:
+            return 1.0
+        progress = (step - start + 1) / decay_steps
+        return 1.0 - (1 - min_ratio) * progress
+    raise GoushiError(f"schedule {schedule!r} is not one of cosine, wsd")
+
+
+__all__ = ["param_groups", "build_optimizers", "set_lr", "lr_multiplier"]
