@@ -31,6 +31,7 @@ _STRAY_ZWJ = re.compile(rf"(?<![{_EMOJI}])\u200d|\u200d(?![{_EMOJI}])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x84\x86-\x9f]")
 _FULLWIDTH_ALNUM = {c: c - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A))
                     for c in range(r[0], r[1] + 1)}
+_FULLWIDTH_RE = re.compile(r"[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a]")
 _SPACES = re.compile(r"[\t \u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
 _SPACE_CHARS = re.compile(r"[\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
@@ -88,10 +89,9 @@ def clean_text(text: str, opts: CleanOptions, changes: Counter[str] | None = Non
         if not unicodedata.is_normalized(form, text):
             text = unicodedata.normalize(form, text)
             ch["normalized"] += 1
-        if opts.normalize == "nfc":
-            folded = text.translate(_FULLWIDTH_ALNUM)
-            ch["fullwidth_alnum"] += folded != text
-            text = folded
+        if opts.normalize == "nfc" and _FULLWIDTH_RE.search(text):
+            text = text.translate(_FULLWIDTH_ALNUM)
+            ch["fullwidth_alnum"] += 1
     if t2s is not None:
         converted = t2s(text)
         ch["t2s"] += converted != text
@@ -134,23 +134,47 @@ class NearDuplicates:
         self._sigs = np.zeros((1024, num_perm), dtype=np.uint32)
         self._n = 0
 
-    def signature(self, text: str) -> np.ndarray:
-        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        k = min(self.ngram, len(cps))
+    def signatures(self, texts: list[str]) -> np.ndarray:
+        """MinHash signatures (len(texts), num_perm) of texts with at least `ngram` characters, in one go.
+
+        Batched because per-document numpy calls cost more than the hashing itself on short texts.
+        """
+        cps = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        lens = np.array([len(t) for t in texts], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        k = self.ngram
         m = len(cps) - k + 1
-        h = np.zeros(m, dtype=np.uint64)
+        h = np.zeros(max(m, 0), dtype=np.uint64)
         with np.errstate(over="ignore"):
             for j in range(k):
                 h = h * self._PRIME + cps[j:j + m]
-            h = np.unique(h)
-            mixed = h[:, None] * self._a[None, :] + self._b[None, :]
-        return (mixed.min(axis=0) >> np.uint64(32)).astype(np.uint32)
+            # keep only n-grams that lie inside one document
+            counts = lens - k + 1
+            idx = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts, strict=True)])
+            h = h[idx]
+            offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            sig = np.empty((len(texts), len(self._a)), dtype=np.uint32)
+            block = 16384  # n-grams per step: the (n-grams x permutations) uint64 matrix stays near 8 MB
+            lo = 0
+            while lo < len(texts):
+                hi = lo
+                while hi < len(texts) and (offsets[hi] - offsets[lo] < block or hi == lo):
+                    hi += 1
+                a, b = offsets[lo], (offsets[hi] if hi < len(texts) else len(h))
+                mixed = h[a:b, None] * self._a[None, :] + self._b[None, :]
+                sig[lo:hi] = (np.minimum.reduceat(mixed, offsets[lo:hi] - a, axis=0) >> np.uint64(32)).astype(np.uint32)
+                lo = hi
+        return sig
 
-    def seen(self, text: str) -> bool:
+    def signature(self, text: str) -> np.ndarray:
+        return self.signatures([text])[0]
+
+    def seen(self, text: str, sig: np.ndarray | None = None) -> bool:
         """True if `text` nearly repeats an earlier document; otherwise remember it and return False."""
         if len(text) < self.ngram:
             return False  # too short to have n-grams; exact de-duplication covers it
-        sig = self.signature(text)
+        if sig is None:
+            sig = self.signature(text)
         keys = [(b, sig[b * self.rows:(b + 1) * self.rows].tobytes()) for b in range(self.bands)]
         candidates = {self._buckets[k] for k in keys if k in self._buckets}
         for c in candidates:
@@ -208,6 +232,26 @@ class Cleaner:
                 self._t2s = t2s_converter()
             conv = self._t2s
         o = self.opts
+        pending: list[str] = []  # passed the cheap checks; waiting for batched near-duplicate signatures
+
+        def drop(reason: str, text: str) -> None:
+            rep.dropped[reason] += 1
+            if reason not in rep.examples and text:
+                rep.examples[reason] = text[:80] + ("…" if len(text) > 80 else "")
+
+        def settle() -> Iterator[str]:
+            near = self._near
+            long_ = [t for t in pending if near is not None and len(t) >= near.ngram]
+            sigs = iter(near.signatures(long_)) if near is not None and long_ else iter(())
+            for text in pending:
+                if near is not None and len(text) >= near.ngram and near.seen(text, next(sigs)):
+                    drop("near_duplicate", text)
+                    continue
+                rep.docs_kept += 1
+                rep.chars_kept += len(text)
+                yield text
+            pending.clear()
+
         for raw in docs:
             rep.docs_in += 1
             rep.chars_in += len(raw)
@@ -225,16 +269,13 @@ class Cleaner:
                     reason = "exact_duplicate"
                 else:
                     self._exact.add(key)
-            if reason is None and self._near is not None and self._near.seen(text):
-                reason = "near_duplicate"
             if reason:
-                rep.dropped[reason] += 1
-                if reason not in rep.examples and text:
-                    rep.examples[reason] = text[:80] + ("…" if len(text) > 80 else "")
+                drop(reason, text)
                 continue
-            rep.docs_kept += 1
-            rep.chars_kept += len(text)
-            yield text
+            pending.append(text)
+            if len(pending) >= 512:
+                yield from settle()
+        yield from settle()
 
     def report(self) -> dict:
         return {"options": asdict(self.opts), "reasons": REASONS,
