@@ -69,6 +69,10 @@ def atomic_dir(out: str | Path, *, force: bool = False) -> Iterator[Path]:
         raise GoushiError(f"{out}: exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # mkdtemp makes the directory private (0700); a finished output should have the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     try:
         yield tmp
         if out.exists():
