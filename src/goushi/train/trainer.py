@@ -62,8 +62,9 @@ GPU_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A800": 312e12, "L4
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
                         seconds: float = 0.5) -> float:
     """FLOP/s of a square matmul on this device: the ceiling an MFU figure is measured against."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # its own generator: measuring must not move the training RNG
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
 
     def sync():
         if device.type == "cuda":
@@ -267,11 +268,6 @@ class Trainer:
                 self.dtype, self.use_amp = torch.float32, False
 
     def _check_compatible(self, stored: dict[str, Any]) -> None:
-        run_mc = dict(stored["model"])
-        diff = first_difference(self.mc.to_dict(), run_mc)
-        if diff:
-            raise GoushiError(f"--resume: model config {diff}={self.mc.to_dict().get(diff)!r} but the run in {self.out} "
-                              f"has {diff}={run_mc.get(diff)!r}; drop the option or start a new --out")
         run_hash = (stored.get("data") or {}).get("tokenizer_hash")
         own_tok = self.out / TOKENIZER
         if own_tok.is_file():
@@ -282,6 +278,11 @@ class Trainer:
             raise GoushiError(f"--data {self.data.dir}: its tokenizer (hash {self.data.tokenizer_hash[:12]}) is not the "
                               f"one the run in {self.out} was trained with ({run_hash[:12]}); resume with the original "
                               f"data directory or start a new --out")
+        run_mc = dict(stored["model"])
+        diff = first_difference(self.mc.to_dict(), run_mc)
+        if diff:
+            raise GoushiError(f"--resume: model config {diff}={self.mc.to_dict().get(diff)!r} but the run in {self.out} "
+                              f"has {diff}={run_mc.get(diff)!r}; drop the option or start a new --out")
 
     def _build(self) -> None:
         cfg = self.cfg
