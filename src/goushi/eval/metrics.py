@@ -270,6 +270,42 @@ def generation_metrics(texts: Sequence[str], *, index: Any = None, min_chars: in
     return out
 
 
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per non-empty line; `\\n` inside a line stands for a newline in the prompt."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise GoushiError(f"--prompts {p}: file not found") from None
+    except UnicodeDecodeError:
+        raise GoushiError(f"--prompts {p}: not UTF-8; save it as UTF-8") from None
+    prompts = [line.rstrip("\r").replace("\\n", "\n") for line in text.split("\n") if line.strip()]
+    if not prompts:
+        raise GoushiError(f"--prompts {p}: no prompts (write one per line)")
+    return prompts
+
+
+def evaluate_generation(engine: Any, prompts: Sequence[str], sample_cfg: Any, *, index: Any = None,
+                        min_chars: int = 8, keep_samples: int = 20) -> dict[str, Any]:
+    """Generate `sample_cfg.num_samples` continuations per prompt with `engine` and measure them.
+
+    Metrics are computed on the generated continuations only (the prompt is the user's text, not the
+    model's). Returns {"metrics": {...}, "samples": [{prompt, text, finish_reason, copied: [span dicts]}]}
+    with at most `keep_samples` samples kept for the report.
+    """
+    gens = engine.generate(list(prompts), sample_cfg)
+    texts = [g.text for g in gens]
+    metrics = generation_metrics(texts, index=index, min_chars=min_chars)
+    metrics["mean_tokens"] = sum(len(g.token_ids) for g in gens) / len(gens) if gens else 0.0
+    metrics["prompts"] = len(prompts)
+    spans = memorisation_rate(texts, index, min_chars)[1] if index is not None else [[] for _ in gens]
+    samples = [{"prompt": g.prompt, "text": g.text, "finish_reason": g.finish_reason,
+                "copied": [s.to_dict() for s in sp]} for g, sp in zip(gens, spans, strict=True)]
+    settings = {k: getattr(sample_cfg, k) for k in ("strategy", "temperature", "top_k", "top_p", "repetition_penalty",
+                                                    "max_new_tokens", "num_samples", "seed") if hasattr(sample_cfg, k)}
+    return {"metrics": metrics, "settings": settings, "samples": samples[:keep_samples]}
+
+
 __all__ = [
     "DOC_SPLITS",
     "TextScore",
@@ -281,4 +317,6 @@ __all__ = [
     "repeated_ngram_rate",
     "memorisation_rate",
     "generation_metrics",
+    "read_prompts",
+    "evaluate_generation",
 ]

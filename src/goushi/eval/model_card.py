@@ -236,12 +236,31 @@ def write_model_card(run_dir: str | Path, *, model_config: ModelConfig | dict[st
     cfg = model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config)
     if eval_results is None:
         eval_results = read_eval_json(run_dir)
-    text = render_model_card(run_dir.resolve().name, model_config=cfg, train_summary=dict(train_summary or {}),
+    summary = dict(train_summary or {})
+    # Recorded at write time (the training machine); a later refresh reads it back from model_card.json.
+    summary.setdefault("hardware", hardware_description(summary.get("device")))
+    text = render_model_card(run_dir.resolve().name, model_config=cfg, train_summary=summary,
                              data_meta=dict(data_meta or {}), eval_results=eval_results)
-    atomic_write_json(run_dir / CARD_INPUTS, {"model_config": cfg, "train_summary": train_summary or {},
-                                              "data_meta": data_meta or {}})
+    atomic_write_json(run_dir / CARD_INPUTS, _json_safe({"model_config": cfg, "train_summary": summary,
+                                                         "data_meta": data_meta or {}}))
     atomic_write_text(run_dir / CARD, text)
     return run_dir / CARD
+
+
+def hardware_description(device: str | None = None) -> str:
+    """E.g. "2 CPU cores (x86_64), torch 2.13.0" or "NVIDIA A100 ..., torch ..."."""
+    import os
+    import platform
+
+    import torch
+
+    parts = []
+    if device and str(device).startswith("cuda") and torch.cuda.is_available():
+        parts.append(f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}")
+    elif device and str(device).startswith("mps"):
+        parts.append("Apple GPU (MPS)")
+    parts.append(f"{os.cpu_count()} CPU cores ({platform.machine() or 'unknown'})")
+    return f"{', '.join(parts)}, torch {torch.__version__.split('+')[0]}"
 
 
 def read_eval_json(run_dir: str | Path) -> dict[str, Any] | None:
@@ -290,9 +309,11 @@ def refresh_model_card(run_dir: str | Path) -> Path | None:
         if not cfg_path.exists():
             return None
         info = json.loads(cfg_path.read_text(encoding="utf-8"))
+        data = info.get("data") if isinstance(info.get("data"), dict) else {}
+        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         data_dir = run_data_dir(run_dir)
-        meta_path = data_dir / "meta.json" if data_dir else None
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path and meta_path.exists() else {}
+        if not meta and data_dir and (data_dir / "meta.json").exists():
+            meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
         summary = info.get("summary") if isinstance(info.get("summary"), dict) else {}
         inputs = {"model_config": info["model"], "train_summary": summary, "data_meta": meta}
     return write_model_card(run_dir, model_config=inputs["model_config"], train_summary=inputs.get("train_summary") or {},

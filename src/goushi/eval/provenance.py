@@ -53,6 +53,13 @@ def index_dir_for_run(run_dir: str | Path, data_dir: str | Path | None = None) -
         if not (idx / "index.json").exists():
             raise GoushiError(f"--data {p}: no provenance index at {idx}; rebuild it with `goushi data build`")
         return idx
+    if not (run_dir / "config.json").exists():
+        # Not a run: a DATA_DIR (or the index itself) is fine too, for checking text against any data.
+        for idx in (run_dir / INDEX_DIRNAME, run_dir):
+            if (idx / "index.json").exists():
+                return idx
+        raise GoushiError(f"{run_dir}: neither a run directory (no config.json) nor a data directory with a "
+                          f"provenance index; pass a RUN_DIR from `goushi train` or a DATA_DIR from `goushi data build`")
     recorded = run_data_dir(run_dir)
     if recorded is not None and (recorded / INDEX_DIRNAME / "index.json").exists():
         return recorded / INDEX_DIRNAME
