@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import shutil
 import tempfile
 from array import array
@@ -37,6 +38,8 @@ INDEX_VERSION = 1
 SEP = b"\x00"
 INDEX_DIRNAME = "provenance"
 _FILES = ("corpus.bin", "sa.npy", "docs.npy", "doc_src.npy", "index.json")
+_BANNED = re.compile("[\x00\ud800-\udfff]")
+_QUERY_PIECES = re.compile("[^\x00\ud800-\udfff]+")
 # When a span occurs many times, the earliest document among this many occurrences names the source.
 _OCCURRENCE_SCAN = 1024
 
@@ -85,7 +88,8 @@ class TextIndexWriter:
             raise GoushiError("TextIndexWriter: add() after close(); build a new writer")
         if not isinstance(text, str):
             raise GoushiError(f"TextIndexWriter.add: text must be str, got {type(text).__name__}")
-        data = text.replace("\x00", "").encode("utf-8", errors="replace")
+        # NUL is the separator; a lone surrogate cannot be UTF-8: neither may enter the corpus.
+        data = _BANNED.sub("", text).encode("utf-8")
         if source_id not in self._source_pos:
             self._source_pos[source_id] = len(self._source_ids)
             self._source_ids.append(str(source_id))
@@ -273,11 +277,10 @@ class TextIndex:
         spans: list[Span] = []
         if not self._n or not text:
             return spans
-        # A NUL never occurs in the index, so it splits the query into independent pieces.
-        base = 0
-        for piece in text.split("\x00"):
-            spans.extend(self._spans_in(piece, base, min_chars))
-            base += len(piece) + 1
+        # NUL and lone surrogates (undecodable bytes smuggled in by a terminal as U+DC80..) never occur in
+        # the index, so they split the query into independent pieces.
+        for m in _QUERY_PIECES.finditer(text):
+            spans.extend(self._spans_in(m.group(), m.start(), min_chars))
         return spans
 
     def _spans_in(self, text: str, base: int, k: int) -> list[Span]:

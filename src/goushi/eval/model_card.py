@@ -119,6 +119,9 @@ _TRAIN_LABELS = {
     "stop_reason": "stopped because",
 }
 
+_EXTRA_LABELS = {"tokens_per_s": "tokens/s", "final_val_ppl": "final val perplexity"}
+_SHOWN_ELSEWHERE = {"parameters", "family", "run_dir"}  # already in the Model section
+
 
 def render_model_card(run_name: str, *, model_config: ModelConfig | dict[str, Any], train_summary: dict[str, Any],
                       data_meta: dict[str, Any], eval_results: dict[str, Any] | None = None) -> str:
@@ -172,8 +175,8 @@ def render_model_card(run_name: str, *, model_config: ModelConfig | dict[str, An
         elif k == "tokens" and isinstance(v, (int, float)):
             v = f"{int(v):,} ({_human(v)})"
         rows.append([label, v])
-    rows += [[k.replace("_", " "), v] for k, v in train_summary.items()
-             if k not in _TRAIN_LABELS and isinstance(v, (str, int, float, bool))]
+    rows += [[_EXTRA_LABELS.get(k, k.replace("_", " ")), v] for k, v in train_summary.items()
+             if k not in _TRAIN_LABELS and k not in _SHOWN_ELSEWHERE and isinstance(v, (str, int, float, bool))]
     L += _table(["field", "value"], rows) if rows else ["No training summary recorded."]
 
     L += ["", "## Evaluation", ""]
@@ -184,7 +187,7 @@ def render_model_card(run_name: str, *, model_config: ModelConfig | dict[str, An
         "- For fun, learning and experiments: it imitates the **style** of its training text. It does not know "
         "facts; what it writes is often false, nonsensical or off-topic, stated with confidence.",
         "- It can repeat its training text word for word. Check any output you publish with "
-        f"`goushi provenance {run_name} --text \"...\"`, which names the source and licence of copied spans.",
+        "`goushi provenance RUN_DIR --text \"...\"`, which names the source and licence of copied spans.",
         "- It repeats whatever biases and offensive content its sources contain, and has no safety tuning.",
         "- Not for decisions about people, medical, legal or financial advice, or anything that must be true.",
         "- Credit the sources above, and respect the licence warnings, when you share the model or its output.",

@@ -79,6 +79,7 @@ def loss_plot_png(rows: list[dict[str, Any]]) -> bytes | None:
             xs, ys = _series(rows, k)
             axes[0][1].plot(xs, ys, marker="o" if len(xs) < 0.5 * len(rows) else None, markersize=3, label=k)
         axes[0][1].set_xlabel("step")
+        axes[0][1].set_ylabel("bits per character" if any("bpc" in k for k in side_keys) else "learning rate")
         axes[0][1].legend()
         axes[0][1].grid(alpha=0.3)
     fig.tight_layout()
@@ -106,7 +107,7 @@ def markdown_to_html(md: str) -> str:
         if not line.strip():
             i += 1
         elif m := re.match(r"(#{1,6})\s+(.*)", line):
-            level = min(len(m.group(1)) + 1, 6)  # the card's "#" sits under the page's own h1
+            level = min(len(m.group(1)) + 1, 6)  # the card's "#" becomes a section (h2) under the page's h1
             out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
             i += 1
         elif line.lstrip().startswith("|"):
@@ -184,7 +185,7 @@ def render_report(run_dir: str | Path, *, samples: list[dict[str, Any]] | None =
               if png else '<p class="muted">No metrics.jsonl with loss values in this run.</p>')
     card_path = run_dir / CARD
     card = (markdown_to_html(card_path.read_text(encoding="utf-8")) if card_path.exists()
-            else '<p class="muted">No MODEL_CARD.md in this run.</p>')
+            else '<h2>Model card</h2><p class="muted">No MODEL_CARD.md in this run.</p>')
     name = html.escape(run_dir.resolve().name)
     return f"""<!doctype html>
 <html lang="zh"><head><meta charset="utf-8"><title>{name} · Goushi GPT report</title>
@@ -193,7 +194,7 @@ def render_report(run_dir: str | Path, *, samples: list[dict[str, Any]] | None =
 <section><h2>Loss curves</h2>{curves}</section>
 <section><h2>Evaluation</h2>{_eval_html(ev)}</section>
 <section><h2>Samples</h2>{_samples_html(samples)}</section>
-<section><h2>Model card</h2>{card}</section>
+<section>{card}</section>
 </body></html>
 """
 
