@@ -44,6 +44,13 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return float(t.item()) / self.world
 
+    def max(self, value: float, device: torch.device) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         if not self.enabled:
             return values

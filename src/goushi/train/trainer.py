@@ -459,22 +459,33 @@ class Trainer:
         # Never restart a warmup already under way (a time budget is planned a few steps in).
         self.warmup = capped if capped >= self.step else self.step
 
-    def _plan_time(self, step_times: list[float]) -> None:
-        """Turn the time budget into a step count from measured step and evaluation times."""
+    def _plan_time(self, step_times: list[float], *, again: bool = False) -> None:
+        """Turn the time budget into a step count from measured step and evaluation times.
+
+        Planned a few steps in, then planned again at evaluations in the first 60% of the run from the
+        longer measurement (the schedule's decay phase is never moved).
+        """
         budget = parse_duration(self.cfg.time_budget)
-        per_step = float(np.median(step_times))
+        per_step = float(np.mean(step_times))
         eval_cost = self.eval_seconds if self.eval_seconds is not None else \
             per_step * self.cfg.eval_batches / (3 * self.cfg.grad_accum)  # a forward is ~1/3 of a step
         evals_per_step = 1 / self.cfg.eval_every if self.cfg.eval_every else 0.0
         remaining = budget - self.elapsed() - eval_cost  # keep room for the final evaluation
-        n = max(1, int(0.97 * remaining / (per_step + evals_per_step * eval_cost)))
+        n = max(1, int(0.98 * remaining / (per_step + evals_per_step * eval_cost)))
         total = self.step + n
         fixed = self._fixed_total()
         if fixed:
             total = min(total, fixed)
-        self._set_total(total)
-        self.log(f"time budget {self.cfg.time_budget}: {per_step:.2f}s/step measured -> planned {self.total} steps "
-                 f"in total")
+        total = int(self.dist.max(float(total), self.device))  # every rank must run the same number of steps
+        if again and abs(total - (self.total or 0)) <= 0.02 * total:
+            return
+        old = self.total
+        if again:
+            self.total = max(total, self.step + 1)
+        else:
+            self._set_total(total)
+        self.log(f"time budget {self.cfg.time_budget}: {per_step:.2f}s/step measured -> "
+                 + (f"planned {self.total} steps in total" if not again else f"re-planned {old} -> {self.total} steps"))
 
     # ---- the loop ------------------------------------------------------------------------------
     def _install_sigint(self):
@@ -615,6 +626,7 @@ class Trainer:
         last_loss, last_rec = float("nan"), {}
         step_times: list[float] = []
         session_start_step = self.step
+        planned_here = False
         budget_s = parse_duration(cfg.time_budget) if cfg.time_budget else None
         from tqdm.auto import tqdm
 
@@ -625,13 +637,16 @@ class Trainer:
             while True:
                 if self.total is not None and self.step >= self.total:
                     break
-                if budget_s is not None and self.elapsed() >= budget_s:
+                if budget_s is not None and self.dist.any(self.elapsed() >= budget_s, self.device):
                     stop_reason = "time budget"
                     break
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.last_eval_step != self.step:
                     t_e = time.perf_counter()
                     last_rec = self._do_eval()
                     t_log += time.perf_counter() - t_e  # evaluation time is not training throughput
+                    if planned_here and self.total and self.step < 0.6 * self.total:
+                        self._plan_time(step_times[2:], again=True)
+                        self.bar.total = self.total
                 t0 = time.perf_counter()
                 loss, lr = self.train_step()
                 if not math.isfinite(loss):
@@ -642,6 +657,7 @@ class Trainer:
                 tok_log += self.tokens_per_step
                 if budget_s is not None and self.total is None and self.step - session_start_step >= PLAN_AFTER:
                     self._plan_time(step_times[2:])  # the first steps pay for allocation and compilation
+                    planned_here = True
                     self.bar.total = self.total
                 if self.step % cfg.log_every == 0:
                     dt = time.perf_counter() - t_log
