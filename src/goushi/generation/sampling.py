@@ -1,0 +1,153 @@
+"""Greedy decoding and sampling for a batch of rows (prompt x sample), one step at a time.
+
+`decode` is a generator: after every step it yields the StreamEvent of each row still running,
+so `Engine.stream` shows them as they come and `Engine.generate` just collects them. Both therefore
+produce the same text. Finished rows leave the batch at once, so a long sample does not make
+short ones pay for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from goushi.generation.options import Generation, SampleConfig, StreamEvent, TopToken
+from goushi.generation.processors import (
+    NEG_INF,
+    NgramBan,
+    ban_ngrams,
+    draw,
+    repetition_penalty,
+    top_candidates,
+    top_k_top_p_min_p,
+)
+from goushi.generation.runner import Runner
+from goushi.generation.text import TextTracker
+
+
+@dataclass
+class Vocab:
+    """What decoding needs from the tokenizer, computed once per engine."""
+
+    size: int  # tokenizer vocabulary; a model with a padded vocabulary never picks ids beyond it
+    eot_id: int
+    token_bytes: list[bytes]  # raw UTF-8 bytes per id; special tokens as their own text
+    pieces: list[str]  # readable pieces for top-N displays
+
+
+@dataclass
+class RowSpec:
+    prompt: str
+    ids: list[int]  # prompt tokens the model sees, starting with <|endoftext|>
+    seed: int | None
+
+
+@dataclass
+class _Row:
+    spec: RowSpec
+    tracker: TextTracker
+    ban: NgramBan | None
+    token_ids: list[int] = field(default_factory=list)
+    steps: list[list[TopToken]] = field(default_factory=list)
+    logprob: float = 0.0
+    finish_reason: str | None = None
+    truncated: bool = False
+
+    def result(self) -> Generation:
+        return Generation(prompt=self.spec.prompt, text=self.tracker.text, token_ids=self.token_ids,
+                          finish_reason=self.finish_reason or "length", steps=self.steps,
+                          truncated_prompt=self.truncated, score=self.logprob, seed=self.spec.seed)
+
+
+def _uniforms(specs: list[RowSpec], n: int, device: torch.device) -> torch.Tensor:
+    """n uniforms per row from the row's own generator: reproducible per row, independent of the
+    batch and of other threads (the global torch RNG is never touched)."""
+    rows = [torch.rand(n, generator=torch.Generator().manual_seed(s.seed or 0), dtype=torch.float64)
+            for s in specs]
+    return torch.stack(rows).to(device)
+
+
+def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab,
+           rows_out: list[_Row] | None = None) -> Iterator[list[tuple[int, StreamEvent]]]:
+    """Yield, after each step, [(row index, event)] for the rows that were still running.
+    If `rows_out` is given it is filled with the row states (call `.result()` at the end)."""
+    greedy = cfg.is_greedy
+    device = model.wte.weight.device
+    rows = [_Row(s, TextTracker(vocab.token_bytes, cfg.stop),
+                 NgramBan(cfg.no_repeat_ngram_size, s.ids) if cfg.no_repeat_ngram_size else None) for s in specs]
+    if rows_out is not None:
+        rows_out.extend(rows)
+    active = list(range(len(rows)))
+    runner = Runner(model, [s.ids for s in specs], max(len(s.ids) for s in specs) + cfg.max_new_tokens, vocab.eot_id)
+    uniforms = None if greedy else _uniforms(specs, cfg.max_new_tokens, device)
+    seen = None
+    if cfg.repetition_penalty != 1.0:
+        seen = torch.zeros((len(rows), vocab.size), dtype=torch.bool)
+        for r, s in enumerate(specs):
+            seen[r, s.ids] = True
+        seen = seen.to(device)
+
+    logits = runner.prefill()
+    for step in range(cfg.max_new_tokens):
+        for i, r in enumerate(active):
+            rows[r].truncated |= runner.truncated[i]
+        raw = logits[:, : vocab.size].float()
+        log_z = torch.logsumexp(raw, dim=-1)
+        work = raw.clone()
+        if seen is not None:
+            work = repetition_penalty(work, seen, cfg.repetition_penalty)
+        if cfg.no_repeat_ngram_size:
+            work = ban_ngrams(work, [rows[r].ban for r in active])
+        if step < cfg.min_new_tokens:
+            work[:, vocab.eot_id] = NEG_INF
+        if greedy:
+            choice = work.argmax(dim=-1)  # first index among equal maxima: deterministic
+            probs = work.softmax(-1) if cfg.top_n else None
+        else:
+            work = top_k_top_p_min_p(work / cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
+            probs = work.softmax(-1)
+            choice = draw(probs, uniforms[:, step])
+        chosen = choice.tolist()
+        logps = (raw.gather(1, choice.view(-1, 1)).squeeze(1) - log_z).tolist()
+        tops = top_candidates(probs, cfg.top_n) if cfg.top_n else None
+
+        events, keep = [], []
+        for i, r in enumerate(active):
+            row, t = rows[r], chosen[i]
+            row.logprob += logps[i]
+            top = [(vocab.pieces[j], p, j) for p, j in zip(tops[0][i], tops[1][i], strict=True)] if tops else None
+            if top is not None:
+                row.steps.append(top)
+            if t == vocab.eot_id:
+                row.finish_reason, delta = "eos", row.tracker.finish()
+            else:
+                row.token_ids.append(t)
+                delta, stopped = row.tracker.push(t)
+                if stopped:
+                    row.finish_reason = "stop"
+                elif len(row.token_ids) >= cfg.max_new_tokens:
+                    row.finish_reason = "length"
+                    delta += row.tracker.finish()
+                if row.ban is not None:
+                    row.ban.add(t)
+            if row.finish_reason is None:
+                keep.append(i)
+            events.append((r, StreamEvent(delta, t, top, row.finish_reason, row.truncated)))
+        yield events
+        if not keep:
+            return
+        if len(keep) < len(active):
+            runner.select(keep)
+            index = torch.tensor(keep, device=device)
+            choice = choice.index_select(0, index)
+            chosen = [chosen[i] for i in keep]
+            if uniforms is not None:
+                uniforms = uniforms.index_select(0, index)
+            if seen is not None:
+                seen = seen.index_select(0, index)
+            active = [active[i] for i in keep]
+        if seen is not None:
+            seen.scatter_(1, choice.view(-1, 1), True)
+        logits = runner.step(choice, chosen)

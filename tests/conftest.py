@@ -1,0 +1,55 @@
+"""Shared fixtures. Everything here is built from a few made-up sentences in a temporary directory;
+no test reads the corpus or ../shared."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+# Enough text for a char tokenizer (every character once or more) and a small BPE.
+TINY_TEXTS = [
+    "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。",
+    "今天我终于学会了做饭，味道还不错。",
+    "今天疯狂星期四，V我50！我们去吃肯德基吧。",
+    "好评！物流很快，东西不错，下次还来。",
+    "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。",
+] * 20
+
+
+def build_run(run_dir: Path, *, kind: str = "char", family: str = "gpt2", seed: int = 0, **model_overrides) -> Path:
+    """A complete run directory (weights, config.json, tokenizer.json) with a random tiny model."""
+    import torch
+
+    from goushi.checkpoint import save_weights, write_config
+    from goushi.config import preset_config
+    from goushi.model import GPT
+    from goushi.tokenizer import Tokenizer
+
+    tok = Tokenizer.train_char(TINY_TEXTS) if kind == "char" else Tokenizer.train_bpe(TINY_TEXTS, vocab_size=400)
+    shape = dict(n_layer=2, n_head=4, n_embd=64, context_length=64)
+    shape.update(model_overrides)
+    cfg = preset_config("tiny", family, vocab_size=tok.vocab_size, **shape)
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(run_dir / "model.safetensors", model)
+    write_config(run_dir, {"model": cfg.to_dict()})
+    tok.save(run_dir / "tokenizer.json")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def make_run(tmp_path_factory) -> Callable[..., Path]:
+    """make_run(kind="char"|"bpe", family="gpt2"|"llama", **model_overrides) -> run directory.
+    Runs with the same arguments are built once per session; treat them as read-only."""
+    built: dict[tuple, Path] = {}
+
+    def make(kind: str = "char", family: str = "gpt2", **overrides) -> Path:
+        key = (kind, family, tuple(sorted(overrides.items())))
+        if key not in built:
+            built[key] = build_run(tmp_path_factory.mktemp(f"run_{kind}_{family}"), kind=kind, family=family, **overrides)
+        return built[key]
+
+    return make
