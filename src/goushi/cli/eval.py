@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--samples", type=int, default=3, metavar="N",
                    help="when eval.json holds no samples, generate N for the page (default: 3; 0 = none)")
     r.add_argument("--prompts", metavar="FILE", help="prompts for those samples (default: openings of val.jsonl)")
+    r.add_argument("--max-new-tokens", type=_positive, default=150, help="length of those samples (default: 150)")
     r.add_argument("--data", metavar="DATA_DIR", help="data directory with the provenance index")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     r.set_defaults(func=run_report)
@@ -238,7 +239,7 @@ def run_report(args: argparse.Namespace) -> int:
             from goushi.eval.metrics import evaluate_generation
 
             engine = Engine.load(args.run_dir, device=args.device)
-            cfg = SampleConfig(max_new_tokens=150, num_samples=1, seed=0).validate()
+            cfg = SampleConfig(max_new_tokens=args.max_new_tokens, num_samples=1, seed=0).validate()
             samples = evaluate_generation(engine, prompts, cfg, index=_optional_index(args.run_dir, args.data))["samples"]
         else:
             print("note: no samples on the page (no --prompts and no val.jsonl to take openings from)", file=sys.stderr)
