@@ -30,8 +30,9 @@ def hf_gpt2(cfg) -> torch.nn.Module:
     hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.context_length, n_embd=cfg.n_embd,
                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.hidden, activation_function="gelu",
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=cfg.norm_eps,
-                        tie_word_embeddings=cfg.tie_embeddings)
-    return GPT2LMHeadModel(hf_cfg, attn_implementation="sdpa")
+                        tie_word_embeddings=cfg.tie_embeddings, bos_token_id=0, eos_token_id=0)
+    hf_cfg._attn_implementation = "sdpa"  # the same fused attention kernel ours uses
+    return GPT2LMHeadModel(hf_cfg)
 
 
 def timed_steps(step, n: int, device: torch.device) -> float:
