@@ -1,0 +1,118 @@
+"""The model card tab: what a run is (shape, data, training), read from its files without loading weights."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from goushi.config import ModelConfig, param_counts
+from goushi.errors import USER_ERRORS
+
+MODEL_CARD = "MODEL_CARD.md"
+LOSS_PNG = "loss.png"
+
+
+def _human(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def _last(rows: list[dict[str, Any]], key: str) -> Any:
+    for r in reversed(rows):
+        if isinstance(r.get(key), (int, float)):
+            return r[key]
+    return None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    from goushi.eval.report import read_metrics as _read
+
+    try:
+        return _read(run_dir)
+    except USER_ERRORS:
+        return []
+
+
+def summary_markdown(run_dir: Path, info: dict[str, Any]) -> str:
+    """A short table a learner can read: size, context, vocabulary, how far training got."""
+    lines = [f"**目录 run directory:** `{run_dir}`", ""]
+    try:
+        cfg = ModelConfig.from_dict(info.get("model", {}))
+    except USER_ERRORS as e:
+        return "\n".join(lines + [f"config.json 的 model 部分有问题 · bad model config: {e}"])
+    counts = param_counts(cfg)
+    rows = [
+        ("参数量 parameters", f"{_human(counts['total'])} ({counts['total']:,})"),
+        ("层数 layers × 头数 heads", f"{cfg.n_layer} × {cfg.n_head} (kv heads {cfg.kv_heads})"),
+        ("宽度 width (n_embd)", str(cfg.n_embd)),
+        ("上下文 context length", f"{cfg.context_length} tokens"),
+        ("词表 vocabulary", f"{cfg.vocab_size} tokens"),
+        ("结构 family", f"{cfg.family}: {cfg.pos_encoding} positions, {cfg.norm}, {cfg.mlp}"),
+    ]
+    data = info.get("data") if isinstance(info.get("data"), dict) else {}
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    if meta.get("tokenizer_kind"):
+        rows.append(("分词器 tokenizer", str(meta["tokenizer_kind"])))
+    metrics = read_metrics(run_dir)
+    step = _last(metrics, "step")
+    if step is not None:
+        rows.append(("训练步数 steps", str(step)))
+    tokens = _last(metrics, "tokens")
+    if tokens is not None:
+        rows.append(("训练 token 数 tokens seen", _human(tokens)))
+    loss = _last(metrics, "loss")
+    if loss is not None:
+        # The loss of a uniform guess tells a learner whether the model learned anything at all.
+        rows.append(("最后的训练损失 last train loss", f"{loss:.3f} (瞎猜 uniform guess = ln {cfg.vocab_size} = "
+                     f"{math.log(cfg.vocab_size):.2f})"))
+    val = _last(metrics, "val_loss")
+    if val is not None:
+        bpc = _last(metrics, "val_bpc")
+        rows.append(("验证损失 validation loss", f"{val:.3f}" + (f" · {bpc:.3f} bits/char" if bpc is not None else "")))
+    if info.get("sft"):
+        rows.append(("对话微调 chat fine-tuned", "是 yes"))
+    lines += ["| 项目 item | 值 value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def model_card_markdown(run_dir: Path) -> str:
+    p = run_dir / MODEL_CARD
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return f"（这个运行没有 {MODEL_CARD} · this run has no {MODEL_CARD}; `goushi train` writes one at the end of training）"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"（无法读取 cannot read {p}: {e}）"
+
+
+def loss_image(run_dir: Path) -> Any:
+    """loss.png if training drew one, else a plot from metrics.jsonl; None when there is neither."""
+    from PIL import Image
+
+    png = run_dir / LOSS_PNG
+    data = None
+    if png.is_file():
+        data = png.read_bytes()
+    else:
+        metrics = read_metrics(run_dir)
+        if metrics:
+            from goushi.eval.report import loss_plot_png
+
+            data = loss_plot_png(metrics)
+    if not data:
+        return None
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img.convert("RGB")
+    except OSError:
+        return None
+
+
+def config_json(info: dict[str, Any]) -> str:
+    return json.dumps(info, ensure_ascii=False, indent=2)

@@ -1,0 +1,35 @@
+"""Serving the page: local only unless asked, no share link, no web fonts or analytics, a clear port error."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from goushi.errors import GoushiError
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(demo: Any, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True,
+          open_browser: bool = False, quiet: bool = False) -> str:
+    """Start the server; with block=False return its URL at once (tests, notebooks) and leave it running."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from goushi.ui.style import CSS, theme
+
+    if not 0 < int(port) < 65536:
+        raise GoushiError(f"--port {port}: must be between 1 and 65535")
+    if host not in LOCAL_HOSTS and not quiet:
+        print(f"warning: --host {host}: the page (and every model on it) is reachable from other machines on "
+              "the network; use --host 127.0.0.1 to keep it on this one", file=sys.stderr)
+    demo.queue()
+    try:
+        _, url, _ = demo.launch(
+            server_name=host, server_port=int(port), share=False, inbrowser=open_browser,
+            prevent_thread_lock=not block, quiet=quiet, show_error=True, ssr_mode=False, mcp_server=False,
+            theme=theme(), css=CSS, footer_links=["api", "settings"],
+        )
+    except OSError as e:
+        raise GoushiError(f"--port {port}: cannot serve on {host}:{port} ({e}); "
+                          "another program uses it, pick another with --port") from None
+    return url
