@@ -42,6 +42,16 @@ def _normalised(sum_logprobs: float, length: int, length_penalty: float) -> floa
     return sum_logprobs / (max(length, 1) ** length_penalty)
 
 
+def _best(cand: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n best candidates, best first; among equal scores the lower index (beam, then token id)
+    wins, as greedy's argmax does, so one beam is exactly greedy. topk finds the threshold; only
+    candidates at or above it are sorted (a full stable sort of beams x vocabulary costs ms)."""
+    threshold = torch.topk(cand, n).values[-1]
+    idx = (cand >= threshold).nonzero().flatten()  # ascending index
+    order = torch.sort(cand[idx], descending=True, stable=True).indices[:n]
+    return cand[idx[order]], idx[order]
+
+
 def beam_search(model, spec: RowSpec, cfg: SampleConfig, vocab: Vocab) -> list[Generation]:
     """The best `cfg.num_samples` hypotheses for one prompt, best first."""
     K, V = cfg.num_beams, vocab.size
@@ -80,8 +90,7 @@ def beam_search(model, spec: RowSpec, cfg: SampleConfig, vocab: Vocab) -> list[G
         logp = work.log_softmax(-1)
         tops = top_candidates(logp.exp(), cfg.top_n) if cfg.top_n else None
         cand = (scores.view(-1, 1) + logp).view(-1)
-        n_cand = min(2 * K, int(torch.isfinite(cand).sum()))
-        values, flat = torch.topk(cand, n_cand)
+        values, flat = _best(cand, min(2 * K, int(torch.isfinite(cand).sum())))
         new_beams: list[_Beam] = []
         new_scores: list[float] = []
         parents: list[int] = []
