@@ -141,12 +141,12 @@ def test_cli_eval_json_saves_results_and_updates_the_card(run_dir, tmp_path, cap
     held.write_text(DOCS[1] + "\n\n" + DOCS[0] * 3, encoding="utf-8")  # the second document is longer than 16 tokens
     assert run_cli(["eval", str(run_dir), "--text", str(held), "--json", "--context-stride", "4", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
-    r = out["text"]["files"][str(held)]
+    r = out["files"][str(held)]
     assert set(r) >= {"loss", "ppl", "bpc", "bpb", "tokens", "chars"}
-    assert r["chars"] == len(DOCS[1]) + 3 * len(DOCS[0]) and out["text"]["overall"]["tokens"] == r["tokens"]
-    assert out["text"]["stride"] == 4 and 0 < r["bpc"] < 20
+    assert r["chars"] == len(DOCS[1]) + 3 * len(DOCS[0]) and out["overall"]["tokens"] == r["tokens"]
+    assert out["stride"] == 4 and 0 < r["bpc"] < 20
     saved = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
-    assert saved["text"]["overall"]["bpc"] == pytest.approx(out["text"]["overall"]["bpc"])
+    assert saved["text"]["overall"]["bpc"] == pytest.approx(out["overall"]["bpc"])
     assert f"| held.txt | {r['bpc']:.4f} |" in (run_dir / "MODEL_CARD.md").read_text(encoding="utf-8")
     # Without --text the data's val.jsonl is scored.
     assert run_cli(["eval", str(run_dir), "--device", "cpu"]) == 0

@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data", metavar="DATA_DIR", help="data directory with the provenance index "
                    "(default: the one recorded in RUN_DIR/config.json)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    e.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    e.add_argument("--json", action="store_true", help="print one JSON object instead of tables: text results "
+                   "as {overall, files: {FILE: {loss, ppl, bpc, bpb, tokens, chars, ...}}, ...}, generation under "
+                   "\"generate\"")
     e.set_defaults(func=run_eval)
 
     p = sub.add_parser(
@@ -155,7 +157,7 @@ def run_eval(args: argparse.Namespace) -> int:
         res = evaluate_files(run.model, run.tokenizer, texts, context_length=run.config.context_length,
                              stride=args.context_stride, split=args.doc_split)
         save_eval_results(args.run_dir, "text", res)
-        out["text"] = res
+        out.update(res)  # text results at the top level: {"overall", "files", ...} as scripts expect
         if not args.json:
             _print_text_table(res)
     if args.generate:
