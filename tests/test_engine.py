@@ -40,18 +40,29 @@ def bpe_engine(make_run) -> Engine:
     return Engine.load(make_run("bpe"), device="cpu")
 
 
-def reference_greedy(model, ids: list[int], n: int, eot: int) -> list[int]:
-    """Greedy decoding by recomputing the whole sequence at every step: no cache, no padding."""
-    seq, out = list(ids), []
+def reference_greedy(model, ids: list[int], n: int, eot: int) -> tuple[list[int], list[list[float]]]:
+    """Greedy decoding by recomputing the whole sequence at every step: no cache, no padding.
+    Returns the tokens and the top-5 probabilities of every step."""
+    seq, out, tops = list(ids), [], []
     with torch.no_grad():
         for _ in range(n):
             logits, _ = model(torch.tensor([seq]))
+            tops.append(logits[0, -1].softmax(-1).topk(5).values.tolist())
             t = int(logits[0, -1].argmax())
             if t == eot:
                 break
             out.append(t)
             seq.append(t)
-    return out
+    return out, tops
+
+
+def top_probs(g) -> list[list[float]]:
+    return [[p for _, p, _ in step] for step in g.steps]
+
+
+def same_probs(a: list[list[float]], b: list[list[float]]) -> bool:
+    """Equal up to float noise; a random model's probabilities are ~1/vocab, so compare relatively."""
+    return len(a) == len(b) and torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-4, atol=1e-7)
 
 
 # ---- greedy, cache, batches ------------------------------------------------------------------------
@@ -70,20 +81,23 @@ def test_greedy_equals_top_k_1_equals_one_beam_equals_temperature_0(engine):
 
 def test_kv_cache_decoding_equals_full_recomputation(engine):
     for prompt in PROMPTS:
-        g = engine.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=30))[0]
+        g = engine.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=30, top_n=5))[0]
         ids = [engine.tokenizer.eot_id, *engine.tokenizer.encode(prompt)]
-        assert g.token_ids == reference_greedy(engine.model, ids, 30, engine.tokenizer.eot_id)
+        tokens, tops = reference_greedy(engine.model, ids, 30, engine.tokenizer.eot_id)
+        assert g.token_ids == tokens
+        assert same_probs(top_probs(g), tops)  # the same distributions, not just the same argmax
         if "\ufffd" not in (full := engine.tokenizer.decode(g.token_ids)):  # random bytes may be invalid UTF-8
             assert g.text == full
 
 
 def test_batch_of_different_lengths_equals_each_prompt_alone(engine):
-    cfg = SampleConfig(strategy="greedy", max_new_tokens=20)
+    cfg = SampleConfig(strategy="greedy", max_new_tokens=20, top_n=5)
     batch = engine.generate(PROMPTS, cfg)
     assert [g.prompt for g in batch] == PROMPTS
     for prompt, g in zip(PROMPTS, batch, strict=True):
         alone = engine.generate(prompt, cfg)[0]
         assert (g.token_ids, g.text, g.finish_reason) == (alone.token_ids, alone.text, alone.finish_reason)
+        assert same_probs(top_probs(g), top_probs(alone))
 
 
 # ---- sampling ---------------------------------------------------------------------------------------
@@ -177,18 +191,19 @@ def reference_sliding(model, ids: list[int], n: int, eot: int, window: int) -> l
     ctx = model.config.context_length
     seq = list(ids)
     start = 0 if len(seq) <= ctx else len(seq) - window
-    out = []
+    out, tops = [], []
     with torch.no_grad():
         for _ in range(n):
             if len(seq) - start > ctx:
                 start = len(seq) - window
             logits, _ = model(torch.tensor([seq[start:]]))
+            tops.append(logits[0, -1].softmax(-1).topk(5).values.tolist())
             t = int(logits[0, -1].argmax())
             if t == eot:
                 break
             out.append(t)
             seq.append(t)
-    return out
+    return out, tops
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -199,8 +214,9 @@ def test_context_overflow_slides_the_window_and_says_so(make_run, family):
     long_prompt = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"  # 25 characters > 16
     ids = [0, *eng.tokenizer.encode(long_prompt)]
     for prompt, prompt_ids in ((long_prompt, ids), ("今天", [0, *eng.tokenizer.encode("今天")])):
-        g = eng.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=40))[0]
-        assert g.token_ids == reference_sliding(eng.model, prompt_ids, 40, 0, slide_window(16))
+        g = eng.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=40, top_n=5))[0]
+        tokens, tops = reference_sliding(eng.model, prompt_ids, 40, 0, slide_window(16))
+        assert g.token_ids == tokens and same_probs(top_probs(g), tops)
         assert g.truncated_prompt == (len(prompt_ids) + len(g.token_ids) > 17)
     g = eng.generate(long_prompt, SampleConfig(max_new_tokens=50, min_new_tokens=50, seed=0))[0]
     assert len(g.token_ids) == 50 and g.truncated_prompt
