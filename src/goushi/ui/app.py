@@ -205,7 +205,8 @@ def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | N
         gr.on([demo.load, model.change], select, inputs=[model], outputs=select_outputs, api_name="select_model")
 
         def refresh(current: str | None):
-            keys = registry.refresh()
+            registry.refresh()
+            keys = registry.keys()
             value = current if current in keys else (keys[0] if keys else None)
             return gr.update(choices=keys, value=value), gr.update(visible=not keys), gr.update(visible=bool(keys))
 

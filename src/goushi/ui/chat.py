@@ -25,13 +25,15 @@ def is_chat_run(info: dict[str, Any]) -> bool:
 
 def message_text(msg: Any) -> str:
     """Text of one chat message: Gradio 6 hands messages back as lists of content parts."""
+    if isinstance(msg, dict) and "content" not in msg:  # one content part: {"type": "text", "text": ...}
+        return str(msg.get("text") or "")
     content = msg.get("content") if isinstance(msg, dict) else msg
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         return "".join(message_text(part) for part in content)
     if isinstance(content, dict):
-        return str(content.get("text", ""))
+        return message_text(content)
     return ""
 
 

@@ -283,7 +283,9 @@ def inspect(registry: ModelRegistry, key: str, prompt: str, n_steps: float, mode
              "filtered": cfg.strategy == "sample" and not cfg.is_greedy}
     n_chars = len(prompt)
     summary = (f"**{n_chars} 个字符 → {len(tokens)} 个 token** · {n_chars} characters → {len(tokens)} tokens "
-               f"(每个 token 平均 {n_chars / max(1, len(tokens)):.2f} 个字 chars per token) · 种子 seed {seed_used}")
+               f"(每个 token 平均 {n_chars / max(1, len(tokens)):.2f} 个字 chars per token)")
+    if not cfg.is_greedy:
+        summary += f" · 种子 seed {seed_used}"
     if note:
         summary = "\n\n".join(note + [summary])
     step_text, bars = render_step(state, 0)

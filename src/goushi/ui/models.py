@@ -58,6 +58,7 @@ def discover(run_dirs: list[str | Path] | None, runs_dir: str | Path | None) -> 
         if root.is_dir():
             if _looks_like_run(root):
                 add(root, root.name or str(root))
+            under: list[Path] = []
             level = [root]
             for _ in range(SCAN_DEPTH):
                 nxt = []
@@ -68,9 +69,12 @@ def discover(run_dirs: list[str | Path] | None, runs_dir: str | Path | None) -> 
                         continue
                     for child in children:
                         if _looks_like_run(child):
-                            add(child, child.relative_to(root).as_posix())
+                            under.append(child)
                         nxt.append(child)
                 level = nxt
+            # Sorted by name, so runs/a/best sits right under runs/a.
+            for child in sorted(under, key=lambda p: p.relative_to(root).parts):
+                add(child, child.relative_to(root).as_posix())
     return found
 
 
