@@ -434,7 +434,17 @@ class Trainer:
         eot = self.tokenizer.eot_id
         prompt = val[: val.index(eot)] if eot in val else val
         prompt = prompt[:6] or [eot]
-        text = sample_text(self.model, self.tokenizer, prompt, self.cfg.sample_tokens, seed=self.cfg.seed)
+        try:  # the one generation engine (architecture.md), when installed; it samples with its own generator
+            from goushi.engine import Engine, SampleConfig
+        except ImportError:
+            text = sample_text(self.model, self.tokenizer, prompt, self.cfg.sample_tokens, seed=self.cfg.seed)
+        else:
+            sc = SampleConfig(strategy="sample", temperature=0.8, max_new_tokens=self.cfg.sample_tokens,
+                              seed=self.cfg.seed)
+            try:
+                text = Engine(self.model, self.tokenizer).generate([self.tokenizer.decode(prompt)], sc)[0].text
+            finally:
+                self.model.train()  # Engine puts the model in eval mode
         shown = self.tokenizer.decode(prompt) if prompt != [eot] else ""
         return (shown + "|" + text).replace("\n", " ⏎ ")
 
