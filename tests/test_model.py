@@ -95,8 +95,7 @@ def test_param_counts_match_built_model(preset, family):
 
 @pytest.mark.parametrize("overrides", [
     dict(tie_embeddings=False), dict(qk_norm=True), dict(bias=False), dict(mlp="relu2"), dict(mlp="swiglu", bias=False),
-    pytest.param(dict(mlp="swiglu"), marks=pytest.mark.xfail(
-        strict=True, reason="config.param_counts omits the swiglu MLP biases (2*hidden + n_embd per layer)")),
+    dict(mlp="swiglu"),
     dict(pos_encoding="sinusoidal"), dict(norm="rmsnorm", bias=True), dict(mlp_hidden=100),
 ])
 def test_param_counts_match_for_variants(overrides):

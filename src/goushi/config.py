@@ -198,7 +198,7 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     attn = d * d + 2 * d * kv + d * d + b * (d + 2 * kv + d)
     if cfg.qk_norm:
         attn += 2 * cfg.head_dim
-    mlp = (3 * d * h) if cfg.mlp == "swiglu" else (2 * d * h + b * (h + d))
+    mlp = (3 * d * h + b * (2 * h + d)) if cfg.mlp == "swiglu" else (2 * d * h + b * (h + d))
     norm = d * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
     block = attn + mlp + 2 * norm
     embedding = cfg.vocab_size * d

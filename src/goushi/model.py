@@ -242,11 +242,14 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward), as in the PaLM appendix / nanoGPT."""
+        """Training FLOPs per token (forward + backward), as in the PaLM appendix / nanoGPT.
+
+        The embedding lookup is free, but the LM head is a matmul whether or not it shares the embedding's weights.
+        """
         cfg = self.config
         T = seq_len or cfg.context_length
-        return 6 * self.num_params(non_embedding=True) + 6 * cfg.vocab_size * cfg.n_embd * (not cfg.tie_embeddings) \
-            + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
+        matmul_params = self.num_params(non_embedding=True) - (0 if cfg.tie_embeddings else self.lm_head.weight.numel())
+        return 6 * (matmul_params + cfg.vocab_size * cfg.n_embd) + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
 
     def new_kv_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         p = self.wte.weight
