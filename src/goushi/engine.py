@@ -32,7 +32,6 @@ from goushi.tokenizer import SPECIAL_TOKENS, Tokenizer
 # Rows (prompts x samples) decoded together; more are done in turns so memory stays bounded
 # (each row holds a KV cache of n_layer x 2 x context_length x n_embd values).
 MAX_BATCH_ROWS = 32
-MAX_PROMPTS = 1024
 
 
 class Engine:
@@ -143,8 +142,6 @@ class Engine:
             prompts = [prompts]
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise GoushiError("prompts: give a string or a non-empty list of strings")
-        if len(prompts) > MAX_PROMPTS:
-            raise GoushiError(f"prompts: {len(prompts)} given; at most {MAX_PROMPTS} per call")
         return cfg, list(prompts)
 
     def _specs(self, prompts: list[str], cfg: SampleConfig) -> list[RowSpec]:
