@@ -64,9 +64,8 @@ class _Row:
 def _uniforms(specs: list[RowSpec], n: int, device: torch.device) -> torch.Tensor:
     """n uniforms per row from the row's own generator: reproducible per row, independent of the
     batch and of other threads (the global torch RNG is never touched)."""
-    rows = [torch.rand(n, generator=torch.Generator().manual_seed(s.seed or 0), dtype=torch.float64)
-            for s in specs]
-    return torch.stack(rows).to(device)
+    rows = [torch.rand(n, generator=torch.Generator().manual_seed(s.seed or 0)) for s in specs]
+    return torch.stack(rows).to(device)  # float32: MPS has no float64
 
 
 def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab,
