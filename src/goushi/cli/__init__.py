@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="goushi",
         description="Goushi GPT (狗屎GPT): train your own small Chinese GPT from your own text.",
     )
+    from goushi import __version__
+
+    parser.add_argument("--version", action="version", version=f"goushi {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(f"goushi.cli.{name}").register(sub)

