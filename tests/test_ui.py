@@ -66,7 +66,7 @@ def test_registry_loads_lazily_once_and_reports_broken_runs(ui_runs):
         return Engine.load(path, device="cpu")
 
     reg = ModelRegistry(None, ui_runs, loader=loader)
-    assert reg.keys() == ["alpha", "beta", "broken"]
+    assert reg.keys() == ["alpha", "beta", "broken", "chatty", "slow"]
     assert calls == []  # nothing loads until asked
     with pytest.raises(GoushiError, match="safetensors"):
         reg.get("broken")

@@ -51,14 +51,22 @@ def free_port() -> int:
 
 
 def make_trained_run(out: Path, *, seed: int = 0, steps: int = 150, n_layer: int = 2, n_head: int = 2,
-                     n_embd: int = 64, context_length: int = 64, sft: bool = False, with_index: bool = True) -> Path:
+                     n_embd: int = 64, context_length: int = 64, sft: bool = False, with_index: bool = True,
+                     never_ends: bool = False) -> Path:
     """A tiny run directory in the layout `goushi train` writes, trained until it parrots CORPUS (~3 s)."""
     torch.manual_seed(seed)
     text = "".join(CORPUS * 4)
     tok = Tokenizer.train_char(CORPUS)
     cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=context_length, n_layer=n_layer, n_head=n_head,
-                      n_embd=n_embd)
+                      n_embd=n_embd, tie_embeddings=not never_ends)
     model = GPT(cfg)
+    if never_ends:
+        # The final norm outputs a constant vector b, and <|endoftext|>'s head row points away from it:
+        # every step draws from one fixed distribution in which ending has probability ~0.
+        with torch.no_grad():
+            model.ln_f.weight.zero_()
+            model.ln_f.bias.normal_()
+            model.lm_head.weight[tok.eot_id] = -50.0 * model.ln_f.bias / model.ln_f.bias.norm()
     ids = torch.tensor(tok.encode(text))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     window = 32  # training windows shorter than the context: cheaper, and enough to memorise CORPUS
@@ -99,12 +107,22 @@ def make_trained_run(out: Path, *, seed: int = 0, steps: int = 150, n_layer: int
 
 @pytest.fixture(scope="session")
 def ui_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """runs/ with two good runs (alpha, beta) and one whose weights are corrupt (broken)."""
+    """runs/ with good runs (alpha, beta), one whose weights are corrupt (broken), one marked chat-tuned (chatty),
+    and a bigger untrained one whose generations last long enough to stop (slow)."""
     root = tmp_path_factory.mktemp("ui") / "runs"
     make_trained_run(root / "alpha", seed=0)
     make_trained_run(root / "beta", seed=1, steps=60, n_embd=32, context_length=48)
     broken = make_trained_run(root / "broken", seed=2, steps=0, with_index=False)
     (broken / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    # Marked as chat fine-tuned (as `goushi sft` will), to drive the Chat tab's wiring.
+    chatty = root / "chatty"
+    shutil.copytree(root / "alpha", chatty)
+    info = json.loads((chatty / "config.json").read_text(encoding="utf-8"))
+    (chatty / "config.json").write_text(json.dumps({**info, "sft": True}), encoding="utf-8")
+    # Untrained, 20x bigger and never ending: ~10 ms a token here, so 1000 tokens are still running when stop
+    # is pressed.
+    make_trained_run(root / "slow", steps=0, n_layer=6, n_head=6, n_embd=384, context_length=256, with_index=False,
+                     never_ends=True)
     return root
 
 

@@ -218,7 +218,10 @@ def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | N
             bind(handlers.generate, registry),
             [model, prompt, *sampling, max_new, beams, seed, no_repeat, stop_text], [output, gen_status],
             api_name="generate", **heavy)
-        stop_btn.click(handlers.stopped, None, [gen_status], cancels=[gen_event], queue=False, api_name="stop")
+        # Cancel first, then say so: a status written together with the cancel can be overtaken by the
+        # stream's last in-flight update and vanish.
+        stop_btn.click(None, None, None, cancels=[gen_event], queue=False).then(
+            handlers.stopped, None, [gen_status], queue=False, api_name="stop")
 
         chat_events = []
         for trigger in (chat_send.click, chat_msg.submit):
