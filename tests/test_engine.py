@@ -14,8 +14,9 @@ from goushi.checkpoint import load_run
 from goushi.config import preset_config
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
+from goushi.generation.utf8 import INVALID, advance
 from goushi.model import KVCache
-from goushi.tokenizer import Tokenizer
+from goushi.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 PROMPTS = ["今天我终于", "床前明月光，疑是地上霜。举头望明月", "", "好"]
 
@@ -40,17 +41,35 @@ def bpe_engine(make_run) -> Engine:
     return Engine.load(make_run("bpe"), device="cpu")
 
 
-def reference_greedy(model, ids: list[int], n: int, eot: int) -> tuple[list[int], list[list[float]]]:
+class Utf8Reference:
+    """The engine's UTF-8 rule restated token by token: a token may follow only if its bytes can
+    continue the character in progress (generated text never contains an invalid byte sequence)."""
+
+    def __init__(self, token_bytes: list[bytes]):
+        self.token_bytes, self.state = token_bytes, 0
+
+    def masked(self, logits: torch.Tensor) -> torch.Tensor:
+        bad = [i for i, b in enumerate(self.token_bytes) if advance(self.state, b) == INVALID]
+        return logits.index_fill(0, torch.tensor(bad, dtype=torch.long), float("-inf")) if bad else logits
+
+    def push(self, t: int) -> None:
+        self.state = advance(self.state, self.token_bytes[t])
+
+
+def reference_greedy(model, ids: list[int], n: int, eot: int, token_bytes: list[bytes]) -> tuple[list[int], list[list[float]]]:
     """Greedy decoding by recomputing the whole sequence at every step: no cache, no padding.
     Returns the tokens and the top-5 probabilities of every step."""
     seq, out, tops = list(ids), [], []
+    utf8 = Utf8Reference(token_bytes)
     with torch.no_grad():
         for _ in range(n):
             logits, _ = model(torch.tensor([seq]))
-            tops.append(logits[0, -1].softmax(-1).topk(5).values.tolist())
-            t = int(logits[0, -1].argmax())
+            last = utf8.masked(logits[0, -1, : len(token_bytes)])
+            tops.append(last.softmax(-1).topk(5).values.tolist())
+            t = int(last.argmax())
             if t == eot:
                 break
+            utf8.push(t)
             out.append(t)
             seq.append(t)
     return out, tops
@@ -83,7 +102,7 @@ def test_kv_cache_decoding_equals_full_recomputation(engine):
     for prompt in PROMPTS:
         g = engine.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=30, top_n=5))[0]
         ids = [engine.tokenizer.eot_id, *engine.tokenizer.encode(prompt)]
-        tokens, tops = reference_greedy(engine.model, ids, 30, engine.tokenizer.eot_id)
+        tokens, tops = reference_greedy(engine.model, ids, 30, engine.tokenizer.eot_id, token_bytes_of(engine))
         assert g.token_ids == tokens
         assert same_probs(top_probs(g), tops)  # the same distributions, not just the same argmax
         if "\ufffd" not in (full := engine.tokenizer.decode(g.token_ids)):  # random bytes may be invalid UTF-8
@@ -185,22 +204,30 @@ def test_empty_and_unseen_prompts_work(engine, bpe_engine):
 
 
 # ---- context window ---------------------------------------------------------------------------------
-def reference_sliding(model, ids: list[int], n: int, eot: int, window: int) -> list[int]:
+def token_bytes_of(engine) -> list[bytes]:
+    tok = engine.tokenizer
+    return [SPECIAL_TOKENS[i].encode() if i < len(SPECIAL_TOKENS) else tok.token_bytes(i) for i in range(tok.vocab_size)]
+
+
+def reference_sliding(model, ids: list[int], n: int, eot: int, window: int, token_bytes: list[bytes]) -> list[int]:
     """The documented policy without a cache: when the visible part outgrows the context, keep the
     last `window` tokens and go on from there."""
     ctx = model.config.context_length
     seq = list(ids)
     start = 0 if len(seq) <= ctx else len(seq) - window
     out, tops = [], []
+    utf8 = Utf8Reference(token_bytes)
     with torch.no_grad():
         for _ in range(n):
             if len(seq) - start > ctx:
                 start = len(seq) - window
             logits, _ = model(torch.tensor([seq[start:]]))
-            tops.append(logits[0, -1].softmax(-1).topk(5).values.tolist())
-            t = int(logits[0, -1].argmax())
+            last = utf8.masked(logits[0, -1, : len(token_bytes)])
+            tops.append(last.softmax(-1).topk(5).values.tolist())
+            t = int(last.argmax())
             if t == eot:
                 break
+            utf8.push(t)
             out.append(t)
             seq.append(t)
     return out, tops
@@ -215,7 +242,7 @@ def test_context_overflow_slides_the_window_and_says_so(make_run, family):
     ids = [0, *eng.tokenizer.encode(long_prompt)]
     for prompt, prompt_ids in ((long_prompt, ids), ("今天", [0, *eng.tokenizer.encode("今天")])):
         g = eng.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=40, top_n=5))[0]
-        tokens, tops = reference_sliding(eng.model, prompt_ids, 40, 0, slide_window(16))
+        tokens, tops = reference_sliding(eng.model, prompt_ids, 40, 0, slide_window(16), token_bytes_of(eng))
         assert g.token_ids == tokens and same_probs(top_probs(g), tops)
         assert g.truncated_prompt == (len(prompt_ids) + len(g.token_ids) > 17)
     g = eng.generate(long_prompt, SampleConfig(max_new_tokens=50, min_new_tokens=50, seed=0))[0]

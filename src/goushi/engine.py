@@ -27,6 +27,7 @@ from goushi.errors import GoushiError
 from goushi.generation.beam import beam_search
 from goushi.generation.options import MAX_TOP_N, Generation, SampleConfig, StreamEvent, TopToken
 from goushi.generation.sampling import RowSpec, Vocab, _Row, decode
+from goushi.generation.utf8 import Utf8Guard
 from goushi.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 # Rows (prompts x samples) decoded together; more are done in turns so memory stays bounded
@@ -48,8 +49,9 @@ class Engine:
         # reaches the text because it ends it.
         token_bytes = [SPECIAL_TOKENS[i].encode("utf-8") if i < len(SPECIAL_TOKENS) else tokenizer.token_bytes(i)
                        for i in range(n)]
+        guard = Utf8Guard(token_bytes, self.device)
         self.vocab = Vocab(size=n, eot_id=tokenizer.eot_id, token_bytes=token_bytes,
-                           pieces=[tokenizer.id_to_piece(i) for i in range(n)])
+                           pieces=[tokenizer.id_to_piece(i) for i in range(n)], guard=guard if guard.needed else None)
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> Engine:

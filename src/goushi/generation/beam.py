@@ -64,6 +64,8 @@ def beam_search(model, spec: RowSpec, cfg: SampleConfig, vocab: Vocab) -> list[G
     scores = torch.zeros(1, device=device)
     finished: list[tuple[float, Generation]] = []
     truncated = False
+    guard = vocab.guard
+    states = guard.start(1) if guard is not None else None
 
     def finish(beam: _Beam, sum_logprobs: float, reason: str, extra_len: int) -> None:
         score = _normalised(sum_logprobs, len(beam.token_ids) + extra_len, cfg.length_penalty)
@@ -87,6 +89,8 @@ def beam_search(model, spec: RowSpec, cfg: SampleConfig, vocab: Vocab) -> list[G
         if step < cfg.min_new_tokens:
             work = work.clone()
             work[:, vocab.eot_id] = NEG_INF
+        if guard is not None:
+            work = guard.mask(work, states)
         logp = work.log_softmax(-1)
         tops = top_candidates(logp.exp(), cfg.top_n) if cfg.top_n else None
         cand = (scores.view(-1, 1) + logp).view(-1)
@@ -132,7 +136,10 @@ def beam_search(model, spec: RowSpec, cfg: SampleConfig, vocab: Vocab) -> list[G
                 break
         runner.select(parents)
         tokens = [beam.token_ids[-1] for beam in beams]
-        logits = runner.step(torch.tensor(tokens, device=device), tokens)
+        token_tensor = torch.tensor(tokens, device=device)
+        if guard is not None:
+            states = guard.step(states.index_select(0, torch.tensor(parents, device=device)), token_tensor)
+        logits = runner.step(token_tensor, tokens)
     truncated = truncated or any(runner.truncated)
     for beam, score in zip(beams, scores.tolist()[: len(beams)], strict=True):  # ran out of max_new_tokens
         finish(beam, score, "length", 0)

@@ -25,6 +25,7 @@ from goushi.generation.processors import (
 )
 from goushi.generation.runner import Runner
 from goushi.generation.text import TextTracker
+from goushi.generation.utf8 import Utf8Guard
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Vocab:
     eot_id: int
     token_bytes: list[bytes]  # raw UTF-8 bytes per id; special tokens as their own text
     pieces: list[str]  # readable pieces for top-N displays
+    guard: Utf8Guard | None = None  # set when some token is a raw byte: keeps generated text valid UTF-8
 
 
 @dataclass
@@ -88,6 +90,8 @@ def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab,
             seen[r, s.ids] = True
         seen = seen.to(device)
 
+    guard = vocab.guard
+    states = guard.start(len(rows)) if guard is not None else None
     logits = runner.prefill()
     for step in range(cfg.max_new_tokens):
         for i, r in enumerate(active):
@@ -101,6 +105,8 @@ def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab,
             work = ban_ngrams(work, [rows[r].ban for r in active])
         if step < cfg.min_new_tokens:
             work[:, vocab.eot_id] = NEG_INF
+        if guard is not None:
+            work = guard.mask(work, states)
         if greedy:
             choice = work.argmax(dim=-1)  # first index among equal maxima: deterministic
             probs = work.softmax(-1) if cfg.top_n else None
@@ -109,6 +115,8 @@ def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab,
             probs = work.softmax(-1)
             choice = draw(probs, uniforms[:, step])
         chosen = choice.tolist()
+        if guard is not None:
+            states = guard.step(states, choice)
         logps = (raw.gather(1, choice.view(-1, 1)).squeeze(1) - log_z).tolist()
         tops = top_candidates(probs, cfg.top_n) if cfg.top_n else None
 
@@ -146,6 +154,8 @@ def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab,
                 uniforms = uniforms.index_select(0, index)
             if seen is not None:
                 seen = seen.index_select(0, index)
+            if states is not None:
+                states = states.index_select(0, index)
             active = [active[i] for i in keep]
         if seen is not None:
             seen.scatter_(1, choice.view(-1, 1), True)
