@@ -15,7 +15,7 @@ pytest.importorskip("playwright")
 from playwright.sync_api import expect  # noqa: E402
 
 pytest_plugins = ["ui_fixtures"]
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("ui_threads")]
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 SLOW = 30_000  # ms; generous, the machine running CI may be busy
@@ -156,19 +156,20 @@ def test_switch_models_and_a_broken_one_explains_itself(page, ui_server):
 
 def test_chat_needs_a_chat_model(page, ui_server):
     open_app(page, ui_server.url)
+    pick_model(page, "chatty")  # chosen before the Chat tab was ever opened
     page.get_by_role("tab", name="对话 Chat").click()
-    expect(page.locator("#chat-note")).to_contain_text("还不会对话")
-    expect(page.locator("#chat-note")).to_contain_text("goushi sft")
-    expect(page.locator("#chat-msg textarea")).to_be_disabled()
-
-    pick_model(page, "chatty")
-    expect(page.locator("#chat-note")).to_contain_text("对话微调过")
+    expect(page.locator("#chat-note")).to_contain_text("对话微调过", timeout=SLOW)
     box = page.locator("#chat-msg textarea")
-    expect(box).to_be_enabled()
+    expect(box).to_be_enabled(timeout=SLOW)
     box.fill("讲个笑话")
     box.press("Enter")
-    expect(page.locator("#chatbot")).to_contain_text("讲个笑话", timeout=SLOW)
-    expect(page.locator("#chatbot .message-row, #chatbot [data-testid='bot']").last).to_be_visible(timeout=SLOW)
+    expect(page.locator("#chatbot [data-testid='user']")).to_have_text("讲个笑话", timeout=SLOW)
+    expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text(CJK, timeout=SLOW)
+
+    pick_model(page, "alpha")  # a base model: a clear note, and no chatting
+    expect(page.locator("#chat-note")).to_contain_text("还不会对话")
+    expect(page.locator("#chat-note")).to_contain_text("goushi sft")
+    expect(box).to_be_disabled()
 
 
 def test_no_runs_page_explains_how_to_train(page, tmp_path):

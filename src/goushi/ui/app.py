@@ -131,7 +131,7 @@ def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | N
                                                        placeholder="例如 。|！   用 | 分隔，\\n 表示换行 · separate with |")
 
                 # ---- 2. chat -----------------------------------------------------------------------
-                with gr.Tab("对话 Chat", id="chat", elem_id="tab-chat"):
+                with gr.Tab("对话 Chat", id="chat", elem_id="tab-chat") as chat_tab:
                     chat_note = gr.Markdown(elem_classes="gs-note", elem_id="chat-note")
                     system = gr.Textbox(label="系统提示 System prompt", lines=1,
                                         value="你是一个说话抽象、爱发疯的段子手。")
@@ -223,6 +223,10 @@ def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | N
         stop_btn.click(None, None, None, cancels=[gen_event], queue=False).then(
             handlers.stopped, None, [gen_status], queue=False, api_name="stop")
 
+        # Gradio 6 builds a tab's widgets when it is first opened, and an update sent to them before that
+        # (enabling chat after a switch to a chat model) was lost: set them again whenever the tab opens.
+        chat_tab.select(bind(handlers.chat_availability, registry), [model],
+                        [chat_note, chat_msg, chat_send, system], api_visibility="undocumented")
         chat_events = []
         for trigger in (chat_send.click, chat_msg.submit):
             ev = trigger(handlers.chat_submit, [chat_msg, chatbot], [chatbot, chat_msg], queue=False,

@@ -144,6 +144,17 @@ BASE_MODEL_NOTE = (
 CHAT_NOTE = "这是一个对话微调过的模型 · a chat fine-tuned model. 系统提示告诉它扮演什么角色 · the system prompt sets its role."
 
 
+def chat_availability(registry: ModelRegistry, key: str | None) -> tuple:
+    """Chat note and whether the chat box is enabled, for the chosen model."""
+    if not key:
+        return _chat_updates(False, loaded=False)
+    try:
+        registry.get(key)
+        return _chat_updates(chat.is_chat_run(registry.info(key)))
+    except USER_ERRORS:
+        return _chat_updates(False, loaded=False)
+
+
 def _chat_updates(capable: bool, loaded: bool = True) -> tuple:
     note = CHAT_NOTE if capable else (BASE_MODEL_NOTE if loaded else "**模型没有加载成功** · the model did not load.")
     return (gr.update(value=note), gr.update(interactive=capable), gr.update(interactive=capable),

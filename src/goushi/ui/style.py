@@ -16,7 +16,8 @@ def theme() -> Any:
         primary_hue="orange",
         secondary_hue="amber",
         neutral_hue="stone",
-        font=[gr.themes.LocalFont("Montserrat"), *CJK_STACK],
+        # Only the weights Gradio ships (a missing one is a 404 on every page load).
+        font=[gr.themes.LocalFont("Montserrat", weights=(400, 700)), *CJK_STACK],
         font_mono=[gr.themes.LocalFont("IBM Plex Mono"), "monospace"],
     )
 
@@ -54,6 +55,7 @@ CSS = """
 .gs-bar-foot { margin-top: 6px; font-size: 0.85em; color: var(--body-text-color-subdued); }
 .gs-steptext { font-size: 1.15em; line-height: 1.8; white-space: pre-wrap; word-break: break-all; }
 .gs-next { background: #fed7aa; border-radius: 4px; padding: 0 3px; outline: 2px dashed #f97316; }
+.gs-placeholder { color: var(--body-text-color-subdued); font-size: 0.9em; }
 .gs-empty { color: var(--body-text-color-subdued); }
 .gs-empty-page { max-width: 760px; margin: 2em auto; }
 .gs-note { border-left: 4px solid #f97316; padding: 8px 12px; background: rgba(249, 115, 22, 0.07);

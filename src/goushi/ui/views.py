@@ -118,6 +118,9 @@ def step_text_html(prompt: str, pieces: Sequence[str], step: int) -> str:
 
 def output_html(prompt: str, text: str, *, spans: Sequence[Any] | None = None, running: bool = False) -> str:
     """Prompt (grey) and generated text; spans copied verbatim from training data are marked with their source."""
+    if not prompt and not text:
+        return ('<div class="gs-output"><span class="gs-placeholder">模型写的字会出现在这里 · '
+                'the generated text appears here</span></div>')
     body = html.escape(text)
     if spans:
         from goushi.eval.provenance import highlight_html  # escapes the text itself
