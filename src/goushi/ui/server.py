@@ -26,10 +26,16 @@ def serve(demo: Any, host: str = "127.0.0.1", port: int = 7860, *, block: bool =
     try:
         _, url, _ = demo.launch(
             server_name=host, server_port=int(port), share=False, inbrowser=open_browser,
-            prevent_thread_lock=not block, quiet=quiet, show_error=True, ssr_mode=False, mcp_server=False,
+            prevent_thread_lock=True, quiet=True, show_error=True, ssr_mode=False, mcp_server=False,
             theme=theme(), css=CSS, footer_links=["api", "settings"],
         )
-    except OSError as e:
-        raise GoushiError(f"--port {port}: cannot serve on {host}:{port} ({e}); "
-                          "another program uses it, pick another with --port") from None
+    except OSError:
+        raise GoushiError(f"--port {port}: cannot serve on {host}:{port}, another program is using it; "
+                          "pick another with --port") from None
+    if not quiet:
+        # Our own line instead of Gradio's, which suggests share=True (a public tunnel we never open).
+        shown = "localhost" if host in LOCAL_HOSTS else host
+        print(f"goushi ui: serving http://{shown}:{port}  (Ctrl-C to stop)", flush=True)
+    if block:
+        demo.block_thread()  # until Ctrl-C; it closes the server on the way out
     return url
