@@ -34,17 +34,22 @@ We looked for run directories (a folder with `config.json`, `model.safetensors` 
 
 ### 最快的办法 · The quickest way
 
+准备示例语料，在 CPU 上训练几分钟，然后打开这个页面 · sample corpus, a few CPU minutes of training, then this page:
+
 ```bash
-make demo        # 准备示例语料，在 CPU 上训练几分钟，然后打开这个页面 · sample corpus, a few CPU minutes of training, then this page
+make demo
 ```
 
 ### 用你自己的文字 · With your own text
 
+登记来源（会写进数据卡）→ 清洗、去重、分词 → 训练 → 打开页面 ·
+register the source (credited in the data card) → clean, de-duplicate, tokenize → train → serve:
+
 ```bash
-goushi data add my_texts/ --id mine --license CC-BY-4.0    # 登记来源 register the source (credited in the data card)
-goushi data build --out data/mine                          # 清洗、去重、分词 clean, de-duplicate, tokenize
+goushi data add my_texts/ --id mine --license CC-BY-4.0
+goushi data build --out data/mine
 goushi train --data data/mine --preset tiny --out runs/mine --time-budget 10m
-goushi ui --runs-dir runs                                  # 或 or: goushi ui runs/mine
+goushi ui --runs-dir runs
 ```
 
 训练完以后点下面的按钮，或者刷新页面 · When training is done, press the button below or reload the page.
@@ -77,8 +82,9 @@ def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | N
         gr.Markdown(INTRO, elem_classes="gs-header")
 
         with gr.Column(visible=not keys, elem_id="empty-page") as empty_page:
-            gr.Markdown(empty_page_markdown(registry.runs_dir, registry.run_dirs), elem_classes="gs-empty-page")
-            rescan_empty = gr.Button("重新查找 Look again", elem_id="rescan-empty")
+            with gr.Column(elem_classes="gs-empty-page"):
+                gr.Markdown(empty_page_markdown(registry.runs_dir, registry.run_dirs))
+                rescan_empty = gr.Button("重新查找 Look again", variant="primary", elem_id="rescan-empty")
 
         with gr.Column(visible=bool(keys), elem_id="main-page") as main_page:
             with gr.Row():
