@@ -22,6 +22,7 @@ from goushi.ui import chat, handlers, views  # noqa: E402
 from goushi.ui.models import ModelRegistry, discover  # noqa: E402
 
 pytest_plugins = ["ui_fixtures"]
+pytestmark = pytest.mark.usefixtures("ui_threads")
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 

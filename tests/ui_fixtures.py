@@ -19,9 +19,6 @@ import pytest
 import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# One thread: on a small shared machine two threads per forward pass fight other processes for the
-# cores and make these tiny models ~10x slower; the server runs in this process too.
-torch.set_num_threads(1)
 
 from goushi.checkpoint import save_weights, write_config  # noqa: E402
 from goushi.config import ModelConfig  # noqa: E402
@@ -44,6 +41,25 @@ CORPUS = [
 ]
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """On a small shared machine, two threads per forward pass of a tiny model fight other processes for
+    the cores and run ~10x slower than one. Restored afterwards, so other test modules are unaffected."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ui_threads() -> Iterator[None]:
+    """Use with pytest.mark.usefixtures: the in-process server generates with one torch thread."""
+    with one_torch_thread():
+        yield
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -54,6 +70,13 @@ def make_trained_run(out: Path, *, seed: int = 0, steps: int = 150, n_layer: int
                      n_embd: int = 64, context_length: int = 64, sft: bool = False, with_index: bool = True,
                      never_ends: bool = False) -> Path:
     """A tiny run directory in the layout `goushi train` writes, trained until it parrots CORPUS (~3 s)."""
+    with one_torch_thread():
+        return _make_run(out, seed=seed, steps=steps, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                         context_length=context_length, sft=sft, with_index=with_index, never_ends=never_ends)
+
+
+def _make_run(out: Path, *, seed: int, steps: int, n_layer: int, n_head: int, n_embd: int, context_length: int,
+              sft: bool, with_index: bool, never_ends: bool) -> Path:
     torch.manual_seed(seed)
     text = "".join(CORPUS * 4)
     tok = Tokenizer.train_char(CORPUS)
