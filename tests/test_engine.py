@@ -58,21 +58,9 @@ class Utf8Reference:
 
 def reference_greedy(model, ids: list[int], n: int, eot: int, token_bytes: list[bytes]) -> tuple[list[int], list[list[float]]]:
     """Greedy decoding by recomputing the whole sequence at every step: no cache, no padding.
-    Returns the tokens and the top-5 probabilities of every step."""
-    seq, out, tops = list(ids), [], []
-    utf8 = Utf8Reference(token_bytes)
-    with torch.no_grad():
-        for _ in range(n):
-            logits, _ = model(torch.tensor([seq]))
-            last = utf8.masked(logits[0, -1, : len(token_bytes)])
-            tops.append(last.softmax(-1).topk(5).values.tolist())
-            t = int(last.argmax())
-            if t == eot:
-                break
-            utf8.push(t)
-            out.append(t)
-            seq.append(t)
-    return out, tops
+    Returns the tokens and the top-5 probabilities of every step. (Within the context the window never
+    slides, so this is reference_sliding's policy with nothing to slide.)"""
+    return reference_sliding(model, ids, n, eot, model.config.context_length, token_bytes)
 
 
 def top_probs(g) -> list[list[float]]:

@@ -15,11 +15,11 @@ process, so a web page can ask about every generation without reloading.
 from __future__ import annotations
 
 import html
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from goushi.checkpoint import read_config
 from goushi.data.textindex import INDEX_DIRNAME, Span, TextIndex, copied_char_mask
 from goushi.errors import GoushiError
 
@@ -27,14 +27,8 @@ from goushi.errors import GoushiError
 def run_data_dir(run_dir: str | Path) -> Path | None:
     """The DATA_DIR a run was trained on, from config.json["data"]["dir"], or None if not recorded/found."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    try:
-        info = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GoushiError(f"{cfg_path}: missing; {run_dir} is not a run directory") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GoushiError(f"{cfg_path}: not valid JSON ({e})") from None
-    data = info.get("data") if isinstance(info, dict) else None
+    info = read_config(run_dir)
+    data = info.get("data")
     recorded = data.get("dir") if isinstance(data, dict) else None
     if not recorded:
         return None
