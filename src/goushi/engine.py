@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,8 +37,13 @@ MAX_BATCH_ROWS = 32
 
 
 class Engine:
-    def __init__(self, model, tokenizer: Tokenizer, *, run_dir: str | Path | None = None):
+    def __init__(self, model, tokenizer: Tokenizer, *, run_dir: str | Path | None = None,
+                 data_dir: str | Path | None = None):
         self.model = model.eval()
+        # Where the training data (and its verbatim-copy index) lives, for check_copies.
+        self.data_dir = Path(data_dir) if data_dir else None
+        self._text_index = None
+        self._text_index_lock = threading.Lock()
         self.tokenizer = tokenizer
         self.config: ModelConfig = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -60,7 +66,24 @@ class Engine:
 
         dev = device if isinstance(device, torch.device) else pick_device(device)
         run = load_run(run_dir, device=dev, dtype=dtype or pick_dtype(dev))
-        return cls(run.model, run.tokenizer, run_dir=run.run_dir)
+        data = run.info.get("data") if isinstance(run.info.get("data"), dict) else {}
+        return cls(run.model, run.tokenizer, run_dir=run.run_dir, data_dir=data.get("dir"))
+
+    def copied_spans(self, text: str, min_chars: int = 8) -> list:
+        """Spans of `text` (>= min_chars characters) found verbatim in the training data, each with its
+        source id, author, url and licence (goushi.data.textindex.Span)."""
+        from goushi.data.textindex import TextIndex
+
+        with self._text_index_lock:
+            if self._text_index is None:
+                candidates = [d for d in (self.data_dir, self.run_dir) if d is not None]
+                found = next((d for d in candidates if (d / "provenance" / "index.json").is_file()), None)
+                if found is None:
+                    where = ", ".join(str(d / "provenance") for d in candidates) or "(no run or data directory known)"
+                    raise GoushiError(f"no verbatim-copy index at {where}; rebuild the data with `goushi data build` "
+                                      "(without --no-provenance) or turn --check-copies off")
+                self._text_index = TextIndex.load(found)
+        return self._text_index.find_copied_spans(text, min_chars)
 
     # ---- generation ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -73,13 +96,19 @@ class Engine:
             out: list[Generation] = []
             for i in range(0, len(specs), cfg.num_samples):
                 out.extend(beam_search(self.model, specs[i], cfg, self.vocab))
-            return out
+            return self._with_copies(out, cfg)
         results: list[Generation] = []
         for i in range(0, len(specs), MAX_BATCH_ROWS):
             rows: list[_Row] = []
             for _ in decode(self.model, specs[i: i + MAX_BATCH_ROWS], cfg, self.vocab, rows):
                 pass
             results.extend(r.result() for r in rows)
+        return self._with_copies(results, cfg)
+
+    def _with_copies(self, results: list[Generation], cfg: SampleConfig) -> list[Generation]:
+        if cfg.check_copies:
+            for g in results:
+                g.copied = self.copied_spans(g.text, cfg.check_copies)
         return results
 
     def stream(self, prompt: str, cfg: SampleConfig | None = None) -> Iterator[StreamEvent]:

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--interactive", "-i", action="store_true",
                    help="after --prompt (if any), keep asking for prompts until EOF (Ctrl-D) or Ctrl-C")
+    p.add_argument("--check-copies", type=int, default=0, metavar="N",
+                   help="after each sample, list spans of >= N characters copied verbatim from the training data, "
+                   "with their source and licence (0 = off; 8 is a good start)")
     p.add_argument("--json", action="store_true", help="print one JSON object (one line) per prompt instead of streaming text")
     p.set_defaults(func=run)
 
@@ -114,6 +117,7 @@ def _answer(engine, prompt: str, cfg, as_json: bool) -> None:
             _header(cfg, k, None)
             print(prompt + g.text, flush=True)
             _footer(engine, g.finish_reason, len(g.token_ids), g.truncated_prompt, None, g.score)
+            _copies(engine, g.text, cfg)
         return
     base = cfg.seed if cfg.seed is not None else secrets.randbelow(2**62)
     for k in range(cfg.num_samples):
@@ -121,14 +125,28 @@ def _answer(engine, prompt: str, cfg, as_json: bool) -> None:
         one = dataclasses.replace(cfg, num_samples=1, seed=seed)
         _header(cfg, k, seed)
         print(prompt, end="", flush=True)
-        tokens, finish, truncated = 0, "length", False
+        tokens, finish, truncated, text = 0, "length", False, ""
         for ev in engine.stream(prompt, one):
             print(ev.delta, end="", flush=True)
+            text += ev.delta
             if ev.finish_reason != "eos":
                 tokens += 1
             finish, truncated = ev.finish_reason or finish, ev.truncated_prompt
         print(flush=True)
         _footer(engine, finish, tokens, truncated, seed, None)
+        _copies(engine, text, cfg)
+
+
+def _copies(engine, text: str, cfg) -> None:
+    if not cfg.check_copies:
+        return
+    spans = engine.copied_spans(text, cfg.check_copies)
+    if not spans:
+        print(f"[no span of {cfg.check_copies}+ characters copied from the training data]", file=sys.stderr)
+    for s in spans:
+        print(f"[copied {s.end - s.start} chars «{s.text}» from {s.source_id} "
+              f"({s.author or 'unknown author'}, {s.url or 'no url'}, licence {s.license or 'unknown'})]",
+              file=sys.stderr)
 
 
 def _header(cfg, k: int, seed: int | None) -> None:

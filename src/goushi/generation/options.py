@@ -45,6 +45,7 @@ class SampleConfig:
     seed: int | None = None  # sample k of a prompt uses seed + k; None draws a fresh seed
     stop: list[str] = field(default_factory=list)  # stop strings; <|endoftext|> always stops
     top_n: int = 0  # >0: record the top-N next tokens with probabilities at every step
+    check_copies: int = 0  # >0: list spans of at least this many characters copied verbatim from the training data
 
     def validate(self) -> SampleConfig:
         """Check every option; return self (with `stop` normalised to a list) or raise GoushiError."""
@@ -97,6 +98,8 @@ class SampleConfig:
         self.stop = list(self.stop)
         if not 0 <= number("top_n", integer=True) <= MAX_TOP_N:
             raise bad("top_n", f"must be in [0, {MAX_TOP_N}] (0 turns it off)")
+        if not 0 <= number("check_copies", integer=True) <= 10_000:
+            raise bad("check_copies", "must be in [0, 10000] characters (0 turns it off; 8 is a good start)")
         return self
 
     @property
@@ -126,6 +129,7 @@ class Generation:
     truncated_prompt: bool = False
     score: float | None = None
     seed: int | None = None
+    copied: list = field(default_factory=list)  # goushi.data.textindex.Span per copied stretch (cfg.check_copies)
 
 
 @dataclass
