@@ -124,6 +124,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: tor
         raise GoushiError(f"{run_dir / TOKENIZER}: {tok.vocab_size} tokens but the model has vocab_size={cfg.vocab_size}")
     model = GPT(cfg)
     load_weights(run_dir / WEIGHTS, model)
-    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    model.to(device)
+    if dtype is not None:
+        model.to(dtype=dtype)
     model.eval()
     return Run(model=model, config=cfg, tokenizer=tok, run_dir=run_dir, info=info)
