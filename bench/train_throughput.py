@@ -21,7 +21,7 @@ from goushi.config import preset_config
 from goushi.device import pick_device, pick_dtype
 from goushi.model import GPT
 from goushi.train.optim import build_optimizers
-from goushi.train.trainer import peak_flops
+from goushi.device import peak_flops
 
 
 def hf_gpt2(cfg) -> torch.nn.Module:

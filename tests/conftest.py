@@ -22,7 +22,8 @@ def build_run(run_dir: Path, *, kind: str = "char", family: str = "gpt2", seed: 
     """A complete run directory (weights, config.json, tokenizer.json) with a random tiny model."""
     import torch
 
-    from goushi.checkpoint import save_weights, write_config
+    from goushi.checkpoint import save_weights
+    from goushi.rundir import write_config
     from goushi.config import preset_config
     from goushi.model import GPT
     from goushi.tokenizer import Tokenizer

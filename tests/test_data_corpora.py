@@ -10,7 +10,7 @@ from goushi.cli import data as data_cli
 from goushi.cli import tokenizer as tok_cli
 from goushi.data.corpora import POETRY_URL_ENV, get_corpus
 from goushi.data.sources import load_manifest
-from goushi.errors import USER_ERRORS, GoushiError
+from goushi.errors import GoushiError
 
 TANG = [{"title": "静夜思", "author": "李白", "paragraphs": ["床前明月光，疑是地上霜。", "举头望明月，低头思故乡。"]},
         {"title": "春晓", "author": "孟浩然", "paragraphs": ["春眠不觉晓，处处闻啼鸟。"]}]
@@ -26,7 +26,7 @@ def run_cli(argv):
     args = p.parse_args(argv)
     try:
         return args.func(args) or 0
-    except USER_ERRORS as e:
+    except GoushiError as e:
         print(f"error: {e}")
         return 2
 

@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from goushi.checkpoint import save_weights, write_config
+from goushi.checkpoint import save_weights
+from goushi.rundir import write_config
 from goushi.config import param_counts, preset_config
 from goushi.data.textindex import TextIndexWriter
 from goushi.errors import GoushiError
-from goushi.eval.model_card import license_class, refresh_model_card, save_eval_results, write_model_card
-from goushi.eval.report import markdown_to_html, read_metrics, write_report
+from goushi.eval.model_card import license_class, refresh_model_card, write_model_card
+from goushi.eval.report import markdown_to_html, write_report
+from goushi.rundir import read_metrics
+from goushi.rundir import save_eval as save_eval_results
 from goushi.model import GPT
 from goushi.tokenizer import Tokenizer
 
@@ -28,7 +31,8 @@ META = {
         "tuwei": {"docs": 2, "chars": 100, "share": 0.1, "license": "", "author": "", "url": ""},
     },
 }
-SUMMARY = {"steps": 120, "tokens": 61440, "seconds": 75.2, "device": "cpu", "final_val_loss": 5.1, "final_val_bpc": 7.4}
+SUMMARY = {"steps": 120, "tokens": 61440, "seconds": 75.2, "device": "cpu", "hardware": "2 CPU cores (x86_64), torch 2.13.0",
+           "final_val_loss": 5.1, "final_val_bpc": 7.4}
 
 
 def cfg():

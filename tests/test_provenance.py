@@ -12,7 +12,8 @@ import pytest
 
 from goushi.data.textindex import TextIndex, TextIndexWriter, copied_char_mask
 from goushi.errors import GoushiError
-from goushi.eval.provenance import highlight_html, index_dir_for_run, provenance_for_run, summarize
+from goushi.eval.provenance import highlight_html, provenance_for_run, summarize
+from goushi.rundir import provenance_index_dir as index_dir_for_run
 
 KFC = "疯狂星期四，谁请我吃肯德基？v我50，我给你讲一个故事。"
 POEM = "床前明月光，疑是地上霜。举头望明月，低头思故乡。"

@@ -317,14 +317,14 @@ def main(argv: list[str]) -> int:
     """`goushi` with only the train subcommand, handling errors as goushi.cli.main does."""
     import argparse
 
-    from goushi.errors import USER_ERRORS
+    from goushi.errors import GoushiError
 
     parser = argparse.ArgumentParser(prog="goushi")
     cli_train.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as e:
+    except GoushiError as e:
         print(f"error: {e}", file=__import__("sys").stderr)
         return 2
 

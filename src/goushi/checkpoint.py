@@ -1,13 +1,11 @@
-"""The one checkpoint format: a self-describing directory, loaded by `load_run` and nothing else.
+"""Weights: safetensors in and out of a GPT, and `load_run`, the one loader of a run directory.
 
-    RUN_DIR/model.safetensors   weights (no pickle; no `_orig_mod.` / `module.` prefixes; tied head omitted)
-    RUN_DIR/config.json         {"model": ModelConfig, "train": ..., "data": ..., "goushi_version": ...}
-    RUN_DIR/tokenizer.json      the tokenizer the model was trained with
+Weights never go through pickle; saved state dicts carry no `_orig_mod.` / `module.` prefixes and leave a
+tied LM head out; loads are strict. The directory's other files belong to goushi.rundir.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,14 +14,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from goushi.config import ConfigError, ModelConfig
+from goushi import rundir
+from goushi.config import ModelConfig
 from goushi.errors import GoushiError
-from goushi.fsutil import atomic_path, atomic_write_json
+from goushi.fsutil import atomic_path
 from goushi.model import GPT
+from goushi.tokenizer import Tokenizer
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-TOKENIZER = "tokenizer.json"
 _PREFIXES = ("_orig_mod.", "module.")
 
 
@@ -73,57 +70,26 @@ def load_weights(path: str | Path, model: GPT) -> None:
     model.load_state_dict(sd, strict=True)
 
 
-def write_config(run_dir: str | Path, info: dict[str, Any]) -> None:
-    atomic_write_json(Path(run_dir) / CONFIG, info)
-
-
-def read_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GoushiError(f"{path}: missing; {run_dir} is not a run directory (train one with `goushi train`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GoushiError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(info, dict) or "model" not in info:
-        raise GoushiError(f"{path}: has no \"model\" section; not a goushi run directory")
-    return info
-
-
 @dataclass
 class Run:
     model: GPT
     config: ModelConfig
-    tokenizer: Any  # goushi.tokenizer.Tokenizer
+    tokenizer: Tokenizer
     run_dir: Path
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def check_run_dir(run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise GoushiError(f"{run_dir}: no such run directory (train one with `goushi train --out {run_dir}`)")
-    missing = [n for n in (CONFIG, WEIGHTS, TOKENIZER) if not (run_dir / n).is_file()]
-    if missing:
-        raise GoushiError(f"{run_dir}: not a run directory, missing {', '.join(missing)}")
-    return run_dir
+    info: dict[str, Any] = field(default_factory=dict)  # config.json
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Run:
     """Load model, config and tokenizer from a run directory; needs no other file and no flag."""
-    from goushi.tokenizer import Tokenizer  # the tokenizer layer sits beside, not below, the model
-
-    run_dir = check_run_dir(run_dir)
-    info = read_config(run_dir)
-    try:
-        cfg = ModelConfig.from_dict(info["model"], source=str(run_dir / CONFIG))
-    except ConfigError as e:
-        raise GoushiError(str(e)) from None
-    tok = Tokenizer.from_file(run_dir / TOKENIZER)
+    run_dir = rundir.check_run_dir(run_dir)
+    info = rundir.read_config(run_dir)
+    cfg = rundir.model_config(info, run_dir)
+    tok = Tokenizer.from_file(run_dir / rundir.TOKENIZER)
     if tok.vocab_size > cfg.vocab_size:
-        raise GoushiError(f"{run_dir / TOKENIZER}: {tok.vocab_size} tokens but the model has vocab_size={cfg.vocab_size}")
+        raise GoushiError(f"{run_dir / rundir.TOKENIZER}: {tok.vocab_size} tokens but the model has "
+                          f"vocab_size={cfg.vocab_size}")
     model = GPT(cfg)
-    load_weights(run_dir / WEIGHTS, model)
+    load_weights(run_dir / rundir.WEIGHTS, model)
     model.to(device)
     if dtype is not None:
         model.to(dtype=dtype)

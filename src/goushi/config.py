@@ -14,14 +14,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from goushi.errors import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A configuration value is impossible; the message names the field."""
 
 
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
@@ -209,7 +207,6 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
 
 
 __all__ = [
-    "ConfigError",
     "ModelConfig",
     "PRESETS",
     "FAMILY_DEFAULTS",

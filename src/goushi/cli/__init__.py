@@ -7,14 +7,16 @@ A subcommand module defines `register(subparsers)`, which adds its parser and se
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
-from goushi.errors import USER_ERRORS
+import goushi
+from goushi.cli import data, demo, sample, tokenizer, train, ui
+from goushi.cli import eval as evaluate
+from goushi.errors import GoushiError
 
 # Order is the order of `goushi --help`.
-SUBCOMMAND_MODULES = ("data", "tokenizer", "train", "sample", "eval", "ui", "demo")
+SUBCOMMANDS = (data, tokenizer, train, sample, evaluate, ui, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,12 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="goushi",
         description="Goushi GPT (狗屎GPT): train your own small Chinese GPT from your own text.",
     )
-    from goushi import __version__
-
-    parser.add_argument("--version", action="version", version=f"goushi {__version__}")
+    parser.add_argument("--version", action="version", version=f"goushi {goushi.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(f"goushi.cli.{name}").register(sub)
+    for command in SUBCOMMANDS:
+        command.register(sub)
     return parser
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except USER_ERRORS as e:
+    except GoushiError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

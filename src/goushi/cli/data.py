@@ -6,6 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from goushi.data import layout
+from goushi.data.build import BuildOptions, build_dataset
+from goushi.data.clean import CleanOptions
+from goushi.data.corpora import get_corpus
+from goushi.data.sources import add_source, load_manifest
 from goushi.errors import GoushiError
 
 
@@ -51,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--sources", default="sources.toml", help="manifest (default: ./sources.toml)")
     b.add_argument("--out", required=True, help="output folder (refused if it exists, unless --force)")
     b.add_argument("--tokenizer", choices=("char", "bpe"), default="char", help="tokenizer kind (default: char)")
+    b.add_argument("--tokenizer-from", metavar="PATH", help="encode with an existing tokenizer instead of training one: "
+                   "a tokenizer.json, or a RUN_DIR / DATA_DIR holding one (to train on with `goushi train --init-from`)")
     b.add_argument("--vocab-size", type=int, default=8192, help="bpe: vocabulary size (default: 8192)")
     b.add_argument("--min-frequency", type=int, help="fewest occurrences for a character (char, default 1) "
                    "or a merge (bpe, default 2)")
@@ -91,8 +98,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from goushi.data.sources import add_source
-
     opts = {k: getattr(args, k) for k in ("url", "author", "license", "note", "weight", "format", "separator",
                                          "field", "column", "encoding", "t2s")}
     src = add_source(args.sources, args.path, id=args.id, **opts)
@@ -104,8 +109,6 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from goushi.data.sources import load_manifest
-
     for s in load_manifest(args.sources):
         c = s.credit()
         print(f"{s.id}\t{len(s.files())} files\t{c['license']}\t{c['author']}\t{c['url'] or '-'}")
@@ -113,26 +116,22 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from goushi.data.build import BuildOptions, build_dataset
-    from goushi.data.clean import CleanOptions
-
     clean = CleanOptions(normalize=args.normalize, t2s=args.t2s, min_chars=args.min_chars, max_chars=args.max_chars,
                          dedup=not args.no_dedup, near_dup_threshold=0.0 if args.no_dedup else args.near_dup_threshold,
                          collapse_spaces=not args.keep_spaces)
     opts = BuildOptions(tokenizer=args.tokenizer, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                         max_vocab=args.max_vocab, val_fraction=args.val_fraction, seed=args.seed,
-                        encoding=args.encoding, provenance=not args.no_provenance, clean=clean)
+                        encoding=args.encoding, provenance=not args.no_provenance, clean=clean,
+                        tokenizer_from=args.tokenizer_from or "")
     meta = build_dataset(args.sources, args.out, force=args.force, options=opts, log=lambda m: print(m, flush=True))
     print(f"{meta['train_docs']:,} train / {meta['val_docs']:,} val documents, {meta['train_tokens']:,} train tokens, "
           f"vocab {meta['vocab_size']:,} ({meta['tokenizer_kind']}), {meta['chars_per_token']} chars/token, "
           f"unknown rate {meta['unk_rate']:.3%}")
-    print(f"data card: {Path(args.out) / 'DATA_CARD.md'}")
+    print(f"data card: {Path(args.out) / layout.DATA_CARD}")
     return 0
 
 
 def run_get(args: argparse.Namespace) -> int:
-    from goushi.data.corpora import get_corpus
-
     name = args.name or (f"hf:{args.hf}" if args.hf else None)
     if args.name and args.hf:
         raise GoushiError("give either NAME or --hf, not both")

@@ -7,10 +7,15 @@ corpus recipe → data build (clean, dedup, tokenizer, shards, data card) → tr
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+from types import ModuleType
 
+from goushi.cli import data as cli_data
+from goushi.cli import train as cli_train
+from goushi.cli import ui as cli_ui
+from goushi.data import layout as data_layout
+from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
 
 DEMO_PROMPTS = ("今天我终于", "这家店的", "说实话")
@@ -42,17 +47,15 @@ def _stage(n: int, title: str) -> float:
     return time.perf_counter()
 
 
-def _call(argv: list[str]) -> None:
-    from goushi.cli import main
-
+def _call(command: ModuleType, argv: list[str]) -> None:
+    """Run a stage exactly as `goushi ARGV` would (the same parser and the same code)."""
     print("$ goushi " + " ".join(argv), flush=True)
-    rc = main(argv)
+    parser = argparse.ArgumentParser(prog="goushi")
+    command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    rc = args.func(args)
     if rc:
         raise GoushiError(f"demo stopped: `goushi {' '.join(argv)}` failed with exit code {rc}")
-
-
-def _is_complete_data(d: Path) -> bool:
-    return all((d / n).is_file() for n in ("meta.json", "train.bin", "val.bin", "tokenizer.json"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,23 +67,23 @@ def run(args: argparse.Namespace) -> int:
 
     t = _stage(1, f"corpus: `{args.corpus}` recipe")
     if args.fresh or not (corpus / "sources.toml").is_file():
-        _call(["data", "get", args.corpus, "--out", str(corpus), "--force"])
+        _call(cli_data, ["data", "get", args.corpus, "--out", str(corpus), "--force"])
     else:
         print(f"reusing {corpus} (pass --fresh to fetch again)")
     print(f"({time.perf_counter() - t:.1f}s)")
 
     t = _stage(2, "data: clean, de-duplicate, train a tokenizer, write shards and the data card")
-    if args.fresh or not _is_complete_data(data):
-        _call(["data", "build", "--sources", str(corpus / "sources.toml"), "--out", str(data),
+    if args.fresh or not data_layout.is_data_dir(data):
+        _call(cli_data, ["data", "build", "--sources", str(corpus / "sources.toml"), "--out", str(data),
                "--tokenizer", args.tokenizer, "--force"])
     else:
         print(f"reusing {data} (pass --fresh to rebuild)")
-    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    meta = data_layout.read_meta(data)
     print(f"{meta.get('train_tokens', '?')} training tokens, vocabulary {meta.get('vocab_size', '?')}, "
-          f"data card: {data / 'DATA_CARD.md'} ({time.perf_counter() - t:.1f}s)")
+          f"data card: {data / data_layout.DATA_CARD} ({time.perf_counter() - t:.1f}s)")
 
     t = _stage(3, f"train: preset {args.preset} ({args.family}) for {args.minutes:g} minutes")
-    _call(["train", "--data", str(data), "--preset", args.preset, "--family", args.family, "--out", str(run_dir),
+    _call(cli_train, ["train", "--data", str(data), "--preset", args.preset, "--family", args.family, "--out", str(run_dir),
            "--time-budget", f"{args.minutes * 60:.0f}s", "--device", args.device, "--force"])
     print(f"({time.perf_counter() - t:.1f}s)")
 
@@ -94,15 +97,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"web page: goushi ui {run_dir}")
         return 0
     _stage(5, f"web page: http://{args.host}:{args.port} (Ctrl-C to stop)")
-    from goushi.cli.ui import launch
-
-    launch([str(run_dir)], None, args.host, args.port)
+    cli_ui.launch([str(run_dir)], None, args.host, args.port)
     return 0
 
 
 def _print_samples(run_dir: Path, device: str) -> None:
-    from goushi.engine import Engine, SampleConfig
-
     engine = Engine.load(run_dir, device=device)
     strategies = {
         "greedy 贪心": SampleConfig(strategy="greedy", max_new_tokens=48, repetition_penalty=1.2),

@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from goushi import rundir
+from goushi.checkpoint import load_run
+from goushi.device import pick_device
+from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
+from goushi.eval.metrics import evaluate_files, evaluate_generation, read_documents, read_prompts
+from goushi.eval.model_card import refresh_model_card
+from goushi.eval.provenance import format_spans, index_for_run, load_index, summarize
+from goushi.eval.report import write_report
+from goushi.fsutil import json_safe
 
 
 def _positive(s: str) -> int:
@@ -86,15 +95,11 @@ def _json_default(o: Any) -> Any:
 
 
 def _dump(obj: Any) -> str:
-    from goushi.eval.model_card import _json_safe
-
-    return json.dumps(_json_safe(obj), ensure_ascii=False, indent=2, default=_json_default)
+    return json.dumps(json_safe(obj), ensure_ascii=False, indent=2, default=_json_default)
 
 
 def _optional_index(run_dir: str, data: str | None) -> Any:
     """The provenance index, or None with a note on stderr: generation metrics still work without it."""
-    from goushi.eval.provenance import index_for_run
-
     try:
         return index_for_run(run_dir, data)
     except GoushiError as e:
@@ -104,16 +109,7 @@ def _optional_index(run_dir: str, data: str | None) -> Any:
         return None
 
 
-def _val_jsonl(run_dir: str) -> Path | None:
-    from goushi.eval.provenance import run_data_dir
-
-    d = run_data_dir(run_dir)
-    return d / "val.jsonl" if d is not None and (d / "val.jsonl").is_file() else None
-
-
 def _sample_config(args: argparse.Namespace, num_samples: int) -> Any:
-    from goushi.engine import SampleConfig
-
     return SampleConfig(strategy="sample", temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         max_new_tokens=args.max_new_tokens, num_samples=num_samples, seed=args.seed).validate()
 
@@ -134,44 +130,34 @@ def _print_text_table(res: dict[str, Any]) -> None:
 
 # ---- commands ----------------------------------------------------------------------------------
 def run_eval(args: argparse.Namespace) -> int:
-    from goushi.checkpoint import check_run_dir
-    from goushi.eval.model_card import refresh_model_card, save_eval_results
-
-    check_run_dir(args.run_dir)
+    rundir.check_run_dir(args.run_dir)
     if args.prompts and not args.generate:
         raise GoushiError("--prompts is for --generate; add --generate to sample from the model")
     texts = args.text
     if not texts and not args.generate:
-        val = _val_jsonl(args.run_dir)
+        val = rundir.val_jsonl_for_run(args.run_dir)
         if val is None:
             raise GoushiError("nothing to evaluate: pass --text FILE (held-out text) or --generate --prompts FILE "
                               "(the run's data has no val.jsonl to fall back on)")
         texts = [str(val)]
     out: dict[str, Any] = {}
     if texts:
-        from goushi.checkpoint import load_run
-        from goushi.device import pick_device
-        from goushi.eval.metrics import evaluate_files
-
         run = load_run(args.run_dir, device=pick_device(args.device))
         res = evaluate_files(run.model, run.tokenizer, texts, context_length=run.config.context_length,
                              stride=args.context_stride, split=args.doc_split)
-        save_eval_results(args.run_dir, "text", res)
+        rundir.save_eval(args.run_dir, "text", res)
         out.update(res)  # text results at the top level: {"overall", "files", ...} as scripts expect
         if not args.json:
             _print_text_table(res)
     if args.generate:
         if not args.prompts:
             raise GoushiError("--generate needs --prompts FILE (one prompt per line)")
-        from goushi.engine import Engine
-        from goushi.eval.metrics import evaluate_generation, read_prompts
-
         prompts = read_prompts(args.prompts)
         index = _optional_index(args.run_dir, args.data)
         engine = Engine.load(args.run_dir, device=args.device)
         res = evaluate_generation(engine, prompts, _sample_config(args, args.samples), index=index,
                                   min_chars=args.min_chars)
-        save_eval_results(args.run_dir, "generate", res)
+        rundir.save_eval(args.run_dir, "generate", res)
         out["generate"] = res
         if not args.json:
             m = res["metrics"]
@@ -185,13 +171,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(_dump(out))
     else:
-        print(f"saved {Path(args.run_dir) / 'eval.json'}; MODEL_CARD.md updated", file=sys.stderr)
+        print(f"saved {Path(args.run_dir) / rundir.EVAL}; {rundir.MODEL_CARD} updated", file=sys.stderr)
     return 0
 
 
 def run_provenance(args: argparse.Namespace) -> int:
-    from goushi.eval.provenance import format_spans, index_dir_for_run, load_index, summarize
-
     if args.file:
         try:
             text = Path(args.file).read_text(encoding="utf-8-sig")
@@ -203,7 +187,7 @@ def run_provenance(args: argparse.Namespace) -> int:
         text = args.text
     if not text.strip():
         raise GoushiError("--text is empty; give the text to check")
-    where = index_dir_for_run(args.run_dir, args.data)
+    where = rundir.provenance_index_dir(args.run_dir, args.data)
     spans = load_index(where).find_copied_spans(text, args.min_chars)
     if args.json:
         info = summarize(text, spans)
@@ -214,11 +198,9 @@ def run_provenance(args: argparse.Namespace) -> int:
 
 
 def _report_prompts(args: argparse.Namespace) -> list[str]:
-    from goushi.eval.metrics import read_documents, read_prompts
-
     if args.prompts:
         return read_prompts(args.prompts)[: args.samples]
-    val = _val_jsonl(args.run_dir)
+    val = rundir.val_jsonl_for_run(args.run_dir)
     if val is None:
         return []
     # Openings of held-out documents: prompts in the data's own style that the model has not trained on.
@@ -226,20 +208,12 @@ def _report_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from goushi.eval.model_card import read_eval_json
-    from goushi.eval.report import write_report
-
     samples = None
-    stored = ((read_eval_json(args.run_dir) or {}).get("generate") or {}).get("samples")
+    stored = ((rundir.read_eval(args.run_dir) or {}).get("generate") or {}).get("samples")
     if not stored and args.samples > 0:
-        from goushi.checkpoint import check_run_dir
-
-        check_run_dir(args.run_dir)
+        rundir.check_run_dir(args.run_dir)
         prompts = _report_prompts(args)
         if prompts:
-            from goushi.engine import Engine, SampleConfig
-            from goushi.eval.metrics import evaluate_generation
-
             engine = Engine.load(args.run_dir, device=args.device)
             cfg = SampleConfig(max_new_tokens=args.max_new_tokens, num_samples=1, seed=0).validate()
             samples = evaluate_generation(engine, prompts, cfg, index=_optional_index(args.run_dir, args.data))["samples"]

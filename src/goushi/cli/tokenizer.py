@@ -7,7 +7,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from goushi.config import PRESETS, param_counts, preset_config
+from goushi.data.readers import iter_text, read_file, read_source
+from goushi.data.sources import load_manifest
 from goushi.errors import GoushiError
+from goushi.tokenizer import Tokenizer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,24 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_stats)
 
 
-def _load(path: str):
-    from goushi.tokenizer import Tokenizer
-
+def _load(path: str) -> Tokenizer:
     return Tokenizer.from_file(path)
 
 
 def _docs(paths: list[str], encoding: str | None) -> Iterator[str]:
-    from goushi.data.readers import read_file
-
     for p in paths:
         yield from read_file(Path(p), encoding=encoding or "utf-8")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from goushi.data.readers import read_source
-    from goushi.data.sources import load_manifest
-    from goushi.tokenizer import Tokenizer
-
     out = Path(args.out)
     if out.exists() and not args.force:
         raise GoushiError(f"{out}: already exists; pass --force to overwrite it")
@@ -92,8 +88,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _input_text(args: argparse.Namespace) -> str:
     if getattr(args, "file", None):
-        from goushi.data.readers import iter_text
-
         return "".join(iter_text(Path(args.file), getattr(args, "encoding", None) or "utf-8"))
     if getattr(args, "text", None) is not None:
         return args.text
@@ -127,8 +121,6 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from goushi.config import PRESETS, param_counts, preset_config
-
     tok = _load(args.tokenizer)
     print(f"tokenizer: {args.tokenizer}")
     print(f"kind: {tok.kind}")

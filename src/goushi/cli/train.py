@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
+from goushi import rundir
 from goushi.config import FAMILY_DEFAULTS, MLPS, NORMS, POS_ENCODINGS, PRESETS, ModelConfig, param_counts
+from goushi.data import layout as data_layout
+from goushi.errors import GoushiError
+from goushi.train import train
+from goushi.train.config import TrainConfig, init_model_config, resolve_model_config, run_config
 
 # Model fields as flags (over the preset); `family` is a train-level flag, `vocab_size` comes from the data.
 MODEL_FLAGS: dict[str, tuple[type, str]] = {
@@ -79,6 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "GELU) or llama (RoPE, RMSNorm, SwiGLU, GQA); default gpt2")
     p.add_argument("--config", metavar="FILE", dest="config_file", help="TOML file with settings (same names as the "
                    "flags, with underscores; model fields flat or under [model])")
+    p.add_argument("--init-from", metavar="RUN_DIR", dest="init_from", help="start from the weights (and shape) of "
+                   "this run instead of a random preset, e.g. to continue pre-training on new data built with "
+                   "`goushi data build --tokenizer-from RUN_DIR`")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--force", action="store_true", help="replace the run in a non-empty --out")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings and parameter counts, "
@@ -116,23 +123,27 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _vocab_for_print(cfg) -> int:
+def _vocab_for_print(cfg: TrainConfig) -> int:
     if cfg.model.get("vocab_size"):
         return int(cfg.model["vocab_size"])
-    from goushi.errors import GoushiError
-
     if not cfg.data:
         raise GoushiError("--print-config needs --data DATA_DIR (for the vocabulary size) or --vocab-size N")
-    meta = Path(cfg.data) / "meta.json"
+    meta = data_layout.read_meta(cfg.data)
     try:
-        return int(json.loads(meta.read_text(encoding="utf-8"))["vocab_size"])
-    except FileNotFoundError:
-        raise GoushiError(f"{meta}: not found; give a data directory from `goushi data build` or --vocab-size N") from None
+        return int(meta["vocab_size"])
     except (KeyError, ValueError, TypeError) as e:
-        raise GoushiError(f"{meta}: no usable vocab_size ({e}); rebuild the data directory") from None
+        raise GoushiError(f"{cfg.data}/{data_layout.META}: no usable vocab_size ({e}); rebuild the data directory") from None
 
 
-def print_config(cfg, mc: ModelConfig) -> None:
+def _model_for_print(cfg: TrainConfig) -> ModelConfig:
+    if cfg.init_from:
+        base = rundir.model_config(rundir.read_config(cfg.init_from), cfg.init_from)
+        vocab = _vocab_for_print(cfg) if (cfg.data or cfg.model.get("vocab_size")) else base.vocab_size
+        return init_model_config(cfg, base, vocab)
+    return resolve_model_config(cfg, _vocab_for_print(cfg))
+
+
+def print_config(cfg: TrainConfig, mc: ModelConfig) -> None:
     counts = param_counts(mc)
     print("[train]")
     for k, v in cfg.to_dict().items():
@@ -152,21 +163,15 @@ def print_config(cfg, mc: ModelConfig) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from goushi.train.config import resolve_model_config, run_config
-
     overrides = overrides_from_args(args)
     cfg = run_config(getattr(args, "config_file", None), overrides)
     if getattr(args, "print_config", False):
-        print_config(cfg, resolve_model_config(cfg, _vocab_for_print(cfg)))
+        print_config(cfg, _model_for_print(cfg))
         return 0
-    from goushi.errors import GoushiError
-
     if not cfg.out:
         raise GoushiError("goushi train needs --out RUN_DIR (where the model is written)")
     if not cfg.data and not cfg.resume:
         raise GoushiError("goushi train needs --data DATA_DIR (build one with `goushi data build`)")
-    from goushi.train import train
-
     summary = train(cfg, progress=not getattr(args, "no_progress", False))
     return 0 if summary["stop_reason"] != "interrupted" else 130
 

@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from goushi.data import layout
 from goushi.data.clean import REASONS, Cleaner, CleanOptions
 from goushi.data.readers import read_source
 from goushi.data.sources import Source, load_manifest
+from goushi.data.textindex import TextIndexWriter
 from goushi.errors import GoushiError
 from goushi.fsutil import atomic_dir
 from goushi.tokenizer import DEFAULT_MAX_SAMPLE_CHARS, KINDS, Tokenizer
@@ -53,8 +55,11 @@ class BuildOptions:
     max_sample_chars: int = DEFAULT_MAX_SAMPLE_CHARS  # bpe training sample
     provenance: bool = True
     clean: CleanOptions = field(default_factory=CleanOptions)
+    tokenizer_from: str = ""  # an existing tokenizer.json (or a run/data directory holding one) instead of training
 
     def validate(self) -> BuildOptions:
+        if self.tokenizer_from:
+            Tokenizer.from_file(self.tokenizer_from)  # refuse a bad path before any work
         if self.tokenizer not in KINDS:
             raise GoushiError(f"--tokenizer {self.tokenizer!r}: choose one of {', '.join(KINDS)}")
         if not (isinstance(self.val_fraction, int | float) and 0.0 <= self.val_fraction < 1.0):
@@ -109,7 +114,7 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
     say = log or (lambda _msg: None)
     manifest = Path(sources)
     if manifest.is_dir():
-        manifest = manifest / "sources.toml"
+        manifest = manifest / layout.SOURCES
     srcs = load_manifest(manifest)
     if not srcs:
         raise GoushiError(f"{manifest}: lists no sources; add one with `goushi data add PATH --id ID`")
@@ -164,13 +169,15 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
                 if not is_val[i]:
                     yield text
 
-        if opts.tokenizer == "char":
+        if opts.tokenizer_from:
+            tok = Tokenizer.from_file(opts.tokenizer_from)
+        elif opts.tokenizer == "char":
             tok = Tokenizer.train_char(train_texts(), min_frequency=opts.min_frequency or 1, max_vocab=opts.max_vocab)
         else:
             tok = Tokenizer.train_bpe(train_texts(), vocab_size=opts.vocab_size, min_frequency=opts.min_frequency or 2,
                                       max_sample_chars=opts.max_sample_chars)
-        (tmp / "tokenizer.json").write_text(tok.hf.to_str(pretty=True), encoding="utf-8")
-        say(f"tokenizer: {tok.kind}, {tok.vocab_size} tokens")
+        (tmp / layout.TOKENIZER).write_text(tok.hf.to_str(pretty=True), encoding="utf-8")
+        say(f"tokenizer: {tok.kind}, {tok.vocab_size} tokens" + (f" (from {opts.tokenizer_from})" if opts.tokenizer_from else ""))
         t2 = time.perf_counter()
         stats = _write_shards(tmp, corpus, srcs, tok, is_val, key_arr, opts)
         corpus.unlink()
@@ -182,10 +189,10 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
                               "tokenize_write": round(t3 - t2, 3), "total": round(time.perf_counter() - t0, 3)}
         report["bytes_in"] = bytes_in
         # Plain writes: the whole folder is already swapped in atomically by atomic_dir.
-        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        (tmp / "DATA_CARD.md").write_text(data_card(meta, report, srcs), encoding="utf-8")
-        shutil.copyfile(manifest, tmp / "sources.toml")
+        (tmp / layout.META).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp / layout.REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp / layout.DATA_CARD).write_text(data_card(meta, report, srcs), encoding="utf-8")
+        shutil.copyfile(manifest, tmp / layout.SOURCES)
     say(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
     return meta
 
@@ -200,12 +207,10 @@ def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, i
     fallback = np.array(tok.fallback_mask(), dtype=bool)
     index = None
     if opts.provenance:
-        from goushi.data.textindex import TextIndexWriter
-
         index = TextIndexWriter(tmp)
     try:
-        with open(tmp / "train.bin", "wb") as ftrain, open(tmp / "val.bin", "wb") as fval, \
-                open(tmp / "val.jsonl", "w", encoding="utf-8") as fjson:
+        with open(tmp / layout.TRAIN_BIN, "wb") as ftrain, open(tmp / layout.VAL_BIN, "wb") as fval, \
+                open(tmp / layout.VAL_JSONL, "w", encoding="utf-8") as fjson:
             batch: list[tuple[int, int, str]] = []
 
             def flush() -> None:

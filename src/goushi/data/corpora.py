@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from goushi.data.clean import t2s_converter
 from goushi.data.sources import Source, load_manifest, write_manifest
 from goushi.errors import GoushiError
 
@@ -117,8 +118,6 @@ def get_poetry(out: Path, *, force: bool = False, id: str = "poetry", base_url: 
     names = list(files or POETRY_FILES)
     convert: Callable[[str], str] | None = None
     if t2s or t2s is None:
-        from goushi.data.clean import t2s_converter
-
         try:
             convert = t2s_converter()
         except GoushiError:

@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from goushi.data import layout
 from goushi.errors import GoushiError
-from goushi.fsutil import _fsync_dir
+from goushi.fsutil import fsync_dir
 
 INDEX_VERSION = 1
 SEP = b"\x00"
-INDEX_DIRNAME = "provenance"
+INDEX_DIRNAME = layout.PROVENANCE
 _FILES = ("corpus.bin", "sa.npy", "docs.npy", "doc_src.npy", "index.json")
 _BANNED = re.compile("[\x00\ud800-\udfff]")
 _QUERY_PIECES = re.compile("[^\x00\ud800-\udfff]+")
@@ -144,7 +145,7 @@ class TextIndexWriter:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(self._tmp, out)
-            _fsync_dir(self.data_dir)
+            fsync_dir(self.data_dir)
             return out
         finally:
             self._done = True

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from goushi.data.textindex import copied_char_mask
 from goushi.errors import GoushiError
 
 DOC_SPLITS = ("blank", "line", "none")
@@ -241,8 +242,6 @@ def repeated_ngram_rate(texts: Sequence[str], n: int = 4) -> float:
 
 def memorisation_rate(texts: Sequence[str], index: Any, min_chars: int = 8) -> tuple[float, list[list[Any]]]:
     """Share of generated characters inside spans copied verbatim from the training data, and the spans."""
-    from goushi.data.textindex import copied_char_mask
-
     copied = total = 0
     spans_per_text = []
     for t in texts:

@@ -13,13 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from goushi import rundir
 from goushi.config import ModelConfig, param_counts
+from goushi.data import layout as data_layout
 from goushi.errors import GoushiError
-from goushi.fsutil import atomic_write_json, atomic_write_text
-
-CARD = "MODEL_CARD.md"
-CARD_INPUTS = "model_card.json"
-EVAL_JSON = "eval.json"
+from goushi.fsutil import atomic_write_json, atomic_write_text, json_safe
 
 # Licence families, matched on the upper-cased licence string. Order matters: the first match wins,
 # so the restrictive families are tried before the permissive ones ("CC-BY-SA" before "CC-BY").
@@ -155,6 +153,18 @@ def render_model_card(run_name: str, *, model_config: ModelConfig | dict[str, An
         L += ["No data sources recorded (the data directory's meta.json was not found). Credit your sources "
               "before sharing this model."]
 
+    base = data_meta.get("base") if isinstance(data_meta.get("base"), dict) else None
+    base_sources = (base or {}).get("sources") or {}
+    if base is not None:
+        L += ["", "### Started from another model", "",
+              f"This model continued from the weights of `{base.get('run_dir')}`, so it also carries what that model "
+              "learned, from these sources:", ""]
+        rows = [[sid, s.get("docs"), s.get("chars"), s.get("license") or "unknown", s.get("author"), s.get("url")]
+                for sid, s in base_sources.items()]
+        L += _table(["source", "documents", "characters", "licence", "author", "url"], rows) if rows else \
+            ["(the base run recorded no sources: check them before sharing this model)"]
+    sources = {**{f"{sid} (base)": s for sid, s in base_sources.items()}, **sources}
+
     L += ["", "## Licence warnings", ""]
     warnings = license_warnings(sources)
     if warnings:
@@ -180,7 +190,7 @@ def render_model_card(run_name: str, *, model_config: ModelConfig | dict[str, An
     L += _table(["field", "value"], rows) if rows else ["No training summary recorded."]
 
     L += ["", "## Evaluation", ""]
-    L += _eval_section(eval_results)
+    L += eval_section(eval_results)
 
     L += ["", "## Intended use and limits", ""]
     L += [
@@ -199,7 +209,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else _cell(v)
 
 
-def _eval_section(ev: dict[str, Any] | None) -> list[str]:
+def eval_section(ev: dict[str, Any] | None) -> list[str]:
     if not ev or not (ev.get("text") or ev.get("generate")):
         return ["Not evaluated yet: run `goushi eval RUN_DIR --text FILE` (bits per character on held-out text) "
                 "and `goushi eval RUN_DIR --generate --prompts FILE --samples N`."]
@@ -238,99 +248,38 @@ def write_model_card(run_dir: str | Path, *, model_config: ModelConfig | dict[st
         raise GoushiError(f"{run_dir}: not a directory; write the model card into an existing run directory")
     cfg = model_config.to_dict() if isinstance(model_config, ModelConfig) else dict(model_config)
     if eval_results is None:
-        eval_results = read_eval_json(run_dir)
+        eval_results = rundir.read_eval(run_dir)
     summary = dict(train_summary or {})
-    # Recorded at write time (the training machine); a later refresh reads it back from model_card.json.
-    summary.setdefault("hardware", hardware_description(summary.get("device")))
     text = render_model_card(run_dir.resolve().name, model_config=cfg, train_summary=summary,
                              data_meta=dict(data_meta or {}), eval_results=eval_results)
-    atomic_write_json(run_dir / CARD_INPUTS, _json_safe({"model_config": cfg, "train_summary": summary,
-                                                         "data_meta": data_meta or {}}))
-    atomic_write_text(run_dir / CARD, text)
-    return run_dir / CARD
-
-
-def hardware_description(device: str | None = None) -> str:
-    """E.g. "2 CPU cores (x86_64), torch 2.13.0" or "NVIDIA A100 ..., torch ..."."""
-    import os
-    import platform
-
-    import torch
-
-    parts = []
-    if device and str(device).startswith("cuda") and torch.cuda.is_available():
-        parts.append(f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}")
-    elif device and str(device).startswith("mps"):
-        parts.append("Apple GPU (MPS)")
-    parts.append(f"{os.cpu_count()} CPU cores ({platform.machine() or 'unknown'})")
-    return f"{', '.join(parts)}, torch {torch.__version__.split('+')[0]}"
-
-
-def read_eval_json(run_dir: str | Path) -> dict[str, Any] | None:
-    p = Path(run_dir) / EVAL_JSON
-    if not p.exists():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GoushiError(f"{p}: not valid JSON ({e}); delete it and run `goushi eval` again") from None
-
-
-def save_eval_results(run_dir: str | Path, section: str, results: dict[str, Any]) -> Path:
-    """Merge `results` into RUN_DIR/eval.json under `section` ("text" or "generate"), atomically."""
-    run_dir = Path(run_dir)
-    ev = read_eval_json(run_dir) or {}
-    ev[section] = {**results, "when": _dt.datetime.now().isoformat(timespec="seconds")}
-    atomic_write_json(run_dir / EVAL_JSON, _json_safe(ev))
-    return run_dir / EVAL_JSON
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf are not JSON: write them as null."""
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+    atomic_write_json(run_dir / rundir.CARD_INPUTS, json_safe({"model_config": cfg, "train_summary": summary,
+                                                               "data_meta": data_meta or {}}))
+    atomic_write_text(run_dir / rundir.MODEL_CARD, text)
+    return run_dir / rundir.MODEL_CARD
 
 
 def refresh_model_card(run_dir: str | Path) -> Path | None:
     """Rebuild MODEL_CARD.md with the current eval.json; None when the run has no card inputs to rebuild from."""
-    from goushi.eval.provenance import run_data_dir
-
     run_dir = Path(run_dir)
-    inputs_path = run_dir / CARD_INPUTS
+    inputs_path = run_dir / rundir.CARD_INPUTS
     if inputs_path.exists():
         try:
             inputs = json.loads(inputs_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise GoushiError(f"{inputs_path}: not valid JSON ({e}); delete it to rebuild the card from config.json") from None
     else:
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.exists():
+        if not (run_dir / rundir.CONFIG).exists():
             return None
-        info = json.loads(cfg_path.read_text(encoding="utf-8"))
-        data = info.get("data") if isinstance(info.get("data"), dict) else {}
-        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
-        data_dir = run_data_dir(run_dir)
-        if not meta and data_dir and (data_dir / "meta.json").exists():
-            meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+        info = rundir.read_config(run_dir)
+        meta = rundir.data_section(info).get("meta")
+        meta = meta if isinstance(meta, dict) else {}
+        data_dir = rundir.data_dir_for_run(run_dir, info)
+        if not meta and data_dir and data_layout.is_data_dir(data_dir):
+            meta = data_layout.read_meta(data_dir)
         summary = info.get("summary") if isinstance(info.get("summary"), dict) else {}
         inputs = {"model_config": info["model"], "train_summary": summary, "data_meta": meta}
     return write_model_card(run_dir, model_config=inputs["model_config"], train_summary=inputs.get("train_summary") or {},
                             data_meta=inputs.get("data_meta") or {})
 
 
-__all__ = [
-    "CARD",
-    "EVAL_JSON",
-    "license_class",
-    "license_warnings",
-    "render_model_card",
-    "write_model_card",
-    "refresh_model_card",
-    "read_eval_json",
-    "save_eval_results",
-]
+__all__ = ["license_class", "license_warnings", "render_model_card", "write_model_card", "refresh_model_card"]

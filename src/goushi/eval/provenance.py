@@ -1,15 +1,8 @@
-"""Which parts of a text did the model copy, and from whom? The query API for CLI, UI and engine users.
+"""Which parts of a text did the model copy, and from whom? The query API for the CLI, the report and the page.
 
-How a run finds its provenance index (the index lives with the data, not the run, so many runs on
-one DATA_DIR share it and it is never copied):
-
-1. an explicit `data_dir` argument (`--data DATA_DIR` on the command line) wins;
-2. else `RUN_DIR/config.json["data"]["dir"]`, recorded by the trainer (absolute, or relative to the
-   current directory, or to RUN_DIR);
-3. else `RUN_DIR/provenance/`, for a run directory someone packed together with its index.
-
-The index is `DATA_DIR/provenance/` (see goushi.data.textindex). Loaded indexes are cached per
-process, so a web page can ask about every generation without reloading.
+A run's index is found by goushi.rundir.provenance_index_dir (the one lookup: an explicit --data, the
+run's recorded data directory, or RUN_DIR/provenance/). Loaded indexes are cached per process, so a page
+can ask about every generation without reloading; a rebuilt index is reloaded.
 """
 
 from __future__ import annotations
@@ -19,51 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from goushi.checkpoint import read_config
+from goushi import rundir
 from goushi.data.textindex import INDEX_DIRNAME, Span, TextIndex, copied_char_mask
 from goushi.errors import GoushiError
-
-
-def run_data_dir(run_dir: str | Path) -> Path | None:
-    """The DATA_DIR a run was trained on, from config.json["data"]["dir"], or None if not recorded/found."""
-    run_dir = Path(run_dir)
-    info = read_config(run_dir)
-    data = info.get("data")
-    recorded = data.get("dir") if isinstance(data, dict) else None
-    if not recorded:
-        return None
-    for cand in (Path(recorded), run_dir / recorded):
-        if cand.is_dir():
-            return cand
-    return Path(recorded)  # recorded but gone: the caller names it in the error
-
-
-def index_dir_for_run(run_dir: str | Path, data_dir: str | Path | None = None) -> Path:
-    """Where the provenance index of `run_dir` is, following the order in the module docstring."""
-    run_dir = Path(run_dir)
-    if data_dir is not None:
-        p = Path(data_dir)
-        idx = p if (p / "index.json").exists() else p / INDEX_DIRNAME
-        if not (idx / "index.json").exists():
-            raise GoushiError(f"--data {p}: no provenance index at {idx}; rebuild it with `goushi data build`")
-        return idx
-    if not (run_dir / "config.json").exists():
-        # Not a run: a DATA_DIR (or the index itself) is fine too, for checking text against any data.
-        for idx in (run_dir / INDEX_DIRNAME, run_dir):
-            if (idx / "index.json").exists():
-                return idx
-        raise GoushiError(f"{run_dir}: neither a run directory (no config.json) nor a data directory with a "
-                          f"provenance index; pass a RUN_DIR from `goushi train` or a DATA_DIR from `goushi data build`")
-    recorded = run_data_dir(run_dir)
-    if recorded is not None and (recorded / INDEX_DIRNAME / "index.json").exists():
-        return recorded / INDEX_DIRNAME
-    if (run_dir / INDEX_DIRNAME / "index.json").exists():
-        return run_dir / INDEX_DIRNAME
-    if recorded is None:
-        raise GoushiError(f"{run_dir / 'config.json'}: no data.dir recorded; pass --data DATA_DIR "
-                          "(the directory `goushi data build` wrote)")
-    raise GoushiError(f"{recorded / INDEX_DIRNAME}: provenance index not found (config.json data.dir={str(recorded)!r}); "
-                      "pass --data DATA_DIR if the data moved, or rebuild it with `goushi data build`")
 
 
 @lru_cache(maxsize=4)
@@ -84,7 +35,7 @@ def load_index(path: str | Path) -> TextIndex:
 
 
 def index_for_run(run_dir: str | Path, data_dir: str | Path | None = None) -> TextIndex:
-    return load_index(index_dir_for_run(run_dir, data_dir))
+    return load_index(rundir.provenance_index_dir(run_dir, data_dir))
 
 
 def provenance_for_run(run_dir: str | Path, text: str, min_chars: int = 8, *,
@@ -149,8 +100,6 @@ def format_spans(text: str, spans: list[Span]) -> str:
 
 
 __all__ = [
-    "run_data_dir",
-    "index_dir_for_run",
     "load_index",
     "index_for_run",
     "provenance_for_run",

@@ -8,85 +8,17 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from goushi import rundir
+from goushi.data.textindex import Span
 from goushi.errors import GoushiError
+from goushi.eval.model_card import eval_section
+from goushi.eval.provenance import highlight_html
 from goushi.fsutil import atomic_write_text
-
-REPORT = "report.html"
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Rows of RUN_DIR/metrics.jsonl; a line cut off by a crash (the last one) is skipped, others are errors."""
-    p = Path(run_dir) / "metrics.jsonl"
-    if not p.exists():
-        return []
-    lines = p.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == len(lines):
-                break
-            raise GoushiError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-        if isinstance(obj, dict):
-            rows.append(obj)
-    return rows
-
-
-def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for i, r in enumerate(rows):
-        v = r.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
-            xs.append(r.get("step", i))
-            ys.append(float(v))
-    return xs, ys
-
-
-def loss_plot_png(rows: list[dict[str, Any]]) -> bytes | None:
-    """PNG of every *loss* series against step (and *bpc* series, or the learning rate, beside it)."""
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed; also keeps a GUI backend from starting in a server
-    import matplotlib.pyplot as plt
-
-    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    loss_keys = [k for k in keys if "loss" in k]
-    side_keys = [k for k in keys if "bpc" in k] or [k for k in keys if k in ("lr", "learning_rate")]
-    if not loss_keys:
-        return None
-    fig, axes = plt.subplots(1, 2 if side_keys else 1, figsize=(10 if side_keys else 6, 3.6), squeeze=False)
-    for k in loss_keys:
-        xs, ys = _series(rows, k)
-        sparse = len(xs) < 0.5 * len(rows)  # validation is logged rarely: show its points
-        axes[0][0].plot(xs, ys, marker="o" if sparse else None, markersize=3, label=k)
-    axes[0][0].set_xlabel("step")
-    axes[0][0].set_ylabel("loss (nats/token)")
-    axes[0][0].legend()
-    axes[0][0].grid(alpha=0.3)
-    if side_keys:
-        for k in side_keys:
-            xs, ys = _series(rows, k)
-            axes[0][1].plot(xs, ys, marker="o" if len(xs) < 0.5 * len(rows) else None, markersize=3, label=k)
-        axes[0][1].set_xlabel("step")
-        axes[0][1].set_ylabel("bits per character" if any("bpc" in k for k in side_keys) else "learning rate")
-        axes[0][1].legend()
-        axes[0][1].grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+from goushi.plots import loss_plot_png
 
 
 # ---- a small Markdown renderer for the model card --------------------------------------------
@@ -150,15 +82,10 @@ mark.copied{background:#ffd54f}.sample{border-left:4px solid #ddd;padding:.3em .
 
 
 def _eval_html(ev: dict[str, Any] | None) -> str:
-    from goushi.eval.model_card import _eval_section
-
-    return markdown_to_html("\n".join(_eval_section(ev)))
+    return markdown_to_html("\n".join(eval_section(ev)))
 
 
 def _samples_html(samples: list[dict[str, Any]]) -> str:
-    from goushi.data.textindex import Span
-    from goushi.eval.provenance import highlight_html
-
     if not samples:
         return '<p class="muted">No samples: run <code>goushi eval RUN_DIR --generate --prompts FILE --samples N</code>.</p>'
     parts = []
@@ -172,18 +99,16 @@ def _samples_html(samples: list[dict[str, Any]]) -> str:
 
 def render_report(run_dir: str | Path, *, samples: list[dict[str, Any]] | None = None) -> str:
     """The report page as a string. `samples` ({prompt, text, copied}) default to those in eval.json."""
-    from goushi.eval.model_card import CARD, read_eval_json
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise GoushiError(f"{run_dir}: no such run directory")
-    ev = read_eval_json(run_dir)
+    ev = rundir.read_eval(run_dir)
     if samples is None:
         samples = ((ev or {}).get("generate") or {}).get("samples") or []
-    png = loss_plot_png(read_metrics(run_dir))
+    png = loss_plot_png(rundir.read_metrics(run_dir))
     curves = (f'<img alt="loss curves" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
               if png else '<p class="muted">No metrics.jsonl with loss values in this run.</p>')
-    card_path = run_dir / CARD
+    card_path = run_dir / rundir.MODEL_CARD
     card = (markdown_to_html(card_path.read_text(encoding="utf-8")) if card_path.exists()
             else '<h2>Model card</h2><p class="muted">No MODEL_CARD.md in this run.</p>')
     name = html.escape(run_dir.resolve().name)
@@ -202,9 +127,9 @@ def render_report(run_dir: str | Path, *, samples: list[dict[str, Any]] | None =
 def write_report(run_dir: str | Path, out: str | Path | None = None, *,
                  samples: list[dict[str, Any]] | None = None) -> Path:
     """Write the report (default RUN_DIR/report.html) atomically; returns its path."""
-    out = Path(out) if out is not None else Path(run_dir) / REPORT
+    out = Path(out) if out is not None else Path(run_dir) / rundir.REPORT
     atomic_write_text(out, render_report(run_dir, samples=samples))
     return out
 
 
-__all__ = ["REPORT", "read_metrics", "loss_plot_png", "markdown_to_html", "render_report", "write_report"]
+__all__ = ["markdown_to_html", "render_report", "write_report"]

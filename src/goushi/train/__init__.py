@@ -3,20 +3,17 @@
     from goushi.train import TrainConfig, train
     summary = train(TrainConfig(data="data/", out="runs/tiny", preset="tiny", time_budget="5m"))
 
-Modules: config (TrainConfig), data (memmapped batches), optim (AdamW/Muon, schedules),
-checkpoint (last/best, trainer state), distributed (torchrun), trainer (the loop).
+Modules: config (TrainConfig), source (the batch-source interface), data (token shards, one source),
+budget (how long a run lasts), optim (AdamW/Muon, schedules), metrics (metrics.jsonl, throughput),
+checkpoint (last/best, trainer state), artifacts (config.json, model card ...), distributed (torchrun),
+trainer (the loop that wires them).
 """
 
 from __future__ import annotations
 
-from goushi.train.config import (
-           TrainConfig,
-           load_train_config,
-           parse_duration,
-           resolve_model_config,
-           run_config,
-)
+from goushi.train.config import TrainConfig, load_train_config, parse_duration, resolve_model_config, run_config
+from goushi.train.source import IGNORE_INDEX, BatchSource
 from goushi.train.trainer import Trainer, train
 
 __all__ = ["TrainConfig", "Trainer", "train", "load_train_config", "run_config", "parse_duration",
-           "resolve_model_config"]
+           "resolve_model_config", "BatchSource", "IGNORE_INDEX"]

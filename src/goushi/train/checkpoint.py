@@ -23,14 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from goushi.checkpoint import WEIGHTS, save_weights
+from goushi.checkpoint import save_weights
 from goushi.errors import GoushiError
-from goushi.fsutil import _fsync_dir, atomic_dir
+from goushi.fsutil import atomic_dir, fsync_dir
+from goushi.rundir import BEST, SAVING, STATE, WEIGHTS
 
-STATE = "trainer_state.pt"
-SAVING = ".saving"
 COMPLETE = "COMPLETE"
-BEST = "best"
 STATE_VERSION = 1
 
 
@@ -70,7 +68,7 @@ def recover(run_dir: str | Path) -> str | None:
         for name in (WEIGHTS, STATE):
             if (saving / name).exists():
                 os.replace(saving / name, run_dir / name)
-        _fsync_dir(run_dir)
+        fsync_dir(run_dir)
         shutil.rmtree(saving, ignore_errors=True)
         return "finished a checkpoint save that was interrupted while renaming"
     shutil.rmtree(saving, ignore_errors=True)
@@ -92,11 +90,11 @@ def save_last(run_dir: str | Path, model: torch.nn.Module, state: dict[str, Any]
     with open(saving / COMPLETE, "wb") as f:
         f.write(b"ok\n")
         os.fsync(f.fileno())
-    _fsync_dir(saving)
+    fsync_dir(saving)
     # From here on recover() rolls forward, so the pair can never be mixed.
     for name in (WEIGHTS, STATE):
         os.replace(saving / name, run_dir / name)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     shutil.rmtree(saving, ignore_errors=True)
 
 
@@ -128,4 +126,4 @@ def save_best(run_dir: str | Path, model: torch.nn.Module, copy_files: list[str]
                 shutil.copy2(src, tmp / name)
 
 
-__all__ = ["STATE", "BEST", "rng_state", "set_rng_state", "recover", "save_last", "load_state", "save_best"]
+__all__ = ["STATE_VERSION", "rng_state", "set_rng_state", "recover", "save_last", "load_state", "save_best"]

@@ -1,7 +1,8 @@
 """TrainConfig: every knob of a training run, as data (TOML file and CLI flags on top of defaults).
 
 Model shape is not here: it is a preset + family + ModelConfig field overrides (`model`), resolved by
-`resolve_model_config` once the vocabulary size is known (from DATA_DIR/meta.json).
+`resolve_model_config` once the vocabulary size is known (from DATA_DIR/meta.json) -- or, with `init_from`,
+the shape of the run whose weights the new run starts from.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from goushi.config import PRESETS, ConfigError, ModelConfig, load_toml, preset_config
+from goushi import rundir
+from goushi.config import PRESETS, ModelConfig, load_toml, preset_config
+from goushi.errors import ConfigError
 
 SCHEDULES = ("cosine", "wsd")
 OPTIMIZERS = ("adamw", "muon")
@@ -27,6 +30,7 @@ class TrainConfig:
     preset: str = "tiny"
     family: str = "gpt2"
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides on top of preset+family
+    init_from: str = ""  # RUN_DIR whose weights (and shape) a new run starts from, instead of a random preset
 
     # optimisation
     optimizer: str = "adamw"
@@ -109,6 +113,8 @@ class TrainConfig:
             raise bad("clip", "must be >= 0 (0 turns clipping off)")
         if self.time_budget:
             parse_duration(self.time_budget)
+        if self.init_from and self.out and Path(self.init_from).resolve() == Path(self.out).resolve():
+            raise bad("init_from", "is the run being written; start from another run, or use --resume")
         if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
             raise bad("dtype", "is not one of auto, float32, bfloat16, float16")
         if self.resume and self.force:
@@ -118,6 +124,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def budget_seconds(self) -> float | None:
+        """The time budget in seconds (None: no time budget); the one place the string is read."""
+        return parse_duration(self.time_budget) if self.time_budget else None
 
     def budget_summary(self) -> str:
         parts = [f"{self.max_steps} steps" if self.max_steps else "",
@@ -194,17 +205,35 @@ def run_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfi
     (so `goushi train --out RUN --resume` needs nothing else), then the TOML file, then the flags."""
     if not overrides.get("resume"):
         return load_train_config(path, overrides)
-    from goushi.checkpoint import read_config
-
     out = overrides.get("out") or ""
     if not out:
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
-    stored = dict(read_config(out).get("train") or {})
+    stored = dict(rundir.read_config(out).get("train") or {})
     stored.pop("out", None)
     cfg = merge_dict(TrainConfig(), stored, source=f"{out}/config.json")
     if path:
         cfg = merge_dict(cfg, load_toml(path), source=str(path))
     return merge_dict(cfg, overrides, source="command line").validate()
+
+
+# Fields a run started from another run's weights may still change: they hold no weights.
+INIT_CHANGEABLE = ("dropout",)
+
+
+def init_model_config(cfg: TrainConfig, base: ModelConfig, vocab_size: int) -> ModelConfig:
+    """The shape of the run in `cfg.init_from` (`base`), with only weight-free fields overridable."""
+    values = base.to_dict()
+    for k, v in cfg.model.items():
+        if k in INIT_CHANGEABLE:
+            values[k] = v
+        elif v != values.get(k):
+            raise ConfigError(f"model config: {k}={v!r}, but --init-from {cfg.init_from} has {k}={values.get(k)!r}; "
+                              f"a run started from another run's weights keeps its shape (only "
+                              f"{', '.join(INIT_CHANGEABLE)} may change)")
+    if base.vocab_size < vocab_size:
+        raise ConfigError(f"--init-from {cfg.init_from}: its vocab_size={base.vocab_size} is smaller than the data's "
+                          f"vocabulary ({vocab_size})")
+    return ModelConfig.from_dict(values)
 
 
 def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
@@ -224,4 +253,5 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     return mc
 
 
-__all__ = ["TrainConfig", "load_train_config", "run_config", "merge_dict", "parse_duration", "resolve_model_config"]
+__all__ = ["TrainConfig", "load_train_config", "run_config", "merge_dict", "parse_duration", "resolve_model_config",
+           "init_model_config", "INIT_CHANGEABLE"]

@@ -1,4 +1,5 @@
-"""Batches from a DATA_DIR: memory-mapped train.bin / val.bin, random windows from a seeded generator.
+"""The token shards of a DATA_DIR as a batch source (goushi.train.source.BatchSource): memory-mapped
+train.bin / val.bin, random windows from a seeded generator.
 
 Every rank draws the same global batch from the same generator and keeps its own slice of rows, so
 ranks see disjoint sequences, the global batch equals the single-process batch, and the generator
@@ -7,17 +8,19 @@ state (saved in the trainer state) is the same everywhere: resume continues the 
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from goushi.data import layout
 from goushi.errors import GoushiError
+from goushi.tokenizer import Tokenizer
+from goushi.train.source import Batch
 
-REQUIRED = ("train.bin", "val.bin", "meta.json", "tokenizer.json")
 META_KEYS = ("dtype", "vocab_size", "tokenizer_hash")
 # meta.json fields copied into RUN_DIR/config.json ("data": {"meta": ...}); the per-source table goes too,
 # so the model card can credit sources without the data directory.
@@ -26,21 +29,18 @@ META_FIELDS = ("version", "vocab_size", "tokenizer_hash", "tokenizer_kind", "dty
 
 
 class TokenData:
+    """Next-token batches over whole documents: every target carries loss."""
+
     def __init__(self, data_dir: str | Path):
         self.dir = Path(data_dir)
         if not self.dir.is_dir():
             raise GoushiError(f"{self.dir}: no such data directory; build one with `goushi data build --out {self.dir}`")
-        missing = [n for n in REQUIRED if not (self.dir / n).is_file()]
+        missing = [n for n in layout.REQUIRED if not (self.dir / n).is_file()]
         if missing:
             raise GoushiError(f"{self.dir}: not a data directory, missing {', '.join(missing)} "
                               f"(build it with `goushi data build`)")
-        meta_path = self.dir / "meta.json"
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise GoushiError(f"{meta_path}: not valid JSON ({e}); rebuild the data directory") from None
-        if not isinstance(meta, dict):
-            raise GoushiError(f"{meta_path}: expected a JSON object; rebuild the data directory")
+        meta_path = self.dir / layout.META
+        meta = layout.read_meta(self.dir)
         for k in META_KEYS:
             if k not in meta:
                 raise GoushiError(f"{meta_path}: missing {k!r}; rebuild the data directory with `goushi data build`")
@@ -50,11 +50,15 @@ class TokenData:
         self.vocab_size = int(meta["vocab_size"])
         self.tokenizer_hash = str(meta["tokenizer_hash"])
         self.dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+        self.tokenizer = Tokenizer.from_file(self.dir / layout.TOKENIZER)
+        if self.tokenizer.hash() != self.tokenizer_hash:
+            raise GoushiError(f"{self.dir / layout.TOKENIZER}: hash differs from meta.json tokenizer_hash; the data "
+                              f"directory is inconsistent, rebuild it with `goushi data build`")
         self.train = self._open("train")
         self.val = self._open("val")
 
     def _open(self, split: str) -> np.ndarray:
-        path = self.dir / f"{split}.bin"
+        path = self.dir / (layout.TRAIN_BIN if split == "train" else layout.VAL_BIN)
         size = path.stat().st_size
         if size % self.dtype.itemsize:
             raise GoushiError(f"{path}: {size} bytes is not a whole number of {self.dtype.name} tokens; "
@@ -75,9 +79,9 @@ class TokenData:
         return arr
 
     def check_context(self, context: int) -> None:
-        for split, arr in (("train", self.train), ("val", self.val)):
+        for name, arr in ((layout.TRAIN_BIN, self.train), (layout.VAL_BIN, self.val)):
             if len(arr) < context + 2:
-                raise GoushiError(f"{self.dir / (split + '.bin')}: {len(arr)} tokens is too few for context "
+                raise GoushiError(f"{self.dir / name}: {len(arr)} tokens is too few for context "
                                   f"{context}; use a smaller --context or add more text")
 
     @property
@@ -88,8 +92,23 @@ class TokenData:
             return tok / ch
         return None
 
-    def selected_meta(self) -> dict[str, Any]:
-        return {k: self.meta[k] for k in META_FIELDS if k in self.meta}
+    def run_info(self) -> dict[str, Any]:
+        meta = {k: self.meta[k] for k in META_FIELDS if k in self.meta}
+        return {"dir": str(self.dir.resolve()), "tokenizer_hash": self.tokenizer_hash, "meta": meta}
+
+    def data_card(self) -> Path | None:
+        card = self.dir / layout.DATA_CARD
+        return card if card.is_file() else None
+
+    def count_tokens(self, targets: torch.Tensor) -> int:
+        return targets.numel()  # whole documents: every position is a target
+
+    def sample_prompt(self) -> str:
+        """The first few tokens of the first validation document."""
+        head = np.asarray(self.val[:64]).astype(np.int64).tolist()
+        eot = self.tokenizer.eot_id
+        head = head[: head.index(eot)] if eot in head else head
+        return self.tokenizer.decode(head[:6])
 
     # ---- batches ---------------------------------------------------------------------------
     def _windows(self, arr: np.ndarray, starts: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,13 +116,13 @@ class TokenData:
         xy = torch.from_numpy(rows)
         return xy[:, :-1], xy[:, 1:]
 
-    def train_batch(self, batch: int, T: int, generator: torch.Generator, rank: int = 0, world: int = 1):
+    def train_batch(self, batch: int, T: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> Batch:
         """Random windows of T+1 tokens; this rank's share of the global batch."""
         starts = torch.randint(0, len(self.train) - T, (batch,), generator=generator)
         per = batch // world
         return self._windows(self.train, starts[rank * per: (rank + 1) * per], T)
 
-    def val_batches(self, n_batches: int, batch: int, T: int, rank: int = 0, world: int = 1):
+    def val_batches(self, n_batches: int, batch: int, T: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         """The same evenly spaced validation windows at every evaluation, so losses compare across steps."""
         last = len(self.val) - T - 1
         n = n_batches * batch

@@ -1,0 +1,56 @@
+"""What the trainer needs from its data: a batch source.
+
+The token shards of a DATA_DIR (goushi.train.data.TokenData) are one; a chat dataset with loss masks is
+the next. The trainer knows nothing else about where batches come from.
+
+A batch is `(x, y)`: input ids and target ids, both (rows, context) int64 on the CPU; a target of
+IGNORE_INDEX carries no loss (padding, or a prompt the model should read but not learn to write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from goushi.tokenizer import Tokenizer
+
+IGNORE_INDEX = -100  # what torch's cross_entropy skips
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    tokenizer: Tokenizer  # what the ids mean; copied into RUN_DIR
+    vocab_size: int  # ids are below this
+    tokens_per_char: float | None  # of the validation text: turns nats per token into bits per character
+
+    def check_context(self, context: int) -> None:
+        """GoushiError when the data cannot fill windows of `context` tokens."""
+
+    def train_batch(self, batch: int, context: int, generator: torch.Generator, rank: int = 0,
+                    world: int = 1) -> Batch:
+        """This process's rows of one global batch of `batch` rows, drawn with `generator` only (every
+        process draws the same global batch, so the generator state alone resumes the data order)."""
+
+    def val_batches(self, n_batches: int, batch: int, context: int, rank: int = 0,
+                    world: int = 1) -> Iterator[Batch]:
+        """The same validation batches at every evaluation (so losses compare across steps), this
+        process's share of them."""
+
+    def count_tokens(self, targets: torch.Tensor) -> int:
+        """How many targets of a batch carry loss: the tokens the model learned from."""
+
+    def sample_prompt(self) -> str:
+        """A short prompt in the data's own style for the samples printed during training."""
+
+    def run_info(self) -> dict[str, Any]:
+        """What RUN_DIR/config.json records under "data": {"dir", "tokenizer_hash", "meta"}."""
+
+    def data_card(self) -> Path | None:
+        """The data's DATA_CARD.md, copied into RUN_DIR so a run credits its sources on its own."""
+
+
+__all__ = ["IGNORE_INDEX", "Batch", "BatchSource"]
