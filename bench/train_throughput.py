@@ -18,10 +18,9 @@ import time
 import torch
 
 from goushi.config import preset_config
-from goushi.device import pick_device, pick_dtype
+from goushi.device import peak_flops, pick_device, pick_dtype
 from goushi.model import GPT
 from goushi.train.optim import build_optimizers
-from goushi.device import peak_flops
 
 
 def hf_gpt2(cfg) -> torch.nn.Module:

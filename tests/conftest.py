@@ -23,9 +23,9 @@ def build_run(run_dir: Path, *, kind: str = "char", family: str = "gpt2", seed: 
     import torch
 
     from goushi.checkpoint import save_weights
-    from goushi.rundir import write_config
     from goushi.config import preset_config
     from goushi.model import GPT
+    from goushi.rundir import write_config
     from goushi.tokenizer import Tokenizer
 
     tok = Tokenizer.train_char(TINY_TEXTS) if kind == "char" else Tokenizer.train_bpe(TINY_TEXTS, vocab_size=400)

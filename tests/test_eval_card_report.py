@@ -11,15 +11,14 @@ import pytest
 import torch
 
 from goushi.checkpoint import save_weights
-from goushi.rundir import write_config
 from goushi.config import param_counts, preset_config
 from goushi.data.textindex import TextIndexWriter
 from goushi.errors import GoushiError
 from goushi.eval.model_card import license_class, refresh_model_card, write_model_card
 from goushi.eval.report import markdown_to_html, write_report
-from goushi.rundir import read_metrics
-from goushi.rundir import save_eval as save_eval_results
 from goushi.model import GPT
+from goushi.rundir import read_metrics, write_config
+from goushi.rundir import save_eval as save_eval_results
 from goushi.tokenizer import Tokenizer
 
 DOCS = ["疯狂星期四，谁请我吃肯德基？v我50。", "床前明月光，疑是地上霜。举头望明月，低头思故乡。"]

@@ -11,7 +11,13 @@ trainer (the loop that wires them).
 
 from __future__ import annotations
 
-from goushi.train.config import TrainConfig, load_train_config, parse_duration, resolve_model_config, run_config
+from goushi.train.config import (
+           TrainConfig,
+           load_train_config,
+           parse_duration,
+           resolve_model_config,
+           run_config,
+)
 from goushi.train.source import IGNORE_INDEX, BatchSource
 from goushi.train.trainer import Trainer, train
 
