@@ -127,7 +127,11 @@ class Trainer:
         cfg = self.cfg
         if not cfg.init_from:
             return resolve_model_config(cfg, self.source.vocab_size)
-        init = rundir.check_run_dir(cfg.init_from)
+        init = Path(cfg.init_from)
+        if not rundir.looks_like_run(init):
+            raise GoushiError(f"--init-from {init}: not a run directory (no {rundir.CONFIG}); give a RUN_DIR written by "
+                              "`goushi train`")
+        rundir.check_run_dir(init)
         init_info = rundir.read_config(init)
         if stored is not None and isinstance(stored.get("base"), dict):
             self.base = stored["base"]  # what the run recorded when it started; the base run may be gone since
