@@ -357,9 +357,12 @@ def test_beam_search_finds_the_best_sequence_where_greedy_fails(tokenizers):
     assert beam[1].score == pytest.approx(math.log(0.1), abs=1e-4)  # the runners-up all have p = 0.1
     assert beam[1].token_ids in [[A, t] for t in range(100, 105)] + [[105]]
     assert eng.generate("", SampleConfig(strategy="beam", num_beams=1, max_new_tokens=5))[0].token_ids == [A, 100]
-    # the top-1 beam streams as one event
-    events = list(eng.stream("", SampleConfig(strategy="beam", num_beams=2, max_new_tokens=5)))
-    assert [(e.delta, e.finish_reason) for e in events] == [(tok.decode([B, C]), "eos")]
+    # each returned beam streams as one event, best first
+    events = list(eng.stream("", SampleConfig(strategy="beam", num_beams=2, max_new_tokens=5, length_penalty=0.0,
+                                              num_samples=2)))
+    assert [(e.index, e.seed) for e in events] == [(0, None), (1, None)]
+    assert [(e.delta, e.finish_reason) for e in events[:1]] == [(tok.decode([B, C]), "eos")]
+    assert [e.result for e in events] == beam
 
 
 # ---- inspection helpers ---------------------------------------------------------------------------------
@@ -382,8 +385,8 @@ def test_bad_calls_give_one_line_errors(engine, tmp_path):
         engine.generate("x", SampleConfig(top_p=1.5))
     with pytest.raises(GoushiError, match="--max-new-tokens 5000"):
         list(engine.stream("x", SampleConfig(max_new_tokens=5000)))
-    with pytest.raises(GoushiError, match="num-samples"):
-        engine.stream("x", SampleConfig(num_samples=2))
+    with pytest.raises(GoushiError, match="--num-samples 5"):
+        engine.stream("x", SampleConfig(strategy="beam", num_beams=4, num_samples=5))
     with pytest.raises(GoushiError, match="prompts"):
         engine.generate([], SampleConfig())
     (tmp_path / "config.json").write_text("{}", encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from goushi.cli import main
-from goushi.engine import Engine, SampleConfig
+from goushi.cli.sample import SamplePrinter
+from goushi.engine import Engine, Generation, SampleConfig, StreamEvent
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -91,3 +93,55 @@ def test_overflow_notice(make_run, capsys):
     assert main(["sample", str(run), "--prompt", "床前明月光，疑是地上霜。举头望明月", "--strategy", "greedy",
                  "--max-new-tokens", "20", "--min-new-tokens", "20"]) == 0
     assert "outgrew the model's context of 16 tokens" in capsys.readouterr().err
+
+
+def one_stream(buf: io.StringIO) -> contextlib.ExitStack:
+    """stdout and stderr into one buffer, to see headers, text and footers in the order a terminal shows them.
+    (Inside the test: pytest's capturing puts its own sys.stdout back around fixtures.)"""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(buf))
+    stack.enter_context(contextlib.redirect_stderr(buf))
+    return stack
+
+
+@pytest.mark.parametrize("extra", [["--seed", "5"], ["--strategy", "beam", "--num-beams", "3"]])
+def test_several_samples_print_in_order_each_with_its_header_and_footer(run, extra):
+    buf = io.StringIO()
+    with one_stream(buf):
+        rc = main(["sample", str(run), "--prompt", "今天我终于", "--num-samples", "3", "--max-new-tokens", "10",
+                   "--device", "cpu", *extra])
+    assert rc == 0
+    out = buf.getvalue()
+    beam = "beam" in extra
+    cfg = SampleConfig(strategy="beam", num_beams=3, num_samples=3, max_new_tokens=10) if beam else \
+        SampleConfig(seed=5, num_samples=3, max_new_tokens=10)
+    gens = Engine.load(run, device="cpu").generate("今天我终于", cfg)
+    at = 0
+    for k, g in enumerate(gens):
+        seed = "" if beam else f" (seed {5 + k})"
+        block = f"--- sample {k + 1}/3{seed} ---\n今天我终于{g.text}\n[{len(g.token_ids)} tokens · "
+        assert out.find(block, at) >= at, (block, out)
+        at = out.find(block, at) + len(block)
+        assert ("score" in out[at: out.index("]", at)]) == beam and (f"seed {5 + k}" in out[at:] or beam)
+
+
+def _event(index: int, delta: str, finish: str | None = None) -> StreamEvent:
+    result = Generation(prompt="p", text="", token_ids=[1], finish_reason=finish, seed=index) if finish else None
+    return StreamEvent(delta, 1, finish_reason=finish, index=index, seed=index, result=result)
+
+
+def test_the_first_sample_prints_live_and_later_ones_wait_their_turn():
+    buf = io.StringIO()
+    shown = SamplePrinter(None, "P", SampleConfig(num_samples=3))
+    with one_stream(buf):
+        shown.add(_event(0, "a"))
+        shown.add(_event(1, "x"))
+        shown.add(_event(2, "u", "eos"))
+        assert buf.getvalue() == "--- sample 1/3 (seed 0) ---\nPa"  # rows 1 and 2 are held back
+        shown.add(_event(1, "y", "length"))
+        shown.add(_event(0, "b"))
+        assert buf.getvalue().endswith("Pab")
+        shown.add(_event(0, "c", "stop"))
+    out = buf.getvalue()
+    assert [line for line in out.splitlines() if not line.startswith("[")] == [
+        "--- sample 1/3 (seed 0) ---", "Pabc", "--- sample 2/3 (seed 1) ---", "Pxy", "--- sample 3/3 (seed 2) ---", "Pu"]

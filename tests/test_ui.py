@@ -17,8 +17,9 @@ import gradio as gr  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from goushi.engine import Engine  # noqa: E402
 from goushi.errors import GoushiError  # noqa: E402
-from goushi.ui import chat, handlers, views  # noqa: E402
+from goushi.ui import card, handlers, views  # noqa: E402
 from goushi.ui.models import ModelRegistry, discover  # noqa: E402
 
 pytest_plugins = ["ui_fixtures"]
@@ -61,8 +62,6 @@ def test_registry_loads_lazily_once_and_reports_broken_runs(ui_runs):
     calls = []
 
     def loader(path):
-        from goushi.engine import Engine
-
         calls.append(path.name)
         return Engine.load(path, device="cpu")
 
@@ -135,15 +134,70 @@ def test_attention_figure_uses_a_chinese_font_when_one_is_installed():
     assert views.plot_fonts()[0] == "WenQuanYi Micro Hei"
 
 
-def test_chat_prompt_uses_role_tokens_and_reads_gradio6_message_parts():
+def test_chat_messages_read_gradio6_message_parts():
     history = [{"role": "user", "content": [{"type": "text", "text": "你好"}]},
-               {"role": "assistant", "content": "在呢"}]
-    prompt, stop = chat.chat_prompt({"sft": True}, "你是段子手", history, "讲个笑话")
-    assert prompt == ("<|im_start|>system\n你是段子手<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n"
-                      "<|im_start|>assistant\n在呢<|im_end|>\n<|im_start|>user\n讲个笑话<|im_end|>\n"
-                      "<|im_start|>assistant\n")
-    assert stop == "<|im_end|>"
-    assert chat.is_chat_run({"sft": True}) and not chat.is_chat_run({})
+               {"role": "assistant", "content": ""},  # the model ended its turn at once: nothing to send back
+               {"role": "user", "content": "在吗"},
+               {"role": "assistant", "content": [{"type": "text", "text": "在"}, {"type": "text", "text": "呢"}],
+                "metadata": None},
+               {"role": "user", "content": {"type": "text", "text": "讲个笑话"}}]
+    assert handlers.chat_messages(" 你是段子手 ", history) == [
+        {"role": "system", "content": "你是段子手"}, {"role": "user", "content": "你好"},
+        {"role": "user", "content": "在吗"}, {"role": "assistant", "content": "在呢"},
+        {"role": "user", "content": "讲个笑话"}]
+    assert handlers.chat_messages("", history[:1]) == [{"role": "user", "content": "你好"}]
+    assert handlers.message_text({"type": "text", "text": "x"}) == "x" and handlers.message_text(None) == ""
+
+
+class FakeEngine:
+    """What the handlers may ask of an engine, and nothing else."""
+
+    def __init__(self, spans=None, error=None):
+        self.spans, self.error = spans, error
+
+    def copied_spans(self, text, min_chars):
+        if self.error:
+            raise self.error
+        return self.spans
+
+
+def test_copied_spans_come_from_the_engine():
+    assert handlers.provenance_spans(FakeEngine(error=GoushiError("no index")), "今天我终于买了矿泉水")[0] is None
+    spans, note = handlers.provenance_spans(FakeEngine(error=GoushiError("no index")), "今天我终于买了矿泉水")
+    assert "no provenance index" in note
+    assert handlers.provenance_spans(FakeEngine(spans=[]), "今天我终于买了矿泉水") == (
+        [], "没有发现照抄训练数据的片段 · no verbatim copies of training data found")
+    assert handlers.provenance_spans(FakeEngine(error=AssertionError("not called")), "短") == ([], "")
+
+
+def test_handlers_use_the_loaded_engine_not_config_json(ui_runs, monkeypatch):
+    reg = ModelRegistry(None, ui_runs, loader=lambda p: Engine.load(p, device="cpu"))
+    engine = reg.get("chatty")
+    assert engine.is_chat and not reg.get("alpha").is_chat
+    copied = "说实话，这个手机壳让我的手机重了二两"
+    assert handlers.provenance_spans(engine, copied)[0]  # the engine finds its index once (rundir reads config.json)
+
+    def no_reading(*a, **k):
+        raise AssertionError("config.json read again")
+
+    monkeypatch.setattr("goushi.rundir.read_config", no_reading)
+    monkeypatch.setattr("goushi.ui.models.read_config", no_reading)
+    out = handlers.select_model(reg, "chatty")
+    assert "chatty" in out[0] and "上下文 context 64" in out[0] and "对话微调 chat fine-tuned" in out[5]
+    assert handlers.chat_availability(reg, "chatty")[0]["value"] == handlers.CHAT_NOTE
+    assert handlers.chat_availability(reg, "alpha")[0]["value"] == handlers.BASE_MODEL_NOTE
+    assert handlers.prompt_cut_notice(engine, "说实话，" * 40).startswith("提示太长：161 个 token")
+    spans, note = handlers.provenance_spans(engine, copied)
+    assert spans and spans[0].source_id == "reviews" and "照抄" in note
+
+
+def test_model_card_reads_the_run_files(ui_runs):
+    summary = card.summary_markdown(ui_runs / "alpha", Engine.load(ui_runs / "alpha", device="cpu").info)
+    assert "训练步数 steps | 149" in summary and "最后的训练损失 last train loss" in summary
+    assert card.loss_image(ui_runs / "alpha").size[0] > 100  # drawn from metrics.jsonl: no loss.png here
+    assert "Model card: alpha" in card.model_card_markdown(ui_runs / "alpha")
+    assert "this run has no MODEL_CARD.md" in card.model_card_markdown(ui_runs / "nowhere")
+    assert "bad model config" in card.summary_markdown(ui_runs / "alpha", {"model": {"n_layer": -1}})
 
 
 def test_server_side_validation_names_the_bad_setting():

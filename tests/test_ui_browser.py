@@ -165,6 +165,7 @@ def test_chat_needs_a_chat_model(page, ui_server):
     box.press("Enter")
     expect(page.locator("#chatbot [data-testid='user']")).to_have_text("讲个笑话", timeout=SLOW)
     expect(page.locator("#chatbot [data-testid='bot']").last).to_contain_text(CJK, timeout=SLOW)
+    expect(page.locator("#chatbot [data-testid='bot']").last).not_to_contain_text("<|im_")  # the engine stops there
 
     pick_model(page, "alpha")  # a base model: a clear note, and no chatting
     expect(page.locator("#chat-note")).to_contain_text("还不会对话")

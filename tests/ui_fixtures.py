@@ -20,10 +20,11 @@ import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from goushi.checkpoint import save_weights, write_config  # noqa: E402
+from goushi.checkpoint import save_weights  # noqa: E402
 from goushi.config import ModelConfig  # noqa: E402
 from goushi.data.textindex import TextIndexWriter  # noqa: E402
 from goushi.model import GPT  # noqa: E402
+from goushi.rundir import write_config  # noqa: E402
 from goushi.tokenizer import Tokenizer  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"

@@ -1,15 +1,22 @@
-"""The one generation engine: the CLI, the web page and the evaluation all call it.
+"""The one generation engine: the CLI, the web page, the evaluation and an API server all call it.
 
-    engine = Engine.load("runs/tiny")                       # model + tokenizer, loaded once
-    engine.generate(["今天我终于"], SampleConfig(top_p=0.9))   # -> [Generation]
-    for ev in engine.stream("今天我终于", SampleConfig()):    # -> StreamEvent per token
-        print(ev.delta, end="")
+    engine = Engine.load("runs/tiny")                            # model + tokenizer + config.json, loaded once
+    engine.generate(["今天我终于"], SampleConfig(top_p=0.9))        # -> [Generation]
+    for ev in engine.stream(["今天", "春眠"], SampleConfig(num_samples=2)):   # -> StreamEvent per token and row
+        print(ev.index, ev.delta)
+    engine.chat([{"role": "user", "content": "讲个笑话"}], SampleConfig())   # a chat fine-tuned run answers
+
+A request makes rows, prompt-major: row `prompt_index * num_samples + k` is sample k of a prompt, with
+seed `seed + k` (that derivation lives here and nowhere else). `stream` yields the events of every row
+(decoded in batches of MAX_BATCH_ROWS); `generate` keeps each row's finished result, so a row's deltas
+always concatenate to its generated text.
 
 Every prompt is preceded by <|endoftext|>, the separator the model saw before each training
-document, so a prompt reads as the start of a document (and an empty prompt works). The engine
-keeps no per-request state: one instance serves many threads (each call has its own KV cache and
-its own random generator), and it never touches the global torch RNG.
-The decoding pieces live in goushi.generation (processors, text, runner, sampling, beam).
+document, so a prompt reads as the start of a document (and an empty prompt works). A chat is
+rendered to token ids by goushi.chat (the run's template, ChatML by default) and stops at the end
+of the assistant's turn. The engine keeps no per-request state: one instance serves many threads
+(each call has its own KV cache and its own random generator), and it never touches the global
+torch RNG. The decoding pieces live in goushi.generation (processors, text, runner, sampling, beam).
 """
 
 from __future__ import annotations
@@ -19,15 +26,20 @@ import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from goushi import rundir
+from goushi.chat import ChatTemplate, is_chat_run
+from goushi.checkpoint import load_run
 from goushi.config import ModelConfig
+from goushi.data.textindex import Span, TextIndex
 from goushi.device import pick_device, pick_dtype
 from goushi.errors import GoushiError
 from goushi.generation.beam import beam_search
 from goushi.generation.options import MAX_TOP_N, Generation, SampleConfig, StreamEvent, TopToken
-from goushi.generation.sampling import RowSpec, Vocab, _Row, decode
+from goushi.generation.sampling import RowSpec, Vocab, decode
 from goushi.generation.utf8 import Utf8Guard
 from goushi.tokenizer import SPECIAL_TOKENS, Tokenizer
 
@@ -35,18 +47,23 @@ from goushi.tokenizer import SPECIAL_TOKENS, Tokenizer
 # (each row holds a KV cache of n_layer x 2 x context_length x n_embd values).
 MAX_BATCH_ROWS = 32
 
+# A prompt ready for the model: its text (Generation.prompt) and its ids, <|endoftext|> first.
+Prompt = tuple[str, list[int]]
+
 
 class Engine:
     def __init__(self, model, tokenizer: Tokenizer, *, run_dir: str | Path | None = None,
-                 data_dir: str | Path | None = None):
+                 info: dict[str, Any] | None = None, data_dir: str | Path | None = None):
+        """`info`: the run's config.json ({} for a model built in memory). `data_dir`: where the training
+        data's verbatim-copy index is, overriding the run's record (`--data`)."""
         self.model = model.eval()
-        # Where the training data (and its verbatim-copy index) lives, for check_copies.
-        self.data_dir = Path(data_dir) if data_dir else None
-        self._text_index = None
-        self._text_index_lock = threading.Lock()
         self.tokenizer = tokenizer
         self.config: ModelConfig = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.info: dict[str, Any] = dict(info or {})
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self._text_index: TextIndex | None = None
+        self._text_index_lock = threading.Lock()
         self.device = next(model.parameters()).device
         if tokenizer.vocab_size > self.config.vocab_size:
             raise GoushiError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {self.config.vocab_size}")
@@ -60,78 +77,102 @@ class Engine:
                            pieces=[tokenizer.id_to_piece(i) for i in range(n)], guard=guard if guard.needed else None)
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | None = None) -> Engine:
+    def load(cls, run_dir: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | None = None, *,
+             data_dir: str | Path | None = None) -> Engine:
         """Load a run directory once (GoushiError naming what is missing if it is not one)."""
-        from goushi.checkpoint import load_run
-
         dev = device if isinstance(device, torch.device) else pick_device(device)
         run = load_run(run_dir, device=dev, dtype=dtype or pick_dtype(dev))
-        data = run.info.get("data") if isinstance(run.info.get("data"), dict) else {}
-        return cls(run.model, run.tokenizer, run_dir=run.run_dir, data_dir=data.get("dir"))
+        return cls(run.model, run.tokenizer, run_dir=run.run_dir, info=run.info, data_dir=data_dir)
 
-    def copied_spans(self, text: str, min_chars: int = 8) -> list:
+    # ---- what the run is ------------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return int(self.config.context_length)
+
+    @property
+    def is_chat(self) -> bool:
+        """Chat fine-tuned (config.json has a truthy "sft"): only then does `chat` give answers."""
+        return is_chat_run(self.info)
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The template the run was tuned with (config.json "chat_template"), ChatML by default."""
+        return ChatTemplate.from_info(self.info)
+
+    def count_prompt_tokens(self, text: str) -> int:
+        """Ids the model is fed for prompt `text`: its tokens plus the leading <|endoftext|>
+        (Generation.prompt_tokens; before any cut to the context window)."""
+        return len(self._prompt_ids(text))
+
+    def copied_spans(self, text: str, min_chars: int = 8) -> list[Span]:
         """Spans of `text` (>= min_chars characters) found verbatim in the training data, each with its
-        source id, author, url and licence (goushi.data.textindex.Span)."""
-        from goushi.data.textindex import TextIndex
+        source id, author, url and licence. GoushiError when the run has no index (rundir.provenance_index_dir)."""
+        return self._index().find_copied_spans(text, min_chars)
 
+    def _index(self) -> TextIndex:
         with self._text_index_lock:
             if self._text_index is None:
-                candidates = [d for d in (self.data_dir, self.run_dir) if d is not None]
-                found = next((d for d in candidates if (d / "provenance" / "index.json").is_file()), None)
-                if found is None:
-                    where = ", ".join(str(d / "provenance") for d in candidates) or "(no run or data directory known)"
-                    raise GoushiError(f"no verbatim-copy index at {where}; rebuild the data with `goushi data build` "
-                                      "(without --no-provenance) or turn --check-copies off")
-                self._text_index = TextIndex.load(found)
-        return self._text_index.find_copied_spans(text, min_chars)
+                self._text_index = TextIndex.load(rundir.provenance_index_dir(self.run_dir, self.data_dir,
+                                                                                 info=self.info or None))
+            return self._text_index
 
     # ---- generation ------------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: str | list[str], cfg: SampleConfig | None = None) -> list[Generation]:
         """cfg.num_samples continuations of each prompt, in prompt order (all samples of the first
         prompt, then of the second ...). Beam search returns its best num_samples beams, best first."""
-        cfg, prompts = self._check(prompts, cfg)
-        specs = self._specs(prompts, cfg)
-        if cfg.strategy == "beam":
-            out: list[Generation] = []
-            for i in range(0, len(specs), cfg.num_samples):
-                out.extend(beam_search(self.model, specs[i], cfg, self.vocab))
-            return self._with_copies(out, cfg)
-        results: list[Generation] = []
-        for i in range(0, len(specs), MAX_BATCH_ROWS):
-            rows: list[_Row] = []
-            for _ in decode(self.model, specs[i: i + MAX_BATCH_ROWS], cfg, self.vocab, rows):
-                pass
-            results.extend(r.result() for r in rows)
-        return self._with_copies(results, cfg)
+        cfg, encoded = self._prepare(prompts, cfg)
+        return self._collect(self._events(self._specs(encoded, cfg), cfg))
 
-    def _with_copies(self, results: list[Generation], cfg: SampleConfig) -> list[Generation]:
-        if cfg.check_copies:
-            for g in results:
-                g.copied = self.copied_spans(g.text, cfg.check_copies)
-        return results
+    def stream(self, prompts: str | list[str], cfg: SampleConfig | None = None) -> Iterator[StreamEvent]:
+        """The rows of generate(prompts, cfg) as they are made: one event per generated token and row
+        (`event.index` is the row); row i's deltas concatenate to generate()[i].text for the same seed and
+        its last event carries the finish reason and the finished Generation (`result`). Beam search
+        cannot know a text until it ends, so it yields one event per returned beam, with the whole text.
+        Options are checked now; close() the iterator to abandon the rest."""
+        cfg, encoded = self._prepare(prompts, cfg)
+        return self._events(self._specs(encoded, cfg), cfg)
 
-    def stream(self, prompt: str, cfg: SampleConfig | None = None) -> Iterator[StreamEvent]:
-        """One continuation of `prompt`, one event per generated token; the deltas concatenate to
-        generate()'s text for the same seed. Beam search cannot know its text until it ends, so it
-        yields the finished text as one event."""
-        cfg, prompts = self._check(prompt, cfg)
-        if not isinstance(prompt, str):
-            raise GoushiError("stream() takes one prompt string; use generate() for a list")
-        if cfg.num_samples != 1:
-            raise GoushiError(f"--num-samples {cfg.num_samples}: stream() makes one sample; "
-                              "stream each with its own seed, or use generate()")
-        return self._stream(prompts[0], cfg)
+    @torch.inference_mode()
+    def chat(self, messages: list[dict[str, str]], cfg: SampleConfig | None = None) -> list[Generation]:
+        """cfg.num_samples answers to the conversation (its last message is the user's). An answer stops at
+        the end of the assistant's turn and never contains the template's markers. Generation.prompt is the
+        rendered conversation. Any run can be asked; only a chat fine-tuned one (`is_chat`) answers well."""
+        cfg, prompt = self._prepare_chat(messages, cfg)
+        return self._collect(self._events(self._specs([prompt], cfg), cfg))
+
+    def stream_chat(self, messages: list[dict[str, str]], cfg: SampleConfig | None = None) -> Iterator[StreamEvent]:
+        """`chat`, one event per token and row, as `stream`."""
+        cfg, prompt = self._prepare_chat(messages, cfg)
+        return self._events(self._specs([prompt], cfg), cfg)
 
     @torch.inference_mode()  # on a generator, torch enters the mode around each step only
-    def _stream(self, prompt: str, cfg: SampleConfig) -> Iterator[StreamEvent]:
-        spec = self._specs([prompt], cfg)[0]
+    def _events(self, specs: list[RowSpec], cfg: SampleConfig) -> Iterator[StreamEvent]:
+        """Every row's events: beam search prompt by prompt, else in batches of MAX_BATCH_ROWS rows.
+        With cfg.check_copies a row's result gets its copied spans before its last event goes out."""
         if cfg.strategy == "beam":
-            g = beam_search(self.model, spec, cfg, self.vocab)[0]
-            yield StreamEvent(g.text, g.token_ids[-1] if g.token_ids else None, None, g.finish_reason, g.truncated_prompt)
+            for start in range(0, len(specs), cfg.num_samples):
+                for k, g in enumerate(beam_search(self.model, specs[start], cfg, self.vocab)):
+                    self._add_copies(g, cfg)
+                    yield StreamEvent(g.text, g.token_ids[-1] if g.token_ids else None, None, g.finish_reason,
+                                      g.truncated_prompt, index=start + k, seed=None, prompt_tokens=g.prompt_tokens,
+                                      result=g)
             return
-        for events in decode(self.model, [spec], cfg, self.vocab):
-            yield events[0][1]
+        for start in range(0, len(specs), MAX_BATCH_ROWS):
+            for events in decode(self.model, specs[start: start + MAX_BATCH_ROWS], cfg, self.vocab):
+                for ev in events:
+                    if ev.result is not None:
+                        self._add_copies(ev.result, cfg)
+                    yield ev
+
+    @staticmethod
+    def _collect(events: Iterator[StreamEvent]) -> list[Generation]:
+        done = {ev.index: ev.result for ev in events if ev.result is not None}
+        return [done[i] for i in sorted(done)]
+
+    def _add_copies(self, g: Generation, cfg: SampleConfig) -> None:
+        if cfg.check_copies:
+            g.copied = self.copied_spans(g.text, cfg.check_copies)
 
     # ---- inspection (the web page's look inside the model) -----------------------------------------
     def tokenize(self, text: str) -> list[tuple[int, str]]:
@@ -165,23 +206,46 @@ class Engine:
     def _visible(self, ids: list[int]) -> list[int]:
         return ids[-self.config.context_length:]
 
-    def _check(self, prompts: str | list[str], cfg: SampleConfig | None) -> tuple[SampleConfig, list[str]]:
-        # A copy: validate() normalises fields, and a caller's config may be shared between threads.
-        cfg = dataclasses.replace(cfg or SampleConfig(), stop=list(cfg.stop) if cfg else [])
-        cfg.validate()
+    def _prepare(self, prompts: str | list[str], cfg: SampleConfig | None) -> tuple[SampleConfig, list[Prompt]]:
+        """Checked options and encoded prompts, before any work is done."""
+        cfg = self._options(cfg)
         if isinstance(prompts, str):
             prompts = [prompts]
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise GoushiError("prompts: give a string or a non-empty list of strings")
-        return cfg, list(prompts)
+        encoded = [(p, [self.vocab.eot_id, *ids]) for p, ids in zip(prompts, self.tokenizer.encode_batch(list(prompts)),
+                                                                    strict=True)]
+        return cfg, encoded
 
-    def _specs(self, prompts: list[str], cfg: SampleConfig) -> list[RowSpec]:
-        """One row per (prompt, sample); sample k uses seed + k, the same whatever the batch."""
+    def _prepare_chat(self, messages: list[dict[str, str]], cfg: SampleConfig | None) -> tuple[SampleConfig, Prompt]:
+        """Checked options with the template's markers as stop strings, and the conversation's ids as they are
+        (no decode / re-encode round trip). Bad messages: GoushiError from goushi.chat naming the message."""
+        cfg = self._options(cfg)
+        tpl = self.chat_template
+        ids, _ = tpl.encode(self.tokenizer, messages, add_generation_prompt=True)
+        # The answer ends at turn_end; a turn_start (the model opening the next turn itself) ends it too, so an
+        # answer never holds a marker and can go back into the conversation.
+        cfg.stop = list(dict.fromkeys([*cfg.stop, tpl.stop, tpl.turn_start]))
+        return cfg, (tpl.render(messages, add_generation_prompt=True), ids)
+
+    def _options(self, cfg: SampleConfig | None) -> SampleConfig:
+        # A copy: validate() normalises fields, and a caller's config may be shared between threads.
+        cfg = dataclasses.replace(cfg or SampleConfig(), stop=list(cfg.stop) if cfg else [])
+        cfg.validate()
+        if cfg.check_copies:  # no index: say so before generating, not after
+            try:
+                self._index()
+            except GoushiError as e:
+                raise GoushiError(f"{e}; or turn --check-copies off") from None
+        return cfg
+
+    def _specs(self, prompts: list[Prompt], cfg: SampleConfig) -> list[RowSpec]:
+        """One row per (prompt, sample), prompt-major; sample k uses seed + k, the same whatever the batch."""
         base = cfg.seed if cfg.seed is not None else secrets.randbelow(2**62)
         greedy = cfg.is_greedy or cfg.strategy == "beam"
-        return [RowSpec(p, ids, None if greedy else base + k)
-                for p, ids in zip(prompts, self.tokenizer.encode_batch(prompts), strict=True)
-                for ids in [[self.vocab.eot_id, *ids]] for k in range(cfg.num_samples)]
+        n = cfg.num_samples
+        return [RowSpec(text, ids, None if greedy else base + k, index=p * n + k)
+                for p, (text, ids) in enumerate(prompts) for k in range(n)]
 
 
 __all__ = ["Engine", "SampleConfig", "Generation", "StreamEvent", "MAX_BATCH_ROWS"]

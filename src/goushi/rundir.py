@@ -139,10 +139,12 @@ def _index_in(path: Path) -> Path | None:
     return None
 
 
-def provenance_index_dir(run_dir: str | Path | None, data_dir: str | Path | None = None) -> Path:
+def provenance_index_dir(run_dir: str | Path | None, data_dir: str | Path | None = None, *,
+                         info: dict[str, Any] | None = None) -> Path:
     """Where the verbatim-copy index for a run is. The index lives with the data (many runs share one
     DATA_DIR), so: an explicit `data_dir` (`--data`) wins; else the run's recorded data directory; else
-    RUN_DIR/provenance/ (a run packed with its index). `run_dir` may also be a DATA_DIR or an index."""
+    RUN_DIR/provenance/ (a run packed with its index). `run_dir` may also be a DATA_DIR or an index.
+    `info`: the run's config.json when the caller already holds it."""
     if data_dir is not None:
         p = Path(data_dir)
         found = _index_in(p)
@@ -159,7 +161,7 @@ def provenance_index_dir(run_dir: str | Path | None, data_dir: str | Path | None
             raise GoushiError(f"{run_dir}: neither a run directory (no {CONFIG}) nor a data directory with a "
                               "provenance index; pass a RUN_DIR from `goushi train` or a DATA_DIR from `goushi data build`")
         return found
-    recorded = data_dir_for_run(run_dir)
+    recorded = data_dir_for_run(run_dir, info)
     if recorded is not None and (recorded / data_layout.PROVENANCE / "index.json").is_file():
         return recorded / data_layout.PROVENANCE
     if (run_dir / data_layout.PROVENANCE / "index.json").is_file():

@@ -1,23 +1,28 @@
-"""`goushi sample RUN_DIR --prompt 今天我终于`: continue a prompt with a trained model, streamed to the terminal."""
+"""`goushi sample RUN_DIR --prompt 今天我终于`: continue a prompt with a trained model, streamed to the terminal.
+
+Formatting only: each prompt is one `Engine.stream` call (every sample, any strategy). Sample 1 prints as it
+is generated; the others are buffered and each is printed whole, in order, once the one before it is done.
+Seeds, token counts and copied spans come from the engine's events.
+"""
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
-import secrets
 import sys
 from typing import Any
 
+from goushi.engine import Engine, SampleConfig, StreamEvent
 from goushi.errors import GoushiError
+from goushi.generation.options import MAX_NEW_TOKENS
 
 # Shell users cannot easily type a newline; these escapes in --stop mean what they say.
 _ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from goushi.generation.options import MAX_NEW_TOKENS, SampleConfig
-
     d = SampleConfig()
     p = sub.add_parser(
         "sample", help="generate text from a trained model (greedy, sampling or beam search)",
@@ -69,9 +74,7 @@ def _unescape(s: str) -> str:
     return s
 
 
-def _config(args: argparse.Namespace):
-    from goushi.generation.options import SampleConfig
-
+def _config(args: argparse.Namespace) -> SampleConfig:
     names = {f.name for f in dataclasses.fields(SampleConfig)}
     values = {k: v for k, v in vars(args).items() if k in names and k != "stop"}
     cfg = SampleConfig(**values, stop=[_unescape(s) for s in args.stop])
@@ -82,8 +85,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args)  # refuse bad options before spending seconds loading the model
     if args.prompt is None and not args.interactive:
         raise GoushiError("give --prompt TEXT (or --interactive to type prompts)")
-    from goushi.engine import Engine
-
     engine = Engine.load(args.run_dir, device=args.device)
     for prompt in args.prompt or []:
         _answer(engine, prompt, cfg, args.json)
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loop(engine, cfg, as_json: bool) -> None:
+def _loop(engine: Engine, cfg: SampleConfig, as_json: bool) -> None:
     print(f"model: {engine.run_dir} · {cfg.strategy} · Ctrl-D or Ctrl-C to quit", file=sys.stderr)
     while True:
         try:
@@ -106,41 +107,55 @@ def _loop(engine, cfg, as_json: bool) -> None:
             print("\n(interrupted)", file=sys.stderr)
 
 
-def _answer(engine, prompt: str, cfg, as_json: bool) -> None:
+def _answer(engine: Engine, prompt: str, cfg: SampleConfig, as_json: bool) -> None:
     if as_json:
         gens = engine.generate([prompt], cfg)
         print(json.dumps(_to_json(engine, prompt, cfg, gens), ensure_ascii=False))
         return
-    if cfg.strategy == "beam":
-        # Beam search only knows its text at the end; there is nothing to stream.
-        for k, g in enumerate(engine.generate([prompt], cfg)):
-            _header(cfg, k, None)
-            print(prompt + g.text, flush=True)
-            _footer(engine, g.finish_reason, len(g.token_ids), g.truncated_prompt, None, g.score)
-            _copies(engine, g.text, cfg)
-        return
-    base = cfg.seed if cfg.seed is not None else secrets.randbelow(2**62)
-    for k in range(cfg.num_samples):
-        seed = None if cfg.is_greedy else base + k
-        one = dataclasses.replace(cfg, num_samples=1, seed=seed)
-        _header(cfg, k, seed)
-        print(prompt, end="", flush=True)
-        tokens, finish, truncated, text = 0, "length", False, ""
-        for ev in engine.stream(prompt, one):
-            print(ev.delta, end="", flush=True)
-            text += ev.delta
-            if ev.finish_reason != "eos":
-                tokens += 1
-            finish, truncated = ev.finish_reason or finish, ev.truncated_prompt
+    shown = SamplePrinter(engine, prompt, cfg)
+    events = engine.stream(prompt, cfg)
+    try:
+        for ev in events:
+            shown.add(ev)
+    finally:
+        events.close()  # Ctrl-C in --interactive: the engine's generator must not keep running
+
+
+class SamplePrinter:
+    """Prints the rows of one prompt in order: the current row live, later rows' events kept until it ends."""
+
+    def __init__(self, engine: Engine, prompt: str, cfg: SampleConfig):
+        self.engine, self.prompt, self.cfg = engine, prompt, cfg
+        self.current = 0  # the row being printed
+        self.started = False  # its header and prompt are out
+        self.waiting: dict[int, collections.deque[StreamEvent]] = collections.defaultdict(collections.deque)
+
+    def add(self, ev: StreamEvent) -> None:
+        self.waiting[ev.index].append(ev)
+        while self.waiting.get(self.current):
+            self._show(self.waiting[self.current].popleft())
+
+    def _show(self, ev: StreamEvent) -> None:
+        if not self.started:
+            _header(self.cfg, ev.index, ev.seed)
+            print(self.prompt, end="", flush=True)
+            self.started = True
+        print(ev.delta, end="", flush=True)
+        if ev.result is None:
+            return
+        g = ev.result
         print(flush=True)
-        _footer(engine, finish, tokens, truncated, seed, None)
-        _copies(engine, text, cfg)
+        _footer(self.engine, g.finish_reason, len(g.token_ids), g.truncated_prompt, g.seed,
+                g.score if self.cfg.strategy == "beam" else None)
+        _copies(g.copied, self.cfg)
+        del self.waiting[self.current]
+        self.current += 1
+        self.started = False
 
 
-def _copies(engine, text: str, cfg) -> None:
+def _copies(spans: list, cfg: SampleConfig) -> None:
     if not cfg.check_copies:
         return
-    spans = engine.copied_spans(text, cfg.check_copies)
     if not spans:
         print(f"[no span of {cfg.check_copies}+ characters copied from the training data]", file=sys.stderr)
     for s in spans:
@@ -149,13 +164,13 @@ def _copies(engine, text: str, cfg) -> None:
               file=sys.stderr)
 
 
-def _header(cfg, k: int, seed: int | None) -> None:
+def _header(cfg: SampleConfig, k: int, seed: int | None) -> None:
     if cfg.num_samples > 1:
         print(f"--- sample {k + 1}/{cfg.num_samples}" + (f" (seed {seed})" if seed is not None else "") + " ---",
               file=sys.stderr, flush=True)
 
 
-def _footer(engine, finish: str, tokens: int, truncated: bool, seed: int | None, score: float | None) -> None:
+def _footer(engine: Engine, finish: str, tokens: int, truncated: bool, seed: int | None, score: float | None) -> None:
     why = {"eos": "the model ended the text", "stop": "reached a stop string", "length": "reached --max-new-tokens"}
     parts = [f"{tokens} tokens", why.get(finish, finish)]
     if seed is not None:
@@ -164,12 +179,12 @@ def _footer(engine, finish: str, tokens: int, truncated: bool, seed: int | None,
         parts.append(f"score {score:.3f}")
     print(f"[{' · '.join(parts)}]", file=sys.stderr, flush=True)
     if truncated:
-        ctx = engine.config.context_length
+        ctx = engine.context_length
         print(f"note: prompt + text outgrew the model's context of {ctx} tokens; it kept seeing only the most "
               "recent ones, so the start of the prompt no longer influenced the end", file=sys.stderr, flush=True)
 
 
-def _to_json(engine, prompt: str, cfg, gens) -> dict[str, Any]:
+def _to_json(engine: Engine, prompt: str, cfg: SampleConfig, gens: list) -> dict[str, Any]:
     return {
         "run_dir": str(engine.run_dir),
         "prompt": prompt,

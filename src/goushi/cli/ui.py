@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def launch(run_dirs: list[str | Path] | None, runs_dir: str | Path | None, host: str = "127.0.0.1",
            port: int = 7860, open_browser: bool = False) -> None:
     """Build the page and serve it until Ctrl-C (what `goushi demo` calls at the end)."""
-    from goushi.ui import build_app, serve  # Gradio loads only when the page is wanted
+    # Imported here on purpose: Gradio is a heavy optional dependency (`pip install goushi[ui]`), and every
+    # other subcommand must start without it.
+    from goushi.ui import build_app, serve
 
     demo = build_app(list(run_dirs or []), runs_dir)
     serve(demo, host, port, block=True, open_browser=open_browser)

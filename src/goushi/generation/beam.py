@@ -72,7 +72,7 @@ def beam_search(model, spec: RowSpec, cfg: SampleConfig, vocab: Vocab) -> list[G
         beam.tracker.finish()
         finished.append((score, Generation(
             prompt=spec.prompt, text=beam.tracker.text, token_ids=beam.token_ids, finish_reason=reason,
-            steps=beam.steps, truncated_prompt=truncated, score=score, seed=None)))
+            steps=beam.steps, truncated_prompt=truncated, score=score, seed=None, prompt_tokens=len(spec.ids))))
         finished.sort(key=lambda x: -x[0])
         del finished[K:]
 

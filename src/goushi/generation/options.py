@@ -1,6 +1,8 @@
 """What a caller asks for (SampleConfig) and what it gets back (Generation, StreamEvent).
 
-Plain dataclasses so the CLI, the web page and the evaluation all speak the same words.
+Plain dataclasses so the CLI, the web page, the evaluation and an API server all speak the same words.
+A request makes rows: row `prompt_index * num_samples + k` is sample k of that prompt (beam: the k-th best
+beam). `Generation` is a finished row; `StreamEvent` is one step of one row while it is being generated.
 """
 
 from __future__ import annotations
@@ -119,6 +121,9 @@ class Generation:
     stopped seeing the oldest tokens. `score` is the beam score (sum of log-probabilities divided
     by length ** length_penalty) for beam search, else the sum of log-probabilities of the chosen
     tokens under the model (temperature 1, before filters). `seed` reproduces a sampled result.
+    `prompt_tokens` counts the prompt ids fed to the model, the leading <|endoftext|> included, before any
+    cut to the context window; `completion_tokens` the generated ones (a final <|endoftext|> included):
+    an API's usage.
     """
 
     prompt: str
@@ -130,16 +135,28 @@ class Generation:
     score: float | None = None
     seed: int | None = None
     copied: list = field(default_factory=list)  # goushi.data.textindex.Span per copied stretch (cfg.check_copies)
+    prompt_tokens: int = 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids) + (1 if self.finish_reason == "eos" else 0)  # the <|endoftext|> was generated
 
 
 @dataclass
 class StreamEvent:
-    """One decoding step of `Engine.stream`: the new complete text (may be "" while bytes of a
-    character are held back), the chosen token, its top-N candidates, and on the last event the
-    finish reason. `truncated_prompt` becomes True once the context window has slid, and stays so."""
+    """One decoding step of one row of `Engine.stream`: the new complete text (may be "" while bytes of a
+    character are held back), the chosen token, its top-N candidates, and on the row's last event the
+    finish reason and the finished `result` (what `generate` returns for that row). `truncated_prompt`
+    becomes True once the context window has slid, and stays so. `index` is the row
+    (prompt_index * num_samples + k), `seed` the row's seed (None for greedy and beam search).
+    Beam search yields one event per returned beam, with the whole text."""
 
     delta: str
     token_id: int | None
     top: list[TopToken] | None = None
     finish_reason: str | None = None
     truncated_prompt: bool = False
+    index: int = 0
+    seed: int | None = None
+    prompt_tokens: int = 0
+    result: Generation | None = None

@@ -1,9 +1,9 @@
 """Greedy decoding and sampling for a batch of rows (prompt x sample), one step at a time.
 
-`decode` is a generator: after every step it yields the StreamEvent of each row still running,
-so `Engine.stream` shows them as they come and `Engine.generate` just collects them. Both therefore
-produce the same text. Finished rows leave the batch at once, so a long sample does not make
-short ones pay for it.
+`decode` is a generator: after every step it yields the StreamEvent of each row still running; a
+row's last event carries its finished Generation. `Engine.stream` passes the events on as they come
+and `Engine.generate` keeps only the finished results, so both produce the same text. Finished rows
+leave the batch at once, so a long sample does not make short ones pay for it.
 """
 
 from __future__ import annotations
@@ -41,13 +41,18 @@ class Vocab:
 
 @dataclass
 class RowSpec:
-    prompt: str
+    """One row of a request: what to continue, and how to tell it apart from the others."""
+
+    prompt: str  # the prompt as text (Generation.prompt)
     ids: list[int]  # prompt tokens the model sees, starting with <|endoftext|>
-    seed: int | None
+    seed: int | None  # this row's own seed (None: greedy or beam)
+    index: int = 0  # the row in the request: prompt_index * num_samples + k
 
 
 @dataclass
-class _Row:
+class Row:
+    """A row being decoded: its text so far and what it needs for the next step."""
+
     spec: RowSpec
     tracker: TextTracker
     ban: NgramBan | None
@@ -60,7 +65,8 @@ class _Row:
     def result(self) -> Generation:
         return Generation(prompt=self.spec.prompt, text=self.tracker.text, token_ids=self.token_ids,
                           finish_reason=self.finish_reason or "length", steps=self.steps,
-                          truncated_prompt=self.truncated, score=self.logprob, seed=self.spec.seed)
+                          truncated_prompt=self.truncated, score=self.logprob, seed=self.spec.seed,
+                          prompt_tokens=len(self.spec.ids))
 
 
 def _uniforms(specs: list[RowSpec], n: int, device: torch.device) -> torch.Tensor:
@@ -70,16 +76,13 @@ def _uniforms(specs: list[RowSpec], n: int, device: torch.device) -> torch.Tenso
     return torch.stack(rows).to(device)  # float32: MPS has no float64
 
 
-def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab,
-           rows_out: list[_Row] | None = None) -> Iterator[list[tuple[int, StreamEvent]]]:
-    """Yield, after each step, [(row index, event)] for the rows that were still running.
-    If `rows_out` is given it is filled with the row states (call `.result()` at the end)."""
+def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab) -> Iterator[list[StreamEvent]]:
+    """Yield, after each step, the events of the rows that were still running (`event.index` is the
+    row's spec.index); a row's last event has its finish_reason and its Generation as `result`."""
     greedy = cfg.is_greedy
     device = model.wte.weight.device
-    rows = [_Row(s, TextTracker(vocab.token_bytes, cfg.stop),
-                 NgramBan(cfg.no_repeat_ngram_size, s.ids) if cfg.no_repeat_ngram_size else None) for s in specs]
-    if rows_out is not None:
-        rows_out.extend(rows)
+    rows = [Row(s, TextTracker(vocab.token_bytes, cfg.stop),
+                NgramBan(cfg.no_repeat_ngram_size, s.ids) if cfg.no_repeat_ngram_size else None) for s in specs]
     active = list(range(len(rows)))
     runner = Runner(model, [s.ids for s in specs], max(len(s.ids) for s in specs) + cfg.max_new_tokens, vocab.eot_id)
     uniforms = None if greedy else _uniforms(specs, cfg.max_new_tokens, device)
@@ -139,9 +142,12 @@ def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab,
                     delta += row.tracker.finish()
                 if row.ban is not None:
                     row.ban.add(t)
+            spec = row.spec
+            events.append(StreamEvent(delta, t, top, row.finish_reason, row.truncated, index=spec.index,
+                                      seed=spec.seed, prompt_tokens=len(spec.ids),
+                                      result=None if row.finish_reason is None else row.result()))
             if row.finish_reason is None:
                 keep.append(i)
-            events.append((r, StreamEvent(delta, t, top, row.finish_reason, row.truncated)))
         yield events
         if not keep:
             return

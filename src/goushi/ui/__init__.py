@@ -1,6 +1,8 @@
 """The web page (`goushi ui`): generate, chat, inspect tokens / probabilities / attention, read the model card.
 
-Importing this package imports Gradio; the CLI imports it only when `goushi ui` runs.
+Importing this package imports Gradio and the engine (torch); the CLI imports it only when `goushi ui` runs.
+Layers: models (runs and their shared engines) -> handlers (what each button does, through the Engine only)
+-> app (layout and wiring); views draw, card reads a run's files through goushi.rundir.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The model card tab: what a run is (shape, data, training), read from its files without loading weights."""
+"""The model card tab: what a run is (shape, data, training), from its config.json (the engine's `info`)
+and the files goushi.rundir names, without loading weights. The loss curve is goushi.plots' one picture."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from goushi.config import ModelConfig, param_counts
-from goushi.errors import USER_ERRORS
+from PIL import Image
 
-MODEL_CARD = "MODEL_CARD.md"
-LOSS_PNG = "loss.png"
+from goushi import rundir
+from goushi.chat import is_chat_run
+from goushi.config import param_counts
+from goushi.errors import GoushiError
+from goushi.plots import loss_plot_png
 
 
 def _human(n: float) -> str:
@@ -22,19 +25,11 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
-def _last(rows: list[dict[str, Any]], key: str) -> Any:
-    for r in reversed(rows):
-        if isinstance(r.get(key), (int, float)):
-            return r[key]
-    return None
-
-
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    from goushi.eval.report import read_metrics as _read
-
+    """metrics.jsonl rows; none when the file is missing or unreadable (the card still shows the rest)."""
     try:
-        return _read(run_dir)
-    except USER_ERRORS:
+        return rundir.read_metrics(run_dir)
+    except (GoushiError, OSError, UnicodeDecodeError):
         return []
 
 
@@ -42,8 +37,8 @@ def summary_markdown(run_dir: Path, info: dict[str, Any]) -> str:
     """A short table a learner can read: size, context, vocabulary, how far training got."""
     lines = [f"**目录 run directory:** `{run_dir}`", ""]
     try:
-        cfg = ModelConfig.from_dict(info.get("model", {}))
-    except USER_ERRORS as e:
+        cfg = rundir.model_config(info, run_dir)
+    except GoushiError as e:
         return "\n".join(lines + [f"config.json 的 model 部分有问题 · bad model config: {e}"])
     counts = param_counts(cfg)
     rows = [
@@ -59,50 +54,47 @@ def summary_markdown(run_dir: Path, info: dict[str, Any]) -> str:
     if meta.get("tokenizer_kind"):
         rows.append(("分词器 tokenizer", str(meta["tokenizer_kind"])))
     metrics = read_metrics(run_dir)
-    step = _last(metrics, "step")
+    step = rundir.last_value(metrics, "step")
     if step is not None:
         rows.append(("训练步数 steps", str(step)))
-    tokens = _last(metrics, "tokens")
+    tokens = rundir.last_value(metrics, "tokens")
     if tokens is not None:
         rows.append(("训练 token 数 tokens seen", _human(tokens)))
-    loss = _last(metrics, "loss")
+    loss = rundir.last_value(metrics, "loss")
     if loss is not None:
         # The loss of a uniform guess tells a learner whether the model learned anything at all.
         rows.append(("最后的训练损失 last train loss", f"{loss:.3f} (瞎猜 uniform guess = ln {cfg.vocab_size} = "
                      f"{math.log(cfg.vocab_size):.2f})"))
-    val = _last(metrics, "val_loss")
+    val = rundir.last_value(metrics, "val_loss")
     if val is not None:
-        bpc = _last(metrics, "val_bpc")
+        bpc = rundir.last_value(metrics, "val_bpc")
         rows.append(("验证损失 validation loss", f"{val:.3f}" + (f" · {bpc:.3f} bits/char" if bpc is not None else "")))
-    if info.get("sft"):
+    if is_chat_run(info):
         rows.append(("对话微调 chat fine-tuned", "是 yes"))
     lines += ["| 项目 item | 值 value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
 
 
 def model_card_markdown(run_dir: Path) -> str:
-    p = run_dir / MODEL_CARD
+    p = run_dir / rundir.MODEL_CARD
     try:
         return p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return f"（这个运行没有 {MODEL_CARD} · this run has no {MODEL_CARD}; `goushi train` writes one at the end of training）"
+        name = rundir.MODEL_CARD
+        return f"（这个运行没有 {name} · this run has no {name}; `goushi train` writes one at the end of training）"
     except (OSError, UnicodeDecodeError) as e:
         return f"（无法读取 cannot read {p}: {e}）"
 
 
 def loss_image(run_dir: Path) -> Any:
     """loss.png if training drew one, else a plot from metrics.jsonl; None when there is neither."""
-    from PIL import Image
-
-    png = run_dir / LOSS_PNG
+    png = run_dir / rundir.LOSS_PLOT
     data = None
     if png.is_file():
         data = png.read_bytes()
     else:
         metrics = read_metrics(run_dir)
         if metrics:
-            from goushi.eval.report import loss_plot_png
-
             data = loss_plot_png(metrics)
     if not data:
         return None

@@ -1,8 +1,10 @@
 """What each button does. Every handler takes the shared registry plus this session's values and returns
 new values for this session only: no user data is kept anywhere else.
 
-All generation goes through the Engine (goushi.engine); this module only turns widget values into a
-SampleConfig and Engine output into pictures.
+All generation goes through the Engine (goushi.engine): what a run is (engine.info, is_chat,
+context_length), prompt token counts, chat templates, copied spans. This module only turns widget values
+into a SampleConfig or a list of chat messages, and Engine output into pictures. Gradio's own message
+format (content parts) is read here, so goushi.chat never sees it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 
 import gradio as gr
 
-from goushi.errors import USER_ERRORS
-from goushi.ui import card, chat, views
+from goushi.engine import Engine, SampleConfig
+from goushi.errors import GoushiError
+from goushi.ui import card, views
 from goushi.ui.models import ModelRegistry
 
 TOP_N = 10  # next-token candidates shown per step
@@ -28,21 +31,19 @@ FINISH = {
 }
 
 
-def engine_for(registry: ModelRegistry, key: str | None) -> Any:
+def engine_for(registry: ModelRegistry, key: str | None) -> Engine:
     if not key:
         raise gr.Error("请先选择一个模型 · pick a model first", title="没有模型 No model")
     try:
         return registry.get(key)
-    except USER_ERRORS as e:
+    except GoushiError as e:
         raise gr.Error(f"无法加载模型 cannot load {key}: {e}", title="加载失败 Load failed") from None
 
 
 def make_config(strategy: str, temperature: float, top_k: float, top_p: float, repetition_penalty: float,
                 max_new_tokens: float, num_beams: float, seed: float | None, no_repeat_ngram_size: float = 0,
-                stop_text: str = "", *, top_n: int = 0) -> tuple[Any, int]:
+                stop_text: str = "", *, top_n: int = 0) -> tuple[SampleConfig, int]:
     """SampleConfig from widget values, validated by the engine's own rules; also returns the seed used."""
-    from goushi.engine import SampleConfig
-
     # -1 (or empty) means "a new seed each time"; we pick it here so the page can show it for reproducing.
     seed_used = secrets.randbelow(2**31) if seed is None or int(seed) < 0 else int(seed)
     stops = [s.replace("\\n", "\n") for s in (stop_text or "").split("|") if s.strip()]
@@ -53,47 +54,37 @@ def make_config(strategy: str, temperature: float, top_k: float, top_p: float, r
             num_beams=int(num_beams), no_repeat_ngram_size=int(no_repeat_ngram_size), seed=seed_used,
             stop=stops, top_n=top_n,
         ).validate()
-    except USER_ERRORS as e:
+    except GoushiError as e:
         raise gr.Error(f"设置有误 invalid setting: {e}", title="设置有误 Invalid setting") from None
     return cfg, seed_used
 
 
-def _context_length(engine: Any) -> int:
-    return int(engine.config.context_length)
-
-
-def prompt_tokens(engine: Any, prompt: str) -> int:
-    return len(engine.tokenize(prompt)) + 1  # the engine starts every prompt with <|endoftext|>
-
-
-def prompt_cut_notice(engine: Any, prompt: str) -> str | None:
+def prompt_cut_notice(engine: Engine, prompt: str) -> str | None:
     """Plain-text notice when the prompt alone is longer than the context (its start is cut), else None."""
-    n, ctx = prompt_tokens(engine, prompt), _context_length(engine)
+    n, ctx = engine.count_prompt_tokens(prompt), engine.context_length
     if n <= ctx:
         return None
     return (f"提示太长：{n} 个 token，超过了模型的上下文 {ctx}，开头的 {n - ctx} 个被截掉了，模型只看到后面的部分。"
             f" · The prompt has {n} tokens, more than the {ctx}-token context: its first {n - ctx} were cut off.")
 
 
-def truncation_notice(engine: Any, prompt: str) -> str:
+def truncation_notice(engine: Engine, prompt: str) -> str:
     """Why the model no longer sees all of the text: a prompt longer than the context, or text that grew past it."""
     cut = prompt_cut_notice(engine, prompt)
     if cut:
         return f"**提示被截断 prompt cut:** {cut}"
-    ctx = _context_length(engine)
+    ctx = engine.context_length
     return (f"**注意 note:** 文字超过了上下文 {ctx} 个 token，后面写的时候模型已经看不到最开头了（滑动窗口） · "
             f"the text grew past the {ctx}-token context; the model stopped seeing its beginning (sliding window).")
 
 
-def provenance_spans(run_dir: Any, text: str) -> tuple[list[Any] | None, str]:
+def provenance_spans(engine: Engine, text: str) -> tuple[list[Any] | None, str]:
     """Spans of `text` copied verbatim from the training data, and a note; (None, why) when there is no index."""
     if len(text) < MIN_COPY_CHARS:
         return [], ""
     try:
-        from goushi.eval.provenance import provenance_for_run
-
-        spans = provenance_for_run(run_dir, text, MIN_COPY_CHARS)
-    except USER_ERRORS:
+        spans = engine.copied_spans(text, MIN_COPY_CHARS)
+    except GoushiError:
         return None, "（找不到训练数据索引，没检查抄袭 · no provenance index, copying not checked）"
     if not spans:
         return spans, "没有发现照抄训练数据的片段 · no verbatim copies of training data found"
@@ -111,27 +102,27 @@ def select_model(registry: ModelRegistry, key: str | None) -> tuple:
         return none
     try:
         entry = registry.entry(key)
-    except USER_ERRORS as e:
+    except GoushiError as e:
         return (f"**出错 error:** {e}",) + none[1:]
     try:
         engine = registry.get(key)
-    except USER_ERRORS as e:
+    except GoushiError as e:
         status = (f"**无法加载 cannot load `{key}`:** {e}\n\n"
                   "其他模型不受影响，可以在上面换一个 · other models still work, pick another one above.")
         info: dict[str, Any] = {}
         try:
             info = registry.info(key)
-        except USER_ERRORS:
+        except GoushiError:
             pass
         chat_off = _chat_updates(False, loaded=False)
         return (status, *chat_off, card.summary_markdown(entry.path, info) if info else f"`{entry.path}`",
                 card.model_card_markdown(entry.path), card.loss_image(entry.path), card.config_json(info))
-    info = registry.info(key)
+    info = engine.info
     cfg = engine.config
     n = sum(p.numel() for p in engine.model.parameters())
     status = (f"**{key}** · {n / 1e6:.2f}M 参数 params · {cfg.n_layer} 层 layers · {cfg.n_head} 头 heads · "
-              f"上下文 context {cfg.context_length} · 词表 vocab {cfg.vocab_size} · {engine.device}")
-    return (status, *_chat_updates(chat.is_chat_run(info)), card.summary_markdown(entry.path, info),
+              f"上下文 context {engine.context_length} · 词表 vocab {cfg.vocab_size} · {engine.device}")
+    return (status, *_chat_updates(engine.is_chat), card.summary_markdown(entry.path, info),
             card.model_card_markdown(entry.path), card.loss_image(entry.path), card.config_json(info))
 
 
@@ -149,9 +140,8 @@ def chat_availability(registry: ModelRegistry, key: str | None) -> tuple:
     if not key:
         return _chat_updates(False, loaded=False)
     try:
-        registry.get(key)
-        return _chat_updates(chat.is_chat_run(registry.info(key)))
-    except USER_ERRORS:
+        return _chat_updates(registry.get(key).is_chat)
+    except GoushiError:
         return _chat_updates(False, loaded=False)
 
 
@@ -177,25 +167,23 @@ def generate(registry: ModelRegistry, key: str, prompt: str, strategy: str, temp
     text, n_tokens, finish, truncated = "", 0, None, False
     started = time.perf_counter()
     try:
-        if cfg.strategy == "beam":
-            # Beam search keeps several candidates and only knows the winner at the end: nothing to stream.
-            g = engine.generate([prompt], cfg)[0]
-            text, n_tokens, finish, truncated = g.text, len(g.token_ids), g.finish_reason, g.truncated_prompt
-        else:
-            events = engine.stream(prompt, cfg)
-            try:
-                for ev in events:
-                    text += ev.delta
-                    n_tokens += ev.token_id is not None and ev.finish_reason != "eos"  # eos is not text
-                    truncated = truncated or ev.truncated_prompt
-                    finish = ev.finish_reason or finish
-                    yield views.output_html(prompt, text), f"**生成中 generating…** {n_tokens} tokens"
-            finally:
-                events.close()  # a stopped event must not leave the engine's generator running
-    except USER_ERRORS as e:
+        # Beam search only knows the winner at the end: its one event holds the whole text.
+        events = engine.stream(prompt, cfg)
+        try:
+            for ev in events:
+                text += ev.delta
+                truncated = truncated or ev.truncated_prompt
+                if ev.result is not None:  # the last event: the exact count (<|endoftext|> is not text)
+                    n_tokens, finish = len(ev.result.token_ids), ev.finish_reason
+                else:
+                    n_tokens += 1
+                yield views.output_html(prompt, text), f"**生成中 generating…** {n_tokens} tokens"
+        finally:
+            events.close()  # a stopped event must not leave the engine's generator running
+    except GoushiError as e:
         raise gr.Error(str(e), title="生成失败 Generation failed") from None
     seconds = time.perf_counter() - started
-    spans, copy_note = provenance_spans(engine.run_dir, text)
+    spans, copy_note = provenance_spans(engine, text)
     lines = [f"**完成 done** · {n_tokens} 个 token · {seconds:.1f}s · "
              f"结束原因 finish: {FINISH.get(finish or '', finish or '?')} · 种子 seed {seed_used}"]
     if truncated:
@@ -210,6 +198,32 @@ def stopped() -> str:
 
 
 # ---- chat ---------------------------------------------------------------------------------------
+def message_text(msg: Any) -> str:
+    """Text of one chat message: Gradio 6 hands messages back as lists of content parts."""
+    if isinstance(msg, dict) and "content" not in msg:  # one content part: {"type": "text", "text": ...}
+        return str(msg.get("text") or "")
+    content = msg.get("content") if isinstance(msg, dict) else msg
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(message_text(part) for part in content)
+    if isinstance(content, dict):
+        return message_text(content)
+    return ""
+
+
+def chat_messages(system: str, history: list[Any]) -> list[dict[str, str]]:
+    """The conversation for the engine: the system prompt (if any), then the chatbot's turns as plain text.
+    An empty answer (the model ended its turn at once) is left out: there is nothing to show it again."""
+    messages = [{"role": "system", "content": system.strip()}] if (system or "").strip() else []
+    for msg in history:
+        role = msg.get("role") if isinstance(msg, dict) else None
+        text = message_text(msg)
+        if role in ("user", "assistant") and text.strip():
+            messages.append({"role": role, "content": text})
+    return messages
+
+
 def chat_submit(message: str, history: list[Any]) -> tuple:
     """Show the user's message at once and clear the box; the reply streams in the next step."""
     if not (message or "").strip():
@@ -221,25 +235,24 @@ def chat_submit(message: str, history: list[Any]) -> tuple:
 def chat_reply(registry: ModelRegistry, key: str, system: str, history: list[Any], temperature: float,
                top_p: float, repetition_penalty: float, max_new_tokens: float):
     engine = engine_for(registry, key)
-    info = registry.info(key)
-    if not chat.is_chat_run(info):
+    if not engine.is_chat:
         raise gr.Error("这个模型没有做过对话微调 · this model is not chat fine-tuned (`goushi sft`)", title="不能对话 Cannot chat")
     history = list(history or [])
     if not history or history[-1].get("role") != "user":
         return
-    message = chat.message_text(history[-1])
-    prompt, stop = chat.chat_prompt(info, system or "", history[:-1], message)
     cfg, _ = make_config("sample", temperature, 0, top_p, repetition_penalty, max_new_tokens, 1, -1)
-    cfg.stop = [stop]
+    try:
+        events = engine.stream_chat(chat_messages(system, history), cfg)
+    except GoushiError as e:
+        raise gr.Error(str(e), title="对话有误 Bad conversation") from None
     history.append({"role": "assistant", "content": ""})
     reply = ""
-    events = engine.stream(prompt, cfg)
     try:
         for ev in events:
-            reply += ev.delta
-            history[-1] = {"role": "assistant", "content": reply.replace(stop, "")}
+            reply += ev.delta  # never holds the template's markers: the engine stops before them
+            history[-1] = {"role": "assistant", "content": reply}
             yield history
-    except USER_ERRORS as e:
+    except GoushiError as e:
         raise gr.Error(str(e), title="生成失败 Generation failed") from None
     finally:
         events.close()
@@ -273,10 +286,9 @@ def inspect(registry: ModelRegistry, key: str, prompt: str, n_steps: float, mode
         tokens = engine.tokenize(prompt)
         g = engine.generate([prompt], cfg)[0]
         att_pieces, att = engine.attention(prompt)
-    except USER_ERRORS as e:
+    except GoushiError as e:
         raise gr.Error(str(e), title="分析失败 Inspect failed") from None
-    ctx = _context_length(engine)
-    cut = max(0, len(tokens) + 1 - ctx)  # +1: the engine puts <|endoftext|> before every prompt
+    cut = max(0, engine.count_prompt_tokens(prompt) - engine.context_length)
     if g.truncated_prompt or cut:
         note.insert(0, truncation_notice(engine, prompt))
     gen_pieces = [engine.tokenizer.id_to_piece(i) for i in g.token_ids]

@@ -2,7 +2,8 @@
 
 The registry is the only process-wide state of the web page, and it holds no user data: just the
 run directories found and the engines loaded from them. Everything a user types or gets back lives
-in that user's session (gr.State / component values).
+in that user's session (gr.State / component values). What a run directory is belongs to goushi.rundir;
+a loaded engine carries its config.json (`engine.info`), so handlers never read it again.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from goushi.checkpoint import CONFIG, TOKENIZER, WEIGHTS, check_run_dir, read_config
-from goushi.errors import USER_ERRORS, GoushiError
+from goushi.engine import Engine
+from goushi.errors import GoushiError
+from goushi.rundir import CONFIG, TOKENIZER, WEIGHTS, check_run_dir, looks_like_run, read_config
 
 # How deep under --runs-dir to look: runs/NAME and runs/NAME/best (or runs/group/NAME).
 SCAN_DEPTH = 2
@@ -27,11 +29,6 @@ MAX_LOADED = 4
 class RunEntry:
     key: str  # what the picker shows; unique
     path: Path
-
-
-def _looks_like_run(d: Path) -> bool:
-    # A DATA_DIR also has tokenizer.json; config.json or weights mark a (possibly broken) run.
-    return (d / CONFIG).is_file() or (d / WEIGHTS).is_file()
 
 
 def discover(run_dirs: list[str | Path] | None, runs_dir: str | Path | None) -> list[RunEntry]:
@@ -56,7 +53,7 @@ def discover(run_dirs: list[str | Path] | None, runs_dir: str | Path | None) -> 
     if runs_dir is not None:
         root = Path(runs_dir)
         if root.is_dir():
-            if _looks_like_run(root):
+            if looks_like_run(root):
                 add(root, root.name or str(root))
             under: list[Path] = []
             level = [root]
@@ -68,7 +65,7 @@ def discover(run_dirs: list[str | Path] | None, runs_dir: str | Path | None) -> 
                     except OSError:
                         continue
                     for child in children:
-                        if _looks_like_run(child):
+                        if looks_like_run(child):
                             under.append(child)
                         nxt.append(child)
                 level = nxt
@@ -90,15 +87,13 @@ def _stamp(path: Path) -> tuple:
     return tuple(out)
 
 
-def _default_loader(path: Path) -> Any:
-    from goushi.engine import Engine  # imported late: the CLI parser must not pay for torch + engine
-
+def _default_loader(path: Path) -> Engine:
     return Engine.load(path, device="auto")
 
 
 def describe_error(e: BaseException) -> str:
     """One line a user can act on; unexpected exceptions keep their type so they can be reported."""
-    if isinstance(e, USER_ERRORS):
+    if isinstance(e, GoushiError):
         return str(e)
     return f"{type(e).__name__}: {e}"
 
@@ -137,7 +132,8 @@ class ModelRegistry:
         raise GoushiError(f"model {key!r} is not in the list any more; pick another one or press refresh")
 
     def info(self, key: str) -> dict[str, Any]:
-        """config.json of the run (cheap: no weights are read)."""
+        """config.json of the run, read now (cheap: no weights); for a run that failed to load. A loaded
+        run's is `get(key).info`."""
         return read_config(self.entry(key).path)
 
     def loaded(self, key: str) -> bool:

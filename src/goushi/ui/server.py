@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from goushi.errors import GoushiError
+from goushi.ui.style import CSS, theme
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -15,8 +16,6 @@ def serve(demo: Any, host: str = "127.0.0.1", port: int = 7860, *, block: bool =
           open_browser: bool = False, quiet: bool = False) -> str:
     """Start the server; with block=False return its URL at once (tests, notebooks) and leave it running."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from goushi.ui.style import CSS, theme
-
     if not 0 < int(port) < 65536:
         raise GoushiError(f"--port {port}: must be between 1 and 65535")
     if host not in LOCAL_HOSTS and not quiet:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import gradio as gr
+
 # System CJK fonts after the theme's bundled Latin font; Gradio serves LocalFont files itself.
 CJK_STACK = ["WenQuanYi Micro Hei", "Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Microsoft YaHei",
              "SimHei", "sans-serif"]
 
 
 def theme() -> Any:
-    import gradio as gr
-
     return gr.themes.Soft(
         primary_hue="orange",
         secondary_hue="amber",

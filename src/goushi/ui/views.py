@@ -12,6 +12,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from goushi.eval.provenance import highlight_html
+
 # Pastel backgrounds, dark text: neighbouring tokens differ, and all stay readable.
 PALETTE = ("#fde2e4", "#e2ece9", "#dfe7fd", "#fff1c1", "#e8dff5", "#d7f3e3", "#fce1c8", "#dbeffa")
 CJK_FONTS = ["WenQuanYi Micro Hei", "Noto Sans CJK SC", "Source Han Sans SC", "SimHei", "Microsoft YaHei",
@@ -123,9 +125,7 @@ def output_html(prompt: str, text: str, *, spans: Sequence[Any] | None = None, r
                 'the generated text appears here</span></div>')
     body = html.escape(text)
     if spans:
-        from goushi.eval.provenance import highlight_html  # escapes the text itself
-
-        body = highlight_html(text, list(spans))
+        body = highlight_html(text, list(spans))  # escapes the text itself
     cursor = '<span class="gs-cursor">▌</span>' if running else ""
     return (f'<div class="gs-output"><span class="gs-prompt">{html.escape(prompt)}</span>'
             f'<span class="gs-gen">{body}</span>{cursor}</div>')
