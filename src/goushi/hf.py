@@ -27,7 +27,7 @@ def hf_family(cfg: ModelConfig) -> str:
 
 
 def hf_config(cfg: ModelConfig, eot_id: int = 0):
-    import transformers
+    import transformers  # seconds to import; only export and the benchmarks need it
 
     family = hf_family(cfg)
     if family == "gpt2":
@@ -86,7 +86,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 def to_hf(model: GPT, eot_id: int = 0):
     """A Hugging Face model holding exactly our weights (strict load), in eval mode."""
-    import transformers
+    import transformers  # seconds to import; only export and the benchmarks need it
 
     config = hf_config(model.config, eot_id)
     cls = transformers.GPT2LMHeadModel if hf_family(model.config) == "gpt2" else transformers.LlamaForCausalLM
