@@ -144,6 +144,9 @@ class MaskedSource:
         self.run_info = self.inner.run_info
         self.data_card = self.inner.data_card
         self.sample_prompt = self.inner.sample_prompt
+        self.config_entries = self.inner.config_entries
+        self.state_dict = self.inner.state_dict
+        self.load_state_dict = self.inner.load_state_dict
 
     def _mask(self, batch):
         x, y = batch

@@ -18,6 +18,7 @@ from goushi import rundir
 from goushi.config import ModelConfig
 from goushi.errors import GoushiError
 from goushi.fsutil import atomic_path
+from goushi.lora import plain_state_dict
 from goushi.model import GPT
 from goushi.tokenizer import Tokenizer
 
@@ -25,13 +26,14 @@ _PREFIXES = ("_orig_mod.", "module.")
 
 
 def clean_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with wrapper prefixes stripped (torch.compile, DDP) and the tied head left out."""
+    """State dict with wrapper prefixes stripped (torch.compile, DDP), LoRA adapters folded into their
+    projections (a saved run is always a plain model) and the tied head left out."""
     if hasattr(model, "module"):  # DistributedDataParallel
         model = model.module
     if hasattr(model, "_orig_mod"):  # torch.compile
         model = model._orig_mod
     sd = {}
-    for k, v in model.state_dict().items():
+    for k, v in plain_state_dict(model).items():
         for p in _PREFIXES:
             while k.startswith(p):
                 k = k[len(p):]

@@ -34,7 +34,7 @@ def config_info(cfg: TrainConfig, model_config: ModelConfig, source: BatchSource
     for k in ("resume", "force"):
         train.pop(k)
     info: dict[str, Any] = {"model": model_config.to_dict(), "train": train, "data": data,
-                            "goushi_version": goushi.__version__}
+                            **source.config_entries(), "goushi_version": goushi.__version__}
     if base is not None:
         info["base"] = base
     return info

@@ -31,6 +31,8 @@ class TrainConfig:
     family: str = "gpt2"
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig field overrides on top of preset+family
     init_from: str = ""  # RUN_DIR whose weights (and shape) a new run starts from, instead of a random preset
+    lora_rank: int = 0  # >0: train LoRA adapters of this rank on the init_from weights (frozen) instead of all weights
+    lora_alpha: float = 0.0  # adapter scale alpha / rank; 0 = 2 x rank
 
     # optimisation
     optimizer: str = "adamw"
@@ -113,6 +115,12 @@ class TrainConfig:
             raise bad("clip", "must be >= 0 (0 turns clipping off)")
         if self.time_budget:
             parse_duration(self.time_budget)
+        if self.lora_rank < 0:
+            raise bad("lora_rank", "must be >= 0 (0 trains every weight)")
+        if self.lora_rank and not self.init_from:
+            raise bad("lora_rank", "needs init_from: adapters fine-tune an existing run's weights")
+        if self.lora_alpha < 0:
+            raise bad("lora_alpha", "must be >= 0 (0 means 2 x lora_rank)")
         if self.init_from and self.out and Path(self.init_from).resolve() == Path(self.out).resolve():
             raise bad("init_from", "is the run being written; start from another run, or use --resume")
         if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):

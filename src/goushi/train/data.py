@@ -96,6 +96,15 @@ class TokenData:
         meta = {k: self.meta[k] for k in META_FIELDS if k in self.meta}
         return {"dir": str(self.dir.resolve()), "tokenizer_hash": self.tokenizer_hash, "meta": meta}
 
+    def config_entries(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # random windows: the generator alone is the position
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
     def data_card(self) -> Path | None:
         card = self.dir / layout.DATA_CARD
         return card if card.is_file() else None

@@ -43,11 +43,24 @@ class BatchSource(Protocol):
     def count_tokens(self, targets: torch.Tensor) -> int:
         """How many targets of a batch carry loss: the tokens the model learned from."""
 
-    def sample_prompt(self) -> str:
-        """A short prompt in the data's own style for the samples printed during training."""
+    def sample_prompt(self) -> str | list[dict[str, str]]:
+        """What the samples printed during training continue: a short text in the data's own style, or a
+        conversation (chat messages) the model answers."""
 
     def run_info(self) -> dict[str, Any]:
-        """What RUN_DIR/config.json records under "data": {"dir", "tokenizer_hash", "meta"}."""
+        """What RUN_DIR/config.json records under "data": {"dir", "tokenizer_hash", "meta"}; "meta" may hold
+        "sources" ({id: {"docs", "chars", "share", "license", "author", "url"}}) for the model card."""
+
+    def config_entries(self) -> dict[str, Any]:
+        """Further top-level entries of RUN_DIR/config.json ({} for text; a chat source adds "sft" and
+        "chat_template", which make the run a chat run)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the source is, beyond the generator (e.g. an epoch and a cursor), for exact resume;
+        plain values and tensors only."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()`'s value."""
 
     def data_card(self) -> Path | None:
         """The data's DATA_CARD.md, copied into RUN_DIR so a run credits its sources on its own."""

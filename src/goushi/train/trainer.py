@@ -29,7 +29,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from goushi import rundir
+from goushi import lora, rundir
 from goushi.checkpoint import load_weights
 from goushi.config import ModelConfig, param_counts
 from goushi.device import describe_hardware, peak_flops, pick_device, pick_dtype
@@ -166,10 +166,14 @@ class Trainer:
         np.random.seed(cfg.seed)
         self.model = GPT(self.mc)
         self.model.gradient_checkpointing = cfg.activation_checkpointing
-        if cfg.resume:
+        if cfg.resume and not cfg.lora_rank:
             load_weights(self.out / rundir.WEIGHTS, self.model)
         elif cfg.init_from:
+            # LoRA resumes from the frozen base weights plus the adapters in the trainer state (exactly); the
+            # run's own model.safetensors holds them merged, for every other reader.
             load_weights(Path(cfg.init_from) / rundir.WEIGHTS, self.model)
+        if cfg.lora_rank:
+            lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha or 2.0 * cfg.lora_rank)
         self.model.to(self.device)
         self.model.train()
         self.opts = build_optimizers(self.model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -211,6 +215,9 @@ class Trainer:
                 self.log(f"note: run saved with {len(rngs)} process(es), now {self.dist.world}; data order continues "
                          f"exactly, dropout randomness does not")
             ckpt.set_rng_state(rng, self.gen)
+            if self.cfg.lora_rank:
+                lora.load_adapter_state(self.model, st["adapters"])
+            self.source.load_state_dict(st.get("source") or {})
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise GoushiError(f"{self.out / rundir.STATE}: does not fit this run ({type(e).__name__}: {e}); "
                               f"start a new run with --force") from None
@@ -228,7 +235,8 @@ class Trainer:
                 "schedule": self.budget.schedule(), "budget": self.budget.key(),
                 "optimizers": [o.state_dict() for o in self.opts],
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "rng": rngs, "world_size": self.dist.world}
+                "rng": rngs, "world_size": self.dist.world, "source": self.source.state_dict(),
+                "adapters": lora.adapter_state(self.model) if self.cfg.lora_rank else {}}
 
     def save(self) -> None:
         state = self._state()
@@ -324,8 +332,13 @@ class Trainer:
         (its own random generator: samples never change the run)."""
         prompt = self.source.sample_prompt()
         sc = SampleConfig(strategy="sample", temperature=0.8, max_new_tokens=self.cfg.sample_tokens, seed=self.cfg.seed)
+        engine = Engine(self.model, self.tokenizer, info=self.source.config_entries())
         try:
-            text = Engine(self.model, self.tokenizer).generate([prompt], sc)[0].text
+            if isinstance(prompt, str):
+                text = engine.generate([prompt], sc)[0].text
+            else:
+                text = engine.chat(prompt, sc)[0].text
+                prompt = prompt[-1]["content"] + " →"
         finally:
             self.model.train()  # the engine puts the model in eval mode
         return (prompt + "|" + text).replace("\n", " ⏎ ")
@@ -397,6 +410,11 @@ class Trainer:
         self.log(f"model: {self.mc.family}, {origin}, {counts['total']:,} parameters "
                  f"({counts['non_embedding']:,} outside embeddings), context {self.mc.context_length}, "
                  f"vocabulary {self.mc.vocab_size}")
+        if cfg.lora_rank:
+            trainable = lora.trainable_parameters(self.model)
+            self.log(f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha or 2 * cfg.lora_rank:g}: training {trainable:,} "
+                     f"adapter parameters ({trainable / counts['total']:.2%} of the model); saved runs hold the merged "
+                     f"weights")
         self.log(f"device {self.device}, {str(self.dtype).replace('torch.', '')}"
                  f"{', compiled' if self.compiled else ''}, {self.dist.world} process(es), "
                  f"{self.positions_per_step:,} tokens/step, budget {cfg.budget_summary()}; peak "
@@ -507,6 +525,8 @@ class Trainer:
             "dtype": str(self.dtype).replace("torch.", ""), "processes": self.dist.world, "preset": self.cfg.preset,
             "family": self.mc.family, "optimizer": self.cfg.optimizer, "batch_size": self.cfg.batch_size,
             "learning_rate": self.cfg.lr, "parameters": param_counts(self.mc)["total"],
+            "trainable_parameters": lora.trainable_parameters(self.model),
+            "lora_rank": self.cfg.lora_rank or None,
             "init_from": str(Path(self.cfg.init_from).resolve()) if self.cfg.init_from else None,
             "final_train_loss": last_loss, "final_val_loss": last_rec.get("val_loss"),
             "final_val_ppl": last_rec.get("val_ppl"), "final_val_bpc": last_rec.get("val_bpc"),

@@ -1,0 +1,141 @@
+"""`goushi sft`: fine-tune a base run on chat rows, with the same trainer, checkpoints, budgets, metrics and
+model card as pre-training. The result is a plain run directory (LoRA adapters merged) whose config.json
+has "sft" and "chat_template", so the engine, `goushi chat` and the page treat it as a chat run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from goushi import rundir
+from goushi.chat import ChatTemplate
+from goushi.errors import ConfigError, GoushiError
+from goushi.sft.data import MAX_REPORTED, ChatData, ChatFile, read_chat_file
+from goushi.tokenizer import Tokenizer
+from goushi.train import TrainConfig, train
+from goushi.train.config import merge_dict
+
+# Fine-tuning starts from a trained model: a gentler step than pre-training's, no weight decay pulling
+# the learned weights to zero, short warmup. LoRA adapters start at zero and need larger steps.
+SFT_DEFAULTS: dict[str, Any] = dict(lr=3e-4, min_lr=3e-5, warmup=10, weight_decay=0.0, batch_size=16, eval_every=50,
+                                    eval_batches=10, log_every=5, sample_tokens=40, save_every=200)
+LORA_DEFAULTS: dict[str, Any] = dict(lr=2e-3, min_lr=2e-4)
+
+
+@dataclass
+class SftOptions:
+    base: str = ""  # the run to fine-tune
+    data: str = ""  # chat JSONL
+    epochs: float = 3.0  # passes over the training rows (unless max_steps / tokens / a time budget end it first)
+    val_fraction: float = 0.05
+    strict: bool = False  # refuse the run at the first bad row instead of skipping bad rows
+    credit: dict[str, str] = dataclasses.field(default_factory=dict)  # license, author, url, note of the data file
+
+    def validate(self) -> SftOptions:
+        if not self.epochs > 0:
+            raise ConfigError(f"--epochs {self.epochs}: must be > 0")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction {self.val_fraction}: must be in (0, 1)")
+        return self
+
+
+def sft_train_config(base: str, out: str, overrides: dict[str, Any]) -> TrainConfig:
+    """SFT's defaults, then the given settings (TrainConfig keys), starting from `base`'s weights."""
+    defaults = dict(SFT_DEFAULTS)
+    if overrides.get("lora_rank"):
+        defaults.update(LORA_DEFAULTS)
+    cfg = merge_dict(TrainConfig(), defaults, source="sft defaults")
+    cfg = merge_dict(cfg, overrides, source="command line")
+    return dataclasses.replace(cfg, init_from=base, out=out, data="").validate()
+
+
+def resume_settings(out: str) -> tuple[SftOptions, dict[str, Any]]:
+    """What a chat run recorded about itself: its SFT options and its TrainConfig (for --resume)."""
+    info = rundir.read_config(out)
+    sft = info.get("sft")
+    if not isinstance(sft, dict):
+        raise GoushiError(f"--resume: {out} is not a chat fine-tuning run (no \"sft\" in {rundir.CONFIG}); continue "
+                          "it with `goushi train --out ... --resume`")
+    train = dict(info.get("train") or {})
+    opts = SftOptions(base=str(train.get("init_from") or ""), data=str(sft.get("data") or ""),
+                      val_fraction=float(sft.get("val_fraction", 0.05)), credit=dict(sft.get("credit") or {}))
+    for k in ("out", "data", "init_from"):
+        train.pop(k, None)
+    return opts, train
+
+
+def load_chat_file(opts: SftOptions, log: Callable[[str], None]) -> tuple[ChatFile, Tokenizer, ChatTemplate, dict]:
+    """The base run's tokenizer and template, and the data file read against them (problems reported)."""
+    base = Path(opts.base)
+    if not rundir.looks_like_run(base):
+        raise GoushiError(f"BASE_RUN {base}: not a run directory (no {rundir.CONFIG}); give a run written by "
+                          "`goushi train`")
+    rundir.check_run_dir(base)
+    info = rundir.read_config(base)
+    mc = rundir.model_config(info, base)
+    tok = Tokenizer.from_file(base / rundir.TOKENIZER)
+    template = ChatTemplate.from_info(info)  # a chat run tuned again keeps its template; else ChatML
+    chat = read_chat_file(opts.data, tok, template, mc.context_length, strict=opts.strict)
+    for problem in chat.problems[:MAX_REPORTED]:
+        log(f"skipped {problem}")
+    if len(chat.problems) > MAX_REPORTED:
+        log(f"... and {len(chat.problems) - MAX_REPORTED} more bad rows")
+    if chat.problems:
+        log(f"skipped {len(chat.problems)} bad row(s) of {len(chat.rows) + len(chat.problems)} (--strict refuses instead)")
+        too_long = sum("longer than the context" in p for p in chat.problems)
+        if too_long:
+            log(f"note: {too_long} of them have an answer longer than the model's context ({mc.context_length} tokens); "
+                "a base run pre-trained with a longer --context keeps them")
+    if chat.truncated:
+        log(f"note: {chat.truncated} row(s) were longer than the context ({mc.context_length} tokens); their oldest "
+            f"prompt tokens were cut, the answers kept whole")
+    return chat, tok, template, info
+
+
+def run_sft(opts: SftOptions, cfg: TrainConfig, *, progress: bool = True,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tune; returns the trainer's summary. `cfg` comes from sft_train_config (or a resumed run's)."""
+    opts.validate()
+    chat, tok, template, info = load_chat_file(opts, log)
+    base = Path(opts.base)
+    source = ChatData(chat, tok, template, context=rundir.model_config(info, base).context_length,
+                      val_fraction=opts.val_fraction, seed=cfg.seed, credit=opts.credit,
+                      base_data_dir=rundir.data_section(info).get("dir"), base_data_card=base / rundir.DATA_CARD)
+    if not cfg.max_steps:  # --epochs; a token or time budget still ends the run first if it is shorter
+        cfg = dataclasses.replace(cfg, max_steps=source.steps_for_epochs(opts.epochs, cfg.batch_size))
+    log(f"chat data: {len(source.train_rows)} training rows ({source.trained_tokens:,} answer tokens trained), "
+        f"{len(source.val_rows)} held out; {source.sequences_per_epoch()} packed sequences per epoch of "
+        f"{cfg.batch_size}-row batches; {cfg.max_steps} steps" + (f" or {cfg.time_budget}" if cfg.time_budget else ""))
+    return train(cfg, source=source, progress=progress, log=log)
+
+
+def mask_table(opts: SftOptions, line: int, log: Callable[[str], None] = print) -> str:
+    """One row's tokens as the model trains on them: position, id, piece, and whether it is a target."""
+    chat, tok, _, _ = load_chat_file(dataclasses.replace(opts, strict=False), lambda _m: None)
+    row = next((r for r in chat.rows if r.line == line), None)
+    if row is None:
+        bad = next((p for p in chat.problems if p.startswith(f"{chat.path}:{line}:")), None)
+        if bad:
+            raise GoushiError(f"{bad}")
+        raise GoushiError(f"--row {line}: {chat.path} has no row on line {line} (it has {chat.lines} lines)")
+    width = max(len("piece"), *(len(_visible(tok.id_to_piece(i))) for i in row.ids))
+    lines = [f"{chat.path}:{line}" + (" (cut to the context: oldest prompt tokens dropped)" if row.truncated else ""),
+             f"{'pos':>5}  {'id':>6}  {'piece':<{width}}  trained"]
+    for pos, (i, trained) in enumerate(zip(row.ids, row.mask, strict=True)):
+        lines.append(f"{pos:>5}  {i:>6}  {_visible(tok.id_to_piece(i)):<{width}}  {'✓' if trained else ''}")
+    n = sum(row.mask)
+    lines.append(f"{n} of {len(row.ids)} tokens trained: the assistant's answers and their end-of-turn token. Each "
+                 "is predicted from the tokens before it; nothing else carries loss.")
+    return "\n".join(lines)
+
+
+def _visible(piece: str) -> str:
+    return piece.replace("\n", "⏎").replace(" ", "␣").replace("\t", "⇥")
+
+
+__all__ = ["SFT_DEFAULTS", "LORA_DEFAULTS", "SftOptions", "sft_train_config", "resume_settings", "run_sft",
+           "mask_table", "load_chat_file"]
