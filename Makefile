@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MINUTES ?= 5
+CHAT_MINUTES ?= 3
 
-.PHONY: demo test test-fast lint install browser-deps clean
+.PHONY: demo demo-chat test test-fast lint install browser-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +22,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	GRADIO_ANALYTICS_ENABLED=False $(BIN)/goushi demo --minutes $(MINUTES)
+
+demo-chat: $(STAMP)
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/goushi demo --chat --minutes $(MINUTES) --chat-minutes $(CHAT_MINUTES)
 
 test: $(STAMP)
 	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -q

