@@ -171,7 +171,11 @@ class Trainer:
         elif cfg.init_from:
             # LoRA resumes from the frozen base weights plus the adapters in the trainer state (exactly); the
             # run's own model.safetensors holds them merged, for every other reader.
-            load_weights(Path(cfg.init_from) / rundir.WEIGHTS, self.model)
+            base_weights = Path(cfg.init_from) / rundir.WEIGHTS
+            if cfg.resume and not base_weights.is_file():
+                raise GoushiError(f"--resume: this LoRA run trains adapters on the frozen weights of {cfg.init_from}, "
+                                  f"and {base_weights} is gone; put the base run back to continue")
+            load_weights(base_weights, self.model)
         if cfg.lora_rank:
             lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha or 2.0 * cfg.lora_rank)
         self.model.to(self.device)
