@@ -1,0 +1,313 @@
+"""The OpenAI-compatible HTTP API over the engine (FastAPI): /v1/models, /v1/completions, /v1/chat/completions
+(chat runs), server-sent-event streaming, /health.
+
+Each request is one engine call (`Engine.stream` / `Engine.stream_chat`) run in a worker thread: requests
+never share a batch, so their outputs cannot mix, and a seeded request answers the same whatever else is
+running. At most `limits.concurrency` generations run at once, the others wait in a queue of at most
+`limits.max_queue` (then 503). A client that disconnects, streaming or not, stops its generation at the
+next token. With an API key every /v1 request needs `Authorization: Bearer KEY`; /health never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import goushi
+from goushi.engine import Engine, SampleConfig, StreamEvent
+from goushi.errors import GoushiError
+from goushi.serve.limits import Limits
+from goushi.serve.protocol import (
+    FINISH,
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    new_id,
+    now,
+    usage,
+    validation_error,
+)
+
+log = logging.getLogger("goushi.serve")
+POLL_SECONDS = 0.25  # how often a waiting request checks whether its client is still there
+
+
+class Generations:
+    """Runs engine calls in worker threads, at most `concurrency` at once, and hands their events to the
+    event loop as they come. Cancelling (client gone) stops the engine at its next event."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.pool = ThreadPoolExecutor(max_workers=limits.concurrency, thread_name_prefix="goushi-gen")
+        self.slots: asyncio.Semaphore | None = None
+        self.waiting = 0
+
+    async def events(self, start: Callable[[], Iterator[StreamEvent]],
+                     disconnected: Callable[[], Any]) -> AsyncIterator[StreamEvent]:
+        if self.slots is None:
+            self.slots = asyncio.Semaphore(self.limits.concurrency)
+        if self.waiting >= self.limits.max_queue:
+            raise APIError(503, f"server busy: {self.waiting} requests are waiting; try again shortly",
+                           type="server_error", code="server_busy")
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                events = start()
+                try:
+                    for ev in events:
+                        loop.call_soon_threadsafe(queue.put_nowait, ("event", ev))
+                        if cancel.is_set():
+                            break
+                finally:
+                    events.close()  # stops the engine's generator where it is
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+            except BaseException as e:  # noqa: BLE001 - handed to the request, which answers it
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
+            finally:
+                loop.call_soon_threadsafe(self.slots.release)
+
+        try:
+            loop.run_in_executor(self.pool, work)
+        except BaseException:
+            self.slots.release()
+            raise
+        try:
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(queue.get(), POLL_SECONDS)
+                except asyncio.TimeoutError:
+                    if await disconnected():
+                        log.info("client went away; generation stopped")
+                        return
+                    continue
+                if kind == "event":
+                    yield value
+                elif kind == "done":
+                    return
+                else:
+                    raise value
+        finally:
+            cancel.set()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+async def read_body(request: Request, model: type[BaseModel], limits: Limits) -> Any:
+    """The request's JSON body as `model`, refusing oversized bodies before reading them whole."""
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
+        raise APIError(413, f"request body of {int(size):,} bytes is over the limit of {limits.max_body_bytes:,}",
+                       code="request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise APIError(413, f"request body is over the limit of {limits.max_body_bytes:,} bytes",
+                           code="request_too_large")
+    try:
+        data = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"body is not valid JSON ({e})", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "body must be a JSON object", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(e) from None
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
+    """The API over `models` (model id -> loaded Engine)."""
+    limits = limits or Limits()
+    if not models:
+        raise GoushiError("no models to serve; give at least one RUN_DIR")
+    gens = Generations(limits)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        gens.close()
+
+    app = FastAPI(title="Goushi GPT API", version=goushi.__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.generations = gens
+    created = now()
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, e: APIError) -> JSONResponse:
+        return error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if e.status_code == 404 else "method_not_allowed" if e.status_code == 405 else None
+        return error_response(APIError(e.status_code, str(e.detail), code=code))
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, e: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return error_response(APIError(500, f"internal error ({type(e).__name__}); the server keeps serving",
+                                       type="server_error", code="internal_error"))
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key is not None and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                return error_response(APIError(401, "missing API key: send the header Authorization: Bearer KEY",
+                                               code="invalid_api_key"))
+            if not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+                return error_response(APIError(401, "incorrect API key", code="invalid_api_key"))
+        return await call_next(request)
+
+    def engine_for(name: str) -> Engine:
+        if name not in models:
+            raise APIError(404, f"model {name!r} does not exist; GET /v1/models lists {', '.join(models)}",
+                           param="model", code="model_not_found")
+        return models[name]
+
+    def model_card(name: str, engine: Engine) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "goushi",
+                "context_length": engine.context_length, "chat": engine.is_chat}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": list(models), "waiting": gens.waiting}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(n, e) for n, e in models.items()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str) -> dict[str, Any]:
+        return model_card(name, engine_for(name))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req: CompletionRequest = await read_body(request, CompletionRequest, limits)
+        engine = engine_for(req.model)
+        prompts = req.prompts(limits)
+        cfg = req.sample_config(req.max_tokens, limits)
+        try:
+            stream = engine.stream(prompts, cfg)  # checks the options before any work
+        except GoushiError as e:
+            raise APIError(400, str(e), code="invalid_value") from None
+        return await respond(request, req, lambda: stream, kind="text_completion", prompts=len(prompts), cfg=cfg)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req: ChatRequest = await read_body(request, ChatRequest, limits)
+        engine = engine_for(req.model)
+        if not engine.is_chat:
+            raise APIError(400, f"model {req.model!r} is not chat fine-tuned; use /v1/completions, or fine-tune it "
+                           "with `goushi sft`", param="model", code="model_not_chat")
+        messages = req.conversation(limits)
+        cfg = req.sample_config(req.token_limit, limits)
+        try:
+            stream = engine.stream_chat(messages, cfg)
+        except GoushiError as e:
+            raise APIError(400, str(e), param="messages", code="invalid_value") from None
+        return await respond(request, req, lambda: stream, kind="chat.completion", prompts=1, cfg=cfg)
+
+    async def respond(request: Request, req: Any, start: Callable[[], Iterator[StreamEvent]], *, kind: str,
+                      prompts: int, cfg: SampleConfig):
+        rid = new_id("chatcmpl" if kind == "chat.completion" else "cmpl")
+        if gens.waiting >= limits.max_queue:  # say so with a status code, before a stream has begun
+            raise APIError(503, f"server busy: {gens.waiting} requests are waiting; try again shortly",
+                           type="server_error", code="server_busy")
+        events = gens.events(start, request.is_disconnected)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(stream_body(events, rid, kind, req.model, cfg, prompts, include_usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        results = {}
+        try:
+            async for ev in events:
+                if ev.result is not None:
+                    results[ev.index] = ev.result
+        except GoushiError as e:
+            raise APIError(400, str(e), code="invalid_value") from None
+        gens_sorted = [results[i] for i in sorted(results)]
+        prompt_tokens = sum(g.prompt_tokens for g in gens_sorted[:: cfg.num_samples])
+        completion_tokens = sum(g.completion_tokens for g in gens_sorted)
+        if kind == "chat.completion":
+            choices = [{"index": i, "message": {"role": "assistant", "content": g.text},
+                        "finish_reason": FINISH.get(g.finish_reason, "stop"), "logprobs": None}
+                       for i, g in enumerate(gens_sorted)]
+        else:
+            choices = [{"index": i, "text": g.text, "finish_reason": FINISH.get(g.finish_reason, "stop"),
+                        "logprobs": None} for i, g in enumerate(gens_sorted)]
+        return {"id": rid, "object": kind, "created": now(), "model": req.model, "choices": choices,
+                "usage": usage(prompt_tokens, completion_tokens), "system_fingerprint": f"goushi-{goushi.__version__}"}
+
+    async def stream_body(events: AsyncIterator[StreamEvent], rid: str, kind: str, model: str, cfg: SampleConfig,
+                          prompts: int, include_usage: bool) -> AsyncIterator[str]:
+        chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
+        base = {"id": rid, "object": chunk_kind, "created": now(), "model": model,
+                "system_fingerprint": f"goushi-{goushi.__version__}"}
+        started: set[int] = set()
+        prompt_tokens: dict[int, int] = {}
+        completion_tokens = 0
+        try:
+            async for ev in events:
+                prompt_tokens.setdefault(ev.index // cfg.num_samples, ev.prompt_tokens)
+                finish = FINISH.get(ev.finish_reason, "stop") if ev.finish_reason else None
+                if ev.result is not None:
+                    completion_tokens += ev.result.completion_tokens
+                if kind == "chat.completion":
+                    delta: dict[str, Any] = {}
+                    if ev.index not in started:
+                        delta["role"] = "assistant"
+                        started.add(ev.index)
+                    if ev.delta:
+                        delta["content"] = ev.delta
+                    if not delta and finish is None:
+                        continue
+                    choice = {"index": ev.index, "delta": delta, "finish_reason": finish, "logprobs": None}
+                else:
+                    if not ev.delta and finish is None:
+                        continue
+                    choice = {"index": ev.index, "text": ev.delta, "finish_reason": finish, "logprobs": None}
+                yield sse({**base, "choices": [choice]})
+            if include_usage:
+                yield sse({**base, "choices": [], "usage": usage(sum(prompt_tokens.values()), completion_tokens)})
+        except (APIError, GoushiError) as e:
+            err = e if isinstance(e, APIError) else APIError(400, str(e), code="invalid_value")
+            yield sse(err.body())
+        except Exception as e:  # noqa: BLE001 - the status line is sent already; say it in the stream
+            log.exception("internal error while streaming")
+            yield sse(APIError(500, f"internal error ({type(e).__name__})", type="server_error").body())
+        yield "data: [DONE]\n\n"
+
+    return app
+
+
+__all__ = ["build_app", "Generations", "POLL_SECONDS"]
