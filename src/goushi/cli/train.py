@@ -61,7 +61,9 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
     "dtype": (str, "auto | float32 | bfloat16 | float16 (default auto: bf16/fp16 on GPUs, fp32 on CPU)"),
 }
 TRAIN_BOOLS = {"compile": "torch.compile the model (falls back to eager mode, with a note, if it fails)",
-               "activation_checkpointing": "recompute activations in the backward pass: less memory, ~30% slower"}
+               "activation_checkpointing": "recompute activations in the backward pass: less memory, ~30% slower",
+               "fsdp": "under torchrun: shard weights, gradients and optimizer state across the processes (FSDP2) "
+                       "instead of a full copy in each (DDP); checkpoints stay plain files"}
 
 
 def _flag(name: str) -> str:

@@ -46,7 +46,7 @@ class TrainConfig:
     beta2: float = 0.95
     muon_momentum: float = 0.95
     clip: float = 1.0  # gradient-norm clip; 0 = off
-    batch_size: int = 32  # sequences per micro-step, global (split across DDP ranks)
+    batch_size: int = 32  # sequences per micro-step, global (split across torchrun processes)
     grad_accum: int = 1
 
     # budgets: whichever ends first; none given = 1000 steps
@@ -68,6 +68,7 @@ class TrainConfig:
     dtype: str = "auto"
     compile: bool = False
     activation_checkpointing: bool = False
+    fsdp: bool = False  # under torchrun: shard the model across processes (FSDP2) instead of copying it (DDP)
 
     # run directory handling
     resume: bool = False
@@ -125,6 +126,11 @@ class TrainConfig:
             raise bad("init_from", "is the run being written; start from another run, or use --resume")
         if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
             raise bad("dtype", "is not one of auto, float32, bfloat16, float16")
+        if self.fsdp and self.lora_rank:
+            raise bad("fsdp", "cannot train LoRA adapters (a small fine-tune that DDP handles); drop --fsdp")
+        if self.fsdp and self.dtype in ("float16", "fp16"):
+            raise bad("fsdp", "does not support float16 (its gradient scaler is not FSDP-aware); use --dtype bfloat16 "
+                      "or --dtype float32, or drop --fsdp")
         if self.resume and self.force:
             raise ConfigError("train config: resume and force together make no sense; --resume continues a run, "
                               "--force replaces it")

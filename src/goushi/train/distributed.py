@@ -1,7 +1,15 @@
-"""Multi-process training through torchrun: process group, rank, world size, who writes.
+"""Multi-process training through torchrun: process group, rank, world size, who writes, and FSDP.
 
-`torchrun --nproc-per-node N -m goushi train ...` sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+`torchrun --nproc-per-node N -m goushi.cli train ...` sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
 MASTER_PORT; a plain `goushi train` has none of them and runs as a single process.
+
+Two ways to spread a run over processes. DDP (the default): every process holds the whole model and
+optimiser, gradients are averaged. FSDP (`--fsdp`, PyTorch's FSDP2 `fully_shard`): each block, then the
+rest of the model, is split across processes, so weights, gradients and optimiser moments take 1/N of
+the memory each; the full weights are gathered block by block for each forward and backward. Checkpoints
+are the same plain files either way: `full_model_state` / `full_optimizer_state` gather full tensors to
+rank 0 (torch.distributed.checkpoint.state_dict), and `load_optimizer_state` puts a plain optimiser state
+back into the sharded one. So a run saved with --fsdp resumes without it, or with another process count.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from goushi.errors import GoushiError
 
@@ -79,15 +88,22 @@ class Dist:
             dist.destroy_process_group()
 
 
-def setup(device_name: str) -> tuple[Dist, str]:
+def setup(device_name: str, fsdp: bool = False) -> tuple[Dist, str]:
     """Join the process group when launched by torchrun; return it and the device name this rank uses."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if fsdp and world <= 1:
+        raise GoushiError("--fsdp shards the model across processes, and this is one process: launch it with torchrun "
+                          "(torchrun --standalone --nproc-per-node 2 -m goushi.cli train ... --fsdp) or drop --fsdp "
+                          "(--no-fsdp to resume such a run in one process)")
     if world <= 1:
         return Dist(), device_name
     if not dist.is_available():
         raise GoushiError("WORLD_SIZE>1 but this torch build has no torch.distributed; run a single process")
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available() or device_name.startswith("cuda")
+    if fsdp and not use_cuda and device_name not in ("auto", "cpu"):
+        raise GoushiError(f"--fsdp runs on CUDA GPUs or on the CPU, not on --device {device_name}; use --device cuda "
+                          f"or --device cpu, or drop --fsdp")
     if use_cuda:
         # One GPU per process: rank k on its node uses cuda:k, with NCCL between them.
         torch.cuda.set_device(local_rank)
@@ -103,4 +119,84 @@ def setup(device_name: str) -> tuple[Dist, str]:
     return Dist(rank=rank, world=world, local_rank=local_rank, initialized_here=here), device_name
 
 
-__all__ = ["Dist", "setup"]
+# ---- FSDP ------------------------------------------------------------------------------------------
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Full (unsharded) tensors, moved to the CPU; with both set only rank 0 receives them (no CPU OOM elsewhere).
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def shard(model: nn.Module, device: torch.device) -> nn.Module:
+    """FSDP2: each transformer block its own unit, then the root (embeddings, final norm, LM head). In place;
+    build the optimisers afterwards, over the sharded parameters."""
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        raise GoushiError(f"--fsdp needs torch.distributed.fsdp.fully_shard (torch >= 2.6; this is "
+                          f"{torch.__version__}); upgrade torch or drop --fsdp") from None
+    # The mesh on the training device: fully_shard's default is CUDA whenever a GPU exists, even for a CPU run.
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def set_gradient_sync(model: nn.Module, sync: bool) -> None:
+    """FSDP's no_sync: with gradient accumulation, reduce-scatter gradients only on the last micro-step."""
+    model.set_requires_gradient_sync(sync)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Collective: every rank calls it. Rank 0 gets the full weights on the CPU, the others {}."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
+def full_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Collective. Rank 0 gets the optimiser state as `opt.state_dict()` of an unsharded model would be
+    (full tensors, parameters numbered in order), the others {}."""
+    if not opt.state:
+        # No step taken yet: nothing to gather, and get_optimizer_state_dict would initialise the moments.
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    osd = get_optimizer_state_dict(model, opt, options=_full_options())
+    if not osd or not osd.get("param_groups"):
+        return {}
+    index: dict[str, int] = {}
+    groups = []
+    for group in osd["param_groups"]:
+        ids = []
+        for fqn in group["params"]:
+            index.setdefault(fqn, len(index))
+            ids.append(index[fqn])
+        groups.append({**group, "params": ids})
+    return {"state": {index[fqn]: v for fqn, v in osd["state"].items()}, "param_groups": groups}
+
+
+def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Put a plain optimiser state (from `full_optimizer_state`, or a DDP / one-process run) into the optimiser
+    of a sharded model. Every rank passes the same full state."""
+    if not state.get("state"):
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    fqns = [names[id(p)] for group in opt.param_groups for p in group["params"]]
+    saved = [i for group in state["param_groups"] for i in group["params"]]
+    if len(saved) != len(fqns) or len(state["param_groups"]) != len(opt.param_groups):
+        raise ValueError(f"optimizer state has {len(saved)} parameters in {len(state['param_groups'])} groups, "
+                         f"this model {len(fqns)} in {len(opt.param_groups)}")
+    fqn_of = dict(zip(saved, fqns, strict=True))
+    osd = {"state": {fqn_of[i]: v for i, v in state["state"].items()},
+           "param_groups": [{**g, "params": [fqn_of[i] for i in g["params"]]} for g in state["param_groups"]]}
+    set_optimizer_state_dict(model, opt, osd, options=StateDictOptions(full_state_dict=True))
+
+
+__all__ = ["Dist", "setup", "shard", "set_gradient_sync", "full_model_state", "full_optimizer_state",
+           "load_optimizer_state"]

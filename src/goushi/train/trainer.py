@@ -37,7 +37,7 @@ from goushi.engine import Engine, SampleConfig
 from goushi.errors import ConfigError, GoushiError
 from goushi.model import GPT
 from goushi.tokenizer import Tokenizer
-from goushi.train import artifacts
+from goushi.train import artifacts, distributed
 from goushi.train import checkpoint as ckpt
 from goushi.train.budget import Budget
 from goushi.train.config import TrainConfig, init_model_config, load_train_config, resolve_model_config
@@ -82,7 +82,9 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.cfg
-        self.dist, device_name = setup(cfg.device)
+        self.dist, device_name = setup(cfg.device, fsdp=cfg.fsdp)
+        self.fsdp = cfg.fsdp and self.dist.enabled
+        self._plain: GPT | None = None  # rank 0's unsharded copy under FSDP, for saving and samples
         self.out = Path(cfg.out)
         stored: dict[str, Any] | None = None
         if self.dist.is_main:
@@ -114,6 +116,10 @@ class Trainer:
         self.dtype = pick_dtype(self.device, cfg.dtype)
         self.use_amp = self.dtype != torch.float32
         self.scaler = None
+        if self.fsdp and self.dtype == torch.float16:
+            raise GoushiError(f"--fsdp does not support float16 (its gradient scaler is not FSDP-aware) and float16 is "
+                              f"what --dtype {cfg.dtype} gives on {self.device}; use --dtype bfloat16 or --dtype float32, "
+                              f"or drop --fsdp")
         if self.dtype == torch.float16:
             # fp16 gradients underflow without loss scaling (the NaNs older-GPU users hit).
             try:
@@ -180,6 +186,10 @@ class Trainer:
             lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha or 2.0 * cfg.lora_rank)
         self.model.to(self.device)
         self.model.train()
+        if self.fsdp:
+            # Weights (random, --init-from or --resume) are whole and equal on every rank here; sharding keeps
+            # each rank's part. The optimisers are built over the sharded parameters.
+            distributed.shard(self.model, self.device)
         self.opts = build_optimizers(self.model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      betas=(cfg.beta1, cfg.beta2), muon_momentum=cfg.muon_momentum, device=self.device)
         # Dropout masks differ per rank (their data differs); init was identical, and DDP broadcasts rank 0's.
@@ -192,7 +202,7 @@ class Trainer:
         if cfg.resume:
             self._load_state()
         self.net: nn.Module = self.model
-        if self.dist.enabled:
+        if self.dist.enabled and not self.fsdp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.compiled = False
@@ -210,7 +220,10 @@ class Trainer:
                 raise GoushiError(f"--resume: the run used a different optimizer; keep --optimizer as it was "
                                   f"(this run: {len(st['optimizers'])} optimiser(s))")
             for opt, sd in zip(self.opts, st["optimizers"], strict=True):
-                opt.load_state_dict(sd)
+                if self.fsdp:
+                    distributed.load_optimizer_state(self.model, opt, sd)
+                else:
+                    opt.load_state_dict(sd)
             if self.scaler is not None and st.get("scaler"):
                 self.scaler.load_state_dict(st["scaler"])
             rngs = st["rng"]
@@ -237,15 +250,31 @@ class Trainer:
         return {"version": ckpt.STATE_VERSION, "step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed(),
                 "best_val_loss": self.best_val, "best_step": self.best_step, "last_eval_step": self.last_eval_step,
                 "schedule": self.budget.schedule(), "budget": self.budget.key(),
-                "optimizers": [o.state_dict() for o in self.opts],
+                "optimizers": [distributed.full_optimizer_state(self.model, o) if self.fsdp else o.state_dict()
+                               for o in self.opts],
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "rng": rngs, "world_size": self.dist.world, "source": self.source.state_dict(),
                 "adapters": lora.adapter_state(self.model) if self.cfg.lora_rank else {}}
 
+    def _whole_model(self) -> nn.Module | None:
+        """The model with full weights, for writing and sampling. Under FSDP a collective (every rank calls it):
+        the weights are gathered into an unsharded CPU copy on rank 0; the other ranks get None."""
+        if not self.fsdp:
+            return self.model
+        weights = distributed.full_model_state(self.model)
+        if not self.dist.is_main:
+            return None
+        if self._plain is None:
+            with torch.random.fork_rng(devices=[]):  # its random init must not move the run's RNG
+                self._plain = GPT(self.mc)
+        self._plain.load_state_dict(weights, strict=True)
+        return self._plain
+
     def save(self) -> None:
         state = self._state()
+        model = self._whole_model()
         if self.dist.is_main:
-            ckpt.save_last(self.out, self.model, state)
+            ckpt.save_last(self.out, model, state)
         self.dist.barrier()
 
     # ---- one step ------------------------------------------------------------------------------
@@ -286,7 +315,9 @@ class Trainer:
             tokens += self.source.count_tokens(y)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             sync = contextlib.nullcontext()
-            if self.dist.enabled and micro < cfg.grad_accum - 1:
+            if self.fsdp and cfg.grad_accum > 1:
+                distributed.set_gradient_sync(self.model, micro == cfg.grad_accum - 1)
+            elif self.dist.enabled and micro < cfg.grad_accum - 1:
                 sync = getattr(self.net, "_orig_mod", self.net).no_sync()
             with sync:
                 loss_sum += self._micro_step(x, y)
@@ -314,12 +345,22 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         total, count = 0.0, 0
-        for x, y in self.source.val_batches(self.cfg.eval_batches, self.cfg.batch_size, self.mc.context_length,
-                                            self.dist.rank, self.dist.world):
-            n = self.source.count_tokens(y)
-            x, y = x.to(self.device), y.to(self.device)
+        batches = self.source.val_batches(self.cfg.eval_batches, self.cfg.batch_size, self.mc.context_length,
+                                          self.dist.rank, self.dist.world)
+        if self.fsdp:
+            batches = list(batches)
+            # Each forward gathers weights from every rank, so every rank runs as many; a rank with fewer batches
+            # runs the others' extra ones on a token it ignores.
+            rounds = int(self.dist.max(float(len(batches)), self.device))
+            pad = torch.zeros((1, 1), dtype=torch.long)
+            batches += [(pad, None)] * (rounds - len(batches))
+        for x, y in batches:
             with self._autocast():
-                _, loss = self.model(x, y)
+                if y is None:
+                    self.model(x.to(self.device))
+                    continue
+                n = self.source.count_tokens(y)
+                _, loss = self.model(x.to(self.device), y.to(self.device))
             total += float(loss) * n  # the model's loss is the mean over targets that carry loss
             count += n
         total, count = self.dist.sum([total, float(count)], self.device)
@@ -331,12 +372,12 @@ class Trainer:
             rec["val_bpc"] = val * tpc / math.log(2)
         return rec
 
-    def _sample(self) -> str:
+    def _sample(self, model: nn.Module) -> str:
         """A short continuation of a prompt in the data's style, through the one generation engine
         (its own random generator: samples never change the run)."""
         prompt = self.source.sample_prompt()
         sc = SampleConfig(strategy="sample", temperature=0.8, max_new_tokens=self.cfg.sample_tokens, seed=self.cfg.seed)
-        engine = Engine(self.model, self.tokenizer, info=self.source.config_entries())
+        engine = Engine(model, self.tokenizer, info=self.source.config_entries())
         try:
             if isinstance(prompt, str):
                 text = engine.generate([prompt], sc)[0].text
@@ -359,11 +400,15 @@ class Trainer:
         bpc = f", val bpc {rec['val_bpc']:.3f}" if "val_bpc" in rec else ""
         self.log(f"step {self.step}: val loss {rec['val_loss']:.4f}, ppl {rec['val_ppl']:.1f}{bpc}"
                  + (" (best)" if improved else ""))
-        if self.dist.is_main and self.cfg.sample_tokens and (
-                not self.cfg.sample_every or final or self.step % self.cfg.sample_every == 0):
-            self.log(f"  sample: {self._sample()}")
-        if improved and self.step > 0 and self.dist.is_main:
-            ckpt.save_best(self.out, self.model, [n for n in artifacts.BEST_COPIES if n != rundir.MODEL_CARD])
+        sample = bool(self.cfg.sample_tokens) and (
+            not self.cfg.sample_every or final or self.step % self.cfg.sample_every == 0)
+        save_best = improved and self.step > 0
+        # Decided alike on every rank (val loss is averaged over them): under FSDP gathering is collective.
+        model = self._whole_model() if sample or save_best else None
+        if sample and self.dist.is_main:
+            self.log(f"  sample: {self._sample(model)}")
+        if save_best and self.dist.is_main:
+            ckpt.save_best(self.out, model, [n for n in artifacts.BEST_COPIES if n != rundir.MODEL_CARD])
         self.dist.barrier()
         self.eval_seconds = time.perf_counter() - t
         return rec
@@ -420,7 +465,8 @@ class Trainer:
                      f"adapter parameters ({trainable / counts['total']:.2%} of the model); saved runs hold the merged "
                      f"weights")
         self.log(f"device {self.device}, {str(self.dtype).replace('torch.', '')}"
-                 f"{', compiled' if self.compiled else ''}, {self.dist.world} process(es), "
+                 f"{', compiled' if self.compiled else ''}, {self.dist.world} process(es)"
+                 f"{' (FSDP)' if self.fsdp else ' (DDP)' if self.dist.enabled else ''}, "
                  f"{self.positions_per_step:,} tokens/step, budget {cfg.budget_summary()}; peak "
                  f"{peak / 1e9:,.0f} GFLOP/s ({peak_src})")
         self.log(f"uniform guess loss = ln(vocab) = ln({self.mc.vocab_size}) = {math.log(self.mc.vocab_size):.3f}; "
@@ -526,7 +572,8 @@ class Trainer:
             "run_dir": str(self.out), "steps": self.step, "planned_steps": self.budget.total, "tokens": self.tokens,
             "seconds": round(self.elapsed(), 2), "stop_reason": stop_reason, "device": str(self.device),
             "hardware": describe_hardware(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""), "processes": self.dist.world, "preset": self.cfg.preset,
+            "dtype": str(self.dtype).replace("torch.", ""), "processes": self.dist.world,
+            "fsdp": True if self.fsdp else None, "preset": self.cfg.preset,
             "family": self.mc.family, "optimizer": self.cfg.optimizer, "batch_size": self.cfg.batch_size,
             "learning_rate": self.cfg.lr, "parameters": param_counts(self.mc)["total"],
             "trainable_parameters": lora.trainable_parameters(self.model),
