@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("concurrency", "max_queue", "max_tokens", "max_n", "max_body", "max_prompt_chars"):
         if getattr(args, name) < 1:
             raise GoushiError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if not 1 <= args.port <= 65535:
+        raise GoushiError(f"--port {args.port}: must be between 1 and 65535")
     limits = Limits(max_body_bytes=args.max_body, max_prompt_chars=args.max_prompt_chars, max_tokens=args.max_tokens,
                     max_n=args.max_n, concurrency=args.concurrency, max_queue=args.max_queue)
     ids = model_ids(args.run_dirs)

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import goushi
 from goushi.engine import Engine, SampleConfig, StreamEvent
@@ -51,21 +52,43 @@ class Generations:
     def __init__(self, limits: Limits):
         self.limits = limits
         self.pool = ThreadPoolExecutor(max_workers=limits.concurrency, thread_name_prefix="goushi-gen")
-        self.slots: asyncio.Semaphore | None = None
+        self.running = 0
         self.waiting = 0
+        self.freed: asyncio.Event | None = None  # set whenever a generation ends; made in the event loop
+
+    def _release(self) -> None:
+        self.running -= 1
+        if self.freed is not None:
+            self.freed.set()
 
     async def events(self, start: Callable[[], Iterator[StreamEvent]],
                      disconnected: Callable[[], Any]) -> AsyncIterator[StreamEvent]:
-        if self.slots is None:
-            self.slots = asyncio.Semaphore(self.limits.concurrency)
         if self.waiting >= self.limits.max_queue:
             raise APIError(503, f"server busy: {self.waiting} requests are waiting; try again shortly",
                            type="server_error", code="server_busy")
+        if self.freed is None:
+            self.freed = asyncio.Event()
         self.waiting += 1
         try:
-            await self.slots.acquire()
+            # Waiting on a clock, not on a semaphore: a client that leaves the queue must never be served.
+            while True:
+                if self.running < self.limits.concurrency:
+                    if await disconnected():  # it may have left since the last look, while a slot was freed
+                        log.info("client went away while queued; nothing generated")
+                        return
+                    if self.running < self.limits.concurrency:  # still free after that await
+                        break
+                    continue
+                self.freed.clear()
+                try:
+                    await asyncio.wait_for(self.freed.wait(), POLL_SECONDS)
+                except asyncio.TimeoutError:
+                    if await disconnected():
+                        log.info("client went away while queued; nothing generated")
+                        return
         finally:
             self.waiting -= 1
+        self.running += 1
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -84,27 +107,32 @@ class Generations:
             except BaseException as e:  # noqa: BLE001 - handed to the request, which answers it
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
             finally:
-                loop.call_soon_threadsafe(self.slots.release)
+                loop.call_soon_threadsafe(self._release)
 
         try:
             loop.run_in_executor(self.pool, work)
         except BaseException:
-            self.slots.release()
+            self._release()
             raise
         try:
+            # The client is checked on a clock, also while tokens keep coming: a non-streamed answer has no
+            # write that would fail when its client is gone.
+            next_check = loop.time() + POLL_SECONDS
             while True:
                 try:
-                    kind, value = await asyncio.wait_for(queue.get(), POLL_SECONDS)
+                    kind, value = await asyncio.wait_for(queue.get(), max(0.0, next_check - loop.time()))
                 except asyncio.TimeoutError:
+                    kind, value = "tick", None
+                if loop.time() >= next_check:
                     if await disconnected():
                         log.info("client went away; generation stopped")
                         return
-                    continue
+                    next_check = loop.time() + POLL_SECONDS
                 if kind == "event":
                     yield value
                 elif kind == "done":
                     return
-                else:
+                elif kind == "error":
                     raise value
         finally:
             cancel.set()
@@ -115,6 +143,40 @@ class Generations:
 
 def error_response(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
+
+
+class APIKeyCheck:
+    """Every /v1 request needs `Authorization: Bearer KEY`. Plain ASGI on purpose: Starlette's
+    @app.middleware("http") wraps the request so that `is_disconnected()` never sees the client leave."""
+
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = given.partition(" ")
+            problem = None
+            if scheme.lower() != "bearer" or not token.strip():
+                problem = "missing API key: send the header Authorization: Bearer KEY"
+            elif not secrets.compare_digest(token.strip().encode("latin-1"), self.key):
+                problem = "incorrect API key"
+            if problem:
+                await error_response(APIError(401, problem, code="invalid_api_key"))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class EventStream(StreamingResponse):
+    """A streamed answer whose body is closed however the response ends. When the client leaves while a
+    chunk is being written, Starlette cancels the response inside send() and the body generator would stay
+    suspended, generating on, until the garbage collector finalises it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined] - our body is an async generator
 
 
 async def read_body(request: Request, model: type[BaseModel], limits: Limits) -> Any:
@@ -176,17 +238,8 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
         return error_response(APIError(500, f"internal error ({type(e).__name__}); the server keeps serving",
                                        type="server_error", code="internal_error"))
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key is not None and request.url.path.startswith("/v1"):
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                return error_response(APIError(401, "missing API key: send the header Authorization: Bearer KEY",
-                                               code="invalid_api_key"))
-            if not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-                return error_response(APIError(401, "incorrect API key", code="invalid_api_key"))
-        return await call_next(request)
+    if api_key is not None:
+        app.add_middleware(APIKeyCheck, api_key=api_key)
 
     def engine_for(name: str) -> Engine:
         if name not in models:
@@ -246,13 +299,14 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
         events = gens.events(start, request.is_disconnected)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(stream_body(events, rid, kind, req.model, cfg, prompts, include_usage),
+            return EventStream(stream_body(events, rid, kind, req.model, cfg, prompts, include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         results = {}
         try:
-            async for ev in events:
-                if ev.result is not None:
-                    results[ev.index] = ev.result
+            async with contextlib.aclosing(events):
+                async for ev in events:
+                    if ev.result is not None:
+                        results[ev.index] = ev.result
         except GoushiError as e:
             raise APIError(400, str(e), code="invalid_value") from None
         gens_sorted = [results[i] for i in sorted(results)]
@@ -277,26 +331,27 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
         prompt_tokens: dict[int, int] = {}
         completion_tokens = 0
         try:
-            async for ev in events:
-                prompt_tokens.setdefault(ev.index // cfg.num_samples, ev.prompt_tokens)
-                finish = FINISH.get(ev.finish_reason, "stop") if ev.finish_reason else None
-                if ev.result is not None:
-                    completion_tokens += ev.result.completion_tokens
-                if kind == "chat.completion":
-                    delta: dict[str, Any] = {}
-                    if ev.index not in started:
-                        delta["role"] = "assistant"
-                        started.add(ev.index)
-                    if ev.delta:
-                        delta["content"] = ev.delta
-                    if not delta and finish is None:
-                        continue
-                    choice = {"index": ev.index, "delta": delta, "finish_reason": finish, "logprobs": None}
-                else:
-                    if not ev.delta and finish is None:
-                        continue
-                    choice = {"index": ev.index, "text": ev.delta, "finish_reason": finish, "logprobs": None}
-                yield sse({**base, "choices": [choice]})
+            async with contextlib.aclosing(events):  # closing it stops the generation (Generations.events)
+                async for ev in events:
+                    prompt_tokens.setdefault(ev.index // cfg.num_samples, ev.prompt_tokens)
+                    finish = FINISH.get(ev.finish_reason, "stop") if ev.finish_reason else None
+                    if ev.result is not None:
+                        completion_tokens += ev.result.completion_tokens
+                    if kind == "chat.completion":
+                        delta: dict[str, Any] = {}
+                        if ev.index not in started:
+                            delta["role"] = "assistant"
+                            started.add(ev.index)
+                        if ev.delta:
+                            delta["content"] = ev.delta
+                        if not delta and finish is None:
+                            continue
+                        choice = {"index": ev.index, "delta": delta, "finish_reason": finish, "logprobs": None}
+                    else:
+                        if not ev.delta and finish is None:
+                            continue
+                        choice = {"index": ev.index, "text": ev.delta, "finish_reason": finish, "logprobs": None}
+                    yield sse({**base, "choices": [choice]})
             if include_usage:
                 yield sse({**base, "choices": [], "usage": usage(sum(prompt_tokens.values()), completion_tokens)})
         except (APIError, GoushiError) as e:

@@ -32,10 +32,15 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+UNION_MEMBERS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 def validation_error(e: ValidationError) -> APIError:
     """The first problem pydantic found, named by its field path."""
     first = e.errors()[0]
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
+    # A field typed as a union (prompt, stop, content) adds the member pydantic tried ("str", "list[str]").
+    loc = [p for p in first.get("loc", ()) if not (isinstance(p, str) and (p in UNION_MEMBERS or "[" in p))]
+    param = ".".join(str(p) for p in loc) or None
     kind = first.get("type", "")
     msg = "unknown field; see the API reference in the README" if kind == "extra_forbidden" else first.get("msg", "invalid")
     return APIError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value")

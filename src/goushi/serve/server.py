@@ -17,7 +17,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _config(app: FastAPI, host: str, port: int, quiet: bool) -> uvicorn.Config:
-    if not 0 <= int(port) < 65536:
+    if not 1 <= int(port) <= 65535:
         raise GoushiError(f"--port {port}: must be between 1 and 65535")
     return uvicorn.Config(app, host=host, port=int(port), log_level="warning" if quiet else "info",
                           access_log=not quiet, timeout_graceful_shutdown=5)
