@@ -1,0 +1,246 @@
+"""Model quality for a fixed wall-clock budget: bits per character on held-out text, one row per configuration.
+
+    .venv/bin/python bench/quality_budget.py CORPUS [CORPUS ...] --budget 10m [--configs classic,modern,...]
+        [--heldout FILE | --heldout-frac 0.03] [--work DIR] [--poems N] [--list]
+
+CORPUS: text files or folders of .txt files (documents separated by blank lines where a file has them, else one
+per line). Unless --heldout names a file, a seeded share of the documents (--heldout-frac) is set aside as the
+held-out file and never trained on. Every configuration is trained by the real command (`goushi train
+--time-budget B`, one after another, same machine, same data) and scored by `goushi eval RUN --text HELDOUT`, so
+bits per character compare across char and BPE tokenizers. The classic baseline (GPT-2 architecture, AdamW,
+warmup + cosine, char level: nanoGPT's recipe, which is what `goushi train` did before the budget recipes) is always
+run in the same invocation, and every row prints its ratio against it. --poems N samples N poems (greedy-free,
+temperature 0.8) from each run and reports the share in the poem format (a 《title》 line, then lines of 5- or
+7-character clauses).
+
+Prints the CPU it ran on. Wall-clock budgets are only comparable on a machine with the same other load for every
+row: run it on a quiet machine, and read the ratio, not the absolute figures, when it is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GOUSHI = [sys.executable, "-m", "goushi.cli"]
+
+# name -> (tokenizer kind, goushi train flags). "classic" is the baseline every invocation runs.
+CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "classic": ("char", ["--family", "gpt2", "--preset", "tiny", "--optimizer", "adamw", "--schedule", "cosine",
+                         "--lr", "2e-3", "--batch-size", "32", "--dropout", "0"]),
+    # one switch at a time on top of the classic recipe
+    "rope": ("char", ["--family", "gpt2", "--preset", "tiny", "--pos-encoding", "rope"]),
+    "llama": ("char", ["--family", "llama", "--preset", "tiny"]),
+    "llama-qknorm": ("char", ["--family", "llama", "--preset", "tiny", "--qk-norm"]),
+    "relu2": ("char", ["--family", "llama", "--preset", "tiny", "--mlp", "relu2"]),
+    "untied": ("char", ["--family", "llama", "--preset", "tiny", "--no-tie-embeddings"]),
+    "muon": ("char", ["--family", "llama", "--preset", "tiny", "--optimizer", "muon"]),
+    "wsd": ("char", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd"]),
+    "lr3e-3": ("char", ["--family", "llama", "--preset", "tiny", "--lr", "3e-3"]),
+    "lr1e-3": ("char", ["--family", "llama", "--preset", "tiny", "--lr", "1e-3"]),
+    "batch16": ("char", ["--family", "llama", "--preset", "tiny", "--batch-size", "16"]),
+    "batch64": ("char", ["--family", "llama", "--preset", "tiny", "--batch-size", "64"]),
+    "ctx256": ("char", ["--family", "llama", "--preset", "tiny", "--context", "256", "--batch-size", "16"]),
+    "ctx64": ("char", ["--family", "llama", "--preset", "tiny", "--context", "64", "--batch-size", "64"]),
+    "dropout0.1": ("char", ["--family", "llama", "--preset", "tiny", "--dropout", "0.1"]),
+    "bpe": ("bpe", ["--family", "llama", "--preset", "tiny"]),
+    # size for the budget
+    "narrow-deep": ("char", ["--family", "llama", "--preset", "tiny", "--n-layer", "6", "--n-embd", "96",
+                             "--n-head", "4"]),
+    "wide": ("char", ["--family", "llama", "--preset", "tiny", "--n-layer", "4", "--n-embd", "192",
+                      "--n-head", "6"]),
+    "w192-l6": ("char", ["--family", "llama", "--preset", "tiny", "--n-layer", "6", "--n-embd", "192",
+                         "--n-head", "6"]),
+    "w256-l6": ("char", ["--family", "llama", "--preset", "tiny", "--n-layer", "6", "--n-embd", "256",
+                         "--n-head", "8"]),
+    "small": ("char", ["--family", "llama", "--preset", "small", "--batch-size", "16"]),
+    # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
+    "default": ("char", []),
+}
+CLAUSE = re.compile(r"[，。？！；、,.?!;]")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def documents(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    if re.search(r"\n[ \t]*\n", text):
+        docs = re.split(r"\n[ \t]*\n", text)
+    else:
+        docs = text.splitlines()
+    return [d.strip() for d in docs if d.strip()]
+
+
+def corpus_files(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*.txt") if f.is_file())
+        elif p.is_file():
+            out.append(p)
+        else:
+            sys.exit(f"error: {p}: no such file or folder")
+    if not out:
+        sys.exit(f"error: no .txt files in {' '.join(paths)}")
+    return out
+
+
+def run(cmd: list[str], log: Path | None = None, env: dict[str, str] | None = None) -> str:
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if log is not None:
+        log.write_text(res.stdout + "\n--- stderr ---\n" + res.stderr, encoding="utf-8")
+    if res.returncode != 0:
+        sys.exit(f"error: {shlex.join(cmd)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
+    return res.stdout
+
+
+def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Path]]:
+    """Train text (one file per corpus file, blank-line separated) and the held-out file."""
+    files = corpus_files(args.corpus)
+    train_dir = work / "train"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    heldout = Path(args.heldout) if args.heldout else work / "heldout.txt"
+    held_docs: list[str] = []
+    rng = random.Random(args.seed)
+    for i, f in enumerate(files):
+        docs = documents(f)
+        if not args.heldout:
+            rng.shuffle(docs)
+            k = max(1, int(len(docs) * args.heldout_frac))
+            held_docs += docs[:k]
+            docs = docs[k:]
+        (train_dir / f"{i:02d}_{f.stem}.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    if not args.heldout:
+        heldout.write_text("\n\n".join(held_docs) + "\n", encoding="utf-8")
+    sources = work / "sources.toml"
+    if not sources.exists():
+        run(GOUSHI + ["data", "add", str(train_dir), "--id", "corpus", "--license", "see the corpus' SOURCES.md",
+                      "--sources", str(sources)])
+    data: dict[str, Path] = {}
+    kinds = sorted({CONFIGS[c][0] for c in args.configs})
+    for kind in kinds:
+        d = work / f"data-{kind}"
+        if not (d / "meta.json").exists():
+            extra = ["--vocab-size", str(args.bpe_vocab)] if kind == "bpe" else []
+            run(GOUSHI + ["data", "build", "--sources", str(sources), "--out", str(d), "--tokenizer", kind,
+                          "--force", "--val-fraction", "0.02"] + extra, log=work / f"build-{kind}.log")
+        data[kind] = d
+    return heldout, data
+
+
+def poem_format(texts: list[str]) -> float:
+    """Share of samples in the poem format: a 《title》 line, then at least two verse lines whose clauses are all
+    5 or 7 characters long."""
+    ok = 0
+    for t in texts:
+        lines = [ln.strip() for ln in t.strip().splitlines() if ln.strip()]
+        if len(lines) < 3 or not re.match(r"^《[^》]+》", lines[0]):
+            continue
+        verse = lines[1:-1] if len(lines) > 3 else lines[1:]  # the last line may be cut by the token limit
+        clauses = [c for ln in verse for c in CLAUSE.split(ln) if c]
+        if len(verse) >= 2 and clauses and all(len(c) in (5, 7) for c in clauses):
+            ok += 1
+    return ok / len(texts) if texts else float("nan")
+
+
+def sample_poems(run_dir: Path, n: int) -> list[str]:
+    out = run(GOUSHI + ["sample", str(run_dir), "--prompt", "《", "--strategy", "sample", "--num-samples", str(n),
+                        "--max-new-tokens", "80", "--temperature", "0.8", "--seed", "0", "--json"])
+    texts: list[str] = []
+    for line in out.splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            texts += ["《" + (s["text"] if isinstance(s, dict) else str(s)) for s in obj.get("generations", [])]
+    return texts
+
+
+def heldout_bpc(res: dict) -> float:
+    """Overall bits per character from `goushi eval --json`."""
+    return float(res["overall"]["bpc"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("corpus", nargs="*", help="text files or folders of .txt files")
+    ap.add_argument("--budget", default="2m", help="wall-clock training budget per configuration (default 2m)")
+    ap.add_argument("--configs", default="classic,default", help=f"comma-separated, of: {', '.join(CONFIGS)}")
+    ap.add_argument("--heldout", help="held-out text file (default: a share of the corpus set aside)")
+    ap.add_argument("--heldout-frac", type=float, default=0.03, help="share of each file's documents held out")
+    ap.add_argument("--bpe-vocab", type=int, default=4096, help="BPE vocabulary size for bpe configurations")
+    ap.add_argument("--work", help="folder for data and runs (default: /tmp/quality_budget/<corpus names>)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--poems", type=int, default=0, help="sample N poems per run and report the poem-format share")
+    ap.add_argument("--extra", default="", help="flags added to every goushi train command (quoted)")
+    ap.add_argument("--list", action="store_true", help="list the configurations and exit")
+    args = ap.parse_args()
+    if args.list:
+        for name, (kind, flags) in CONFIGS.items():
+            print(f"{name:<14} {kind:<5} {shlex.join(flags) or '(the budget recipe: no flags)'}")
+        return 0
+    if not args.corpus:
+        ap.error("give at least one CORPUS")
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configuration {unknown[0]!r}; --list shows them")
+    if "classic" not in args.configs:
+        args.configs.insert(0, "classic")
+    tag = "+".join(Path(c).resolve().name for c in args.corpus)
+    work = Path(args.work or f"/tmp/quality_budget/{tag}")
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}")
+    print(f"command: {shlex.join([sys.executable] + sys.argv)}")
+    heldout, data = prepare(args, work)
+    print(f"corpus: {', '.join(args.corpus)}; held-out: {heldout} ({heldout.stat().st_size:,} bytes); "
+          f"budget {args.budget} per configuration")
+    rows = []
+    for name in args.configs:
+        kind, flags = CONFIGS[name]
+        out = work / "runs" / f"{name}-{args.budget}"
+        cmd = GOUSHI + ["train", "--data", str(data[kind]), "--out", str(out), "--force", "--time-budget",
+                        args.budget, "--no-progress", "--sample-tokens", "0", "--eval-every", "0"] + flags
+        cmd += shlex.split(args.extra)
+        t = time.perf_counter()
+        run(cmd, log=work / f"train-{name}-{args.budget}.log")
+        seconds = time.perf_counter() - t
+        log = (work / f"train-{name}-{args.budget}.log").read_text(encoding="utf-8")
+        done = re.search(r"done: (\d+) steps, ([\d,]+) tokens", log)
+        params = re.search(r"([\d,]+) parameters", log)
+        res = json.loads(run(GOUSHI + ["eval", str(out), "--text", str(heldout), "--json"]))
+        row = {"name": name, "kind": kind, "bpc": heldout_bpc(res), "steps": int(done.group(1)) if done else None,
+               "tokens": int(done.group(2).replace(",", "")) if done else None, "seconds": round(seconds, 1),
+               "params": int(params.group(1).replace(",", "")) if params else None}
+        if args.poems:
+            row["poem_format"] = poem_format(sample_poems(out, args.poems))
+        rows.append(row)
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+    base = next(r["bpc"] for r in rows if r["name"] == "classic")
+    print(f"\n{'config':<14} {'tok':<5} {'held-out bpc':>12} {'vs classic':>10} {'steps':>7} {'tokens':>11} "
+          f"{'wall s':>7}" + ("  poem format" if args.poems else ""))
+    for r in rows:
+        poem = f"  {r['poem_format']:.0%}" if args.poems else ""
+        print(f"{r['name']:<14} {r['kind']:<5} {r['bpc']:>12.3f} {r['bpc'] / base - 1:>+10.1%} {r['steps'] or 0:>7,} "
+              f"{r['tokens'] or 0:>11,} {r['seconds']:>7.0f}{poem}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
