@@ -14,7 +14,10 @@ temperature 0.8) from each run and reports the share in the poem format (a 《ti
 7-character clauses).
 
 Prints the CPU it ran on. Wall-clock budgets are only comparable on a machine with the same other load for every
-row: run it on a quiet machine, and read the ratio, not the absolute figures, when it is not.
+row. On a shared machine use --equal-tokens: every configuration's training speed is measured first, in this
+process, interleaved (round after round, best round kept, so other load hits all of them alike), and each is then
+trained for the tokens it would process in the budget at that speed (`--tokens N`, the schedule planned for N):
+the same comparison as wall clock on a quiet machine, without its noise.
 """
 
 from __future__ import annotations
@@ -172,6 +175,55 @@ def sample_poems(run_dir: Path, n: int) -> list[str]:
     return texts
 
 
+def train_config_for(flags: list[str], data_dir: Path):
+    """TrainConfig and ModelConfig that `goushi train --data DATA_DIR FLAGS` would use."""
+    from goushi.cli import build_parser
+    from goushi.cli.train import overrides_from_args
+    from goushi.data import layout
+    from goushi.train.config import resolve_model_config, run_config
+
+    args = build_parser().parse_args(["train", "--data", str(data_dir), "--out", "/nonexistent"] + flags)
+    cfg = run_config(None, overrides_from_args(args))
+    return cfg, resolve_model_config(cfg, int(layout.read_meta(data_dir)["vocab_size"]))
+
+
+def measure_speeds(names: list[str], data: dict[str, Path], rounds: int = 4, steps: int = 3) -> dict[str, float]:
+    """Training tokens/s of each configuration on this machine: forward, backward, clip and optimiser step on
+    random batches of the configuration's shape, interleaved across configurations, best round kept."""
+    import torch
+
+    from goushi.model import GPT
+    from goushi.train.optim import build_optimizers
+
+    torch.manual_seed(0)
+    jobs = {}
+    for name in names:
+        cfg, mc = train_config_for(CONFIGS[name][1], data[CONFIGS[name][0]])
+        model = GPT(mc).train()
+        opts = build_optimizers(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                betas=(cfg.beta1, cfg.beta2), device=torch.device("cpu"))
+        xy = torch.randint(0, mc.vocab_size, (cfg.batch_size, mc.context_length + 1))
+
+        def step(model=model, opts=opts, xy=xy):
+            _, loss = model(xy[:, :-1], xy[:, 1:])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            for o in opts:
+                o.step()
+                o.zero_grad(set_to_none=True)
+
+        step()  # warm up
+        jobs[name] = (step, cfg.batch_size * mc.context_length)
+    best = {n: float("inf") for n in names}
+    for _ in range(rounds):
+        for name, (step, _) in jobs.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            best[name] = min(best[name], (time.perf_counter() - t) / steps)
+    return {n: jobs[n][1] / best[n] for n in names}
+
+
 def heldout_bpc(res: dict) -> float:
     """Overall bits per character from `goushi eval --json`."""
     return float(res["overall"]["bpc"])
@@ -189,6 +241,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--poems", type=int, default=0, help="sample N poems per run and report the poem-format share")
     ap.add_argument("--extra", default="", help="flags added to every goushi train command (quoted)")
+    ap.add_argument("--equal-tokens", action="store_true", help="train each configuration for the tokens it processes "
+                    "in the budget at its measured speed, instead of for the wall-clock budget (for shared machines)")
     ap.add_argument("--list", action="store_true", help="list the configurations and exit")
     args = ap.parse_args()
     if args.list:
@@ -211,12 +265,21 @@ def main() -> int:
     heldout, data = prepare(args, work)
     print(f"corpus: {', '.join(args.corpus)}; held-out: {heldout} ({heldout.stat().st_size:,} bytes); "
           f"budget {args.budget} per configuration")
+    speeds: dict[str, float] = {}
+    if args.equal_tokens:
+        from goushi.train.config import parse_duration
+
+        speeds = measure_speeds(args.configs, data)
+        print("measured training speed (interleaved, best of 4 rounds): "
+              + ", ".join(f"{n} {v:,.0f} tokens/s" for n, v in speeds.items()))
     rows = []
     for name in args.configs:
         kind, flags = CONFIGS[name]
-        out = work / "runs" / f"{name}-{args.budget}"
-        cmd = GOUSHI + ["train", "--data", str(data[kind]), "--out", str(out), "--force", "--time-budget",
-                        args.budget, "--no-progress", "--sample-tokens", "0", "--eval-every", "0"] + flags
+        out = work / "runs" / (f"{name}-{args.budget}" + ("-eq" if args.equal_tokens else ""))
+        budget = (["--tokens", str(int(speeds[name] * parse_duration(args.budget)))] if args.equal_tokens
+                  else ["--time-budget", args.budget])
+        cmd = GOUSHI + ["train", "--data", str(data[kind]), "--out", str(out), "--force", "--no-progress",
+                        "--sample-tokens", "0", "--eval-every", "0"] + budget + flags
         cmd += shlex.split(args.extra)
         t = time.perf_counter()
         run(cmd, log=work / f"train-{name}-{args.budget}.log")
@@ -225,7 +288,7 @@ def main() -> int:
         done = re.search(r"done: (\d+) steps, ([\d,]+) tokens", log)
         params = re.search(r"([\d,]+) parameters", log)
         res = json.loads(run(GOUSHI + ["eval", str(out), "--text", str(heldout), "--json"]))
-        row = {"name": name, "kind": kind, "bpc": heldout_bpc(res), "steps": int(done.group(1)) if done else None,
+        row = {"name": name, "kind": kind, "bpc": heldout_bpc(res), "tokens_per_s": round(speeds.get(name, 0)), "steps": int(done.group(1)) if done else None,
                "tokens": int(done.group(2).replace(",", "")) if done else None, "seconds": round(seconds, 1),
                "params": int(params.group(1).replace(",", "")) if params else None}
         if args.poems:
