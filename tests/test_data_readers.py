@@ -34,7 +34,9 @@ def test_not_utf8_names_file_byte_offset_and_fix(tmp_path, monkeypatch):
     p = wb(tmp_path / "gbk.txt", data)
     with pytest.raises(GoushiError, match=r"gbk.txt: not valid utf-8 at byte 11.*--encoding gb18030"):
         list(read_file(p))
-    assert list(read_file(p, encoding="gb18030")) == ["ascii line\n中文文本"]
+    # no blank line: auto reads one document per line
+    assert list(read_file(p, encoding="gb18030")) == ["ascii line", "中文文本"]
+    assert list(read_file(p, encoding="gb18030", separator="blank")) == ["ascii line\n中文文本"]
 
 
 def test_utf8_bom_and_utf16(tmp_path):

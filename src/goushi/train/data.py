@@ -69,7 +69,7 @@ class TokenData:
             raise GoushiError(f"{path}: holds {n} tokens but meta.json says {split}_tokens={expect}; "
                               f"the file is truncated or from another build, rebuild the data directory")
         if n == 0:
-            raise GoushiError(f"{path}: empty; add more text or lower the validation share when building data")
+            raise GoushiError(f"{path}: empty; {self._empty_hint(split)}")
         arr = np.memmap(path, dtype=self.dtype, mode="r", shape=(n,))
         # A cheap check on a prefix: a token id past the vocabulary means the shards and meta.json disagree.
         head = int(np.asarray(arr[: 1 << 16]).max())
@@ -78,11 +78,26 @@ class TokenData:
                               f"rebuild the data directory")
         return arr
 
+    def _empty_hint(self, split: str) -> str:
+        fraction = (self.meta.get("options") or {}).get("val_fraction")
+        if split == "val":
+            why = ("it was built with --val-fraction 0" if fraction == 0 else
+                   f"it holds {self.meta.get('val_docs', 0)} validation documents")
+            return (f"{why}; rebuild it with `goushi data build` and the default --val-fraction 0.05 (the corpus needs "
+                    "at least 2 documents: `--split-docs line` makes each line of a text file one)")
+        return "every document went to validation or has weight 0; rebuild it with more text or a lower --val-fraction"
+
     def check_context(self, context: int) -> None:
         for name, arr in ((layout.TRAIN_BIN, self.train), (layout.VAL_BIN, self.val)):
             if len(arr) < context + 2:
-                raise GoushiError(f"{self.dir / name}: {len(arr)} tokens is too few for context "
-                                  f"{context}; use a smaller --context or add more text")
+                split = "val" if name == layout.VAL_BIN else "train"
+                docs = self.meta.get(f"{split}_docs")
+                held = f" ({docs} documents)" if isinstance(docs, int) else ""
+                fix = ("rebuild the data with a larger --val-fraction (or more text)" if split == "val"
+                       else "add more text")
+                raise GoushiError(f"{self.dir / name}: {len(arr)} tokens{held} is too few for context {context} "
+                                  f"(a window needs {context + 2}); train with --context {max(1, len(arr) - 2)} or "
+                                  f"less, or {fix}")
 
     @property
     def tokens_per_char(self) -> float | None:
