@@ -28,5 +28,5 @@ def test_hf_logits_match(family, tied):
 
 def test_hf_family_refuses_mixed_config():
     cfg = preset_config("tiny", "gpt2", vocab_size=50, pos_encoding="rope")
-    with pytest.raises(GoushiError, match="neither GPT-2"):
+    with pytest.raises(GoushiError, match="pos_encoding=.rope."):
         hf_family(cfg)

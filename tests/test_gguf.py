@@ -1,0 +1,165 @@
+"""`goushi export --format gguf`: llama.cpp (through llama-cpp-python, built from its package) loads the file
+for both families and both tokenizer kinds and gives our greedy text and our top-1 next tokens; the Modelfile,
+the BPE refusal, --force and interrupted exports."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import build_run
+from export_fixtures import as_chat_run, load_gguf, raw_greedy, trained_run
+from goushi import rundir
+from goushi.chat import ChatTemplate
+from goushi.checkpoint import load_run
+from goushi.cli import main
+from goushi.engine import Engine, SampleConfig
+from goushi.errors import GoushiError
+from goushi.export import export_gguf
+
+pytest.importorskip("gguf")
+llama_cpp = pytest.importorskip("llama_cpp")
+PROMPTS = ["今天我终于", "床前明月光", "好评！物流"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf_runs")
+    built = {}
+
+    def get(kind: str, family: str):
+        if (kind, family) not in built:
+            built[kind, family] = trained_run(root, kind, family)
+        return built[kind, family]
+
+    return get
+
+
+def top1_agreement(llm, model, ids: list[int]) -> float:
+    """Share of positions where llama.cpp's most likely next token is ours."""
+    llm.reset()
+    llm.eval(ids)
+    theirs = np.asarray(llm.scores[: len(ids)]).argmax(-1)
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0][0].argmax(-1).numpy()
+    return float((theirs == ours).mean())
+
+
+def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
+    out = []
+    for t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        if t == 0 or len(out) >= n:
+            break
+        out.append(t)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_llama_cpp_gives_our_greedy_text_and_top1_tokens(runs, tmp_path, kind, family):
+    run_dir = runs(kind, family)
+    out, modelfile = export_gguf(run_dir, tmp_path / "m.gguf", approximate_tokenizer=kind == "bpe")
+    assert modelfile == tmp_path / "m.Modelfile" and modelfile.is_file()
+    engine = Engine.load(run_dir)
+    llm = load_gguf(out)
+    try:
+        texts_compared = 0
+        for prompt in PROMPTS:
+            ids = [0] + engine.tokenizer.encode(prompt)
+            if kind == "char":  # llama.cpp tokenizes char runs exactly like us (BOS included)
+                assert llm.tokenize(prompt.encode(), add_bos=True, special=False) == ids
+            new = llama_greedy(llm, ids, 24)
+            assert new == raw_greedy(engine.model, ids, 24)
+            ours = engine.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=24))[0]
+            if ours.token_ids == new:  # the engine's UTF-8 guard did not step in
+                assert llm.detokenize(new).decode("utf-8") == ours.text
+                texts_compared += 1
+            assert top1_agreement(llm, engine.model, ids + new) == 1.0
+        assert texts_compared >= 2
+    finally:
+        llm.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gtype", ["f16", "q8_0"])
+def test_smaller_types_load_and_mostly_agree(runs, tmp_path, gtype):
+    run_dir = runs("char", "llama")
+    out, _ = export_gguf(run_dir, tmp_path / f"m-{gtype}.gguf", kind=gtype)
+    f32, _ = export_gguf(run_dir, tmp_path / "m-f32.gguf")
+    assert out.stat().st_size < f32.stat().st_size
+    engine = Engine.load(run_dir)
+    llm = load_gguf(out)
+    try:
+        ids = [0] + engine.tokenizer.encode("".join(PROMPTS))
+        ids += raw_greedy(engine.model, ids, 20)
+        agreement = top1_agreement(llm, engine.model, ids)
+        print(f"{gtype}: top-1 agreement {agreement:.3f} over {len(ids)} positions")
+        assert agreement >= 0.8
+    finally:
+        llm.close()
+
+
+@pytest.mark.slow
+def test_char_tokenizer_matches_on_spaces_rare_characters_and_chat_markers(runs, tmp_path):
+    run_dir = as_chat_run(runs("char", "gpt2"), tmp_path / "chat")
+    out, modelfile = export_gguf(run_dir, tmp_path / "c.gguf")
+    tok = load_run(run_dir).tokenizer
+    llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    try:
+        for text in ["  两个空格\n\n换行  ", " 前导空格 Hello, World!", "生僻字龘靐齉😀", "V我50，今天疯狂星期四"]:
+            got = llm.tokenize(text.encode(), add_bos=False, special=False)
+            assert got == tok.encode(text)
+            assert llm.detokenize(got).decode("utf-8") == text
+        tpl = ChatTemplate.from_info(rundir.read_config(run_dir))
+        messages = [{"role": "system", "content": "你是段子手"}, {"role": "user", "content": "讲个 笑话"}]
+        rendered = tpl.render(messages, add_generation_prompt=True)
+        ids = llm.tokenize(rendered.encode(), add_bos=True, special=True)
+        assert ids == tpl.encode(tok, messages, add_generation_prompt=True)[0]
+        assert "tokenizer.chat_template" in llm.metadata
+    finally:
+        llm.close()
+    text = modelfile.read_text(encoding="utf-8")
+    assert "FROM ./c.gguf" in text and 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|endoftext|>"' in text
+    assert "{{ $m.Role }}" in text and "poems: CC0-1.0 (https://example.com/poems)" in text
+
+
+def test_bpe_is_refused_unless_approximation_is_accepted(make_run, tmp_path):
+    with pytest.raises(GoushiError, match=r"BPE tokenizer.*cannot reproduce.*--approximate-tokenizer"):
+        export_gguf(make_run("bpe", "gpt2"), tmp_path / "m.gguf")
+    assert not list(tmp_path.iterdir())
+
+
+def test_options_llama_cpp_cannot_express_are_refused_by_name(tmp_path):
+    run = build_run(tmp_path / "qk", family="llama", qk_norm=True)
+    with pytest.raises(GoushiError, match=r"qk_norm=True"):
+        export_gguf(run, tmp_path / "m.gguf")
+    with pytest.raises(GoushiError, match=r"--type q4_0: not one of f32, f16, q8_0"):
+        export_gguf(run, tmp_path / "m.gguf", kind="q4_0")
+    with pytest.raises(GoushiError, match=r"ending in .gguf"):
+        export_gguf(run, tmp_path / "m.bin")
+
+
+def test_existing_files_are_refused_unless_force_and_interrupts_leave_nothing(make_run, tmp_path, capsys, monkeypatch):
+    run_dir = make_run("char", "llama")
+    out = tmp_path / "m.gguf"
+    assert main(["export", str(run_dir), "--format", "gguf", "--out", str(out), "--type", "f16"]) == 0
+    assert out.is_file() and (tmp_path / "m.Modelfile").is_file()
+    assert main(["export", str(run_dir), "--format", "gguf", "--out", str(out)]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    (tmp_path / "m.gguf").unlink()
+    assert main(["export", str(run_dir), "--format", "gguf", "--out", str(out)]) == 2  # the Modelfile is still there
+    assert main(["export", str(run_dir), "--format", "gguf", "--out", str(out), "--force"]) == 0
+
+    import gguf
+
+    def boom(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        export_gguf(run_dir, tmp_path / "other.gguf")
+    assert sorted(os.listdir(tmp_path)) == ["m.Modelfile", "m.gguf"]
