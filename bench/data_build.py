@@ -1,4 +1,5 @@
-"""Build throughput of `goushi data build`, in MB of input text per second.
+"""Build throughput of `goushi data build`: MB of input text per second, and characters per second of each stage
+(read and clean, tokenizer training, encoding and writing the shards).
 
     python bench/data_build.py                       # ../shared/data/{poetry,copypasta,reviews} if present
     python bench/data_build.py --sources my/sources.toml --tokenizer bpe
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from goushi.data.build import BuildOptions, build_dataset
 from goushi.data.sources import Source, load_manifest, write_manifest
+from goushi.precision import describe_cpu
 
 DEFAULT_DIRS = ("poetry", "copypasta", "reviews")
 
@@ -70,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
             timing = json.loads((tmp_path / f"out{i}" / "report.json").read_text(encoding="utf-8"))["timing_s"]
             best = min(best or (dt, timing), (dt, timing), key=lambda x: x[0])
         dt, timing = best
+        print(f"CPU: {describe_cpu()}")
         print(f"corpus: {n_bytes / 1e6:.2f} MB in {len(meta['sources'])} sources; "
               f"{meta['train_docs'] + meta['val_docs']:,} documents kept; tokenizer {meta['tokenizer_kind']} "
               f"({meta['vocab_size']:,}); {meta['train_tokens'] + meta['val_tokens']:,} tokens")
         print("stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timing.items()))
-        print(f"build: {dt:.2f} s, {n_bytes / 1e6 / dt:.2f} MB/s")
+        chars = meta["train_chars"] + meta["val_chars"]
+        rates = {"read_clean": chars, "tokenizer": meta["train_chars"], "tokenize_write": chars}
+        print("characters/s: " + ", ".join(f"{k} {n / timing[k]:,.0f}" for k, n in rates.items() if timing.get(k))
+              + f" (tokenizer training reads the {meta['train_chars']:,} training characters, the others all "
+              f"{chars:,} cleaned characters)")
+        print(f"build: {dt:.2f} s, {n_bytes / 1e6 / dt:.2f} MB/s, {chars / dt:,.0f} characters/s")
     return 0
 
 

@@ -3,10 +3,15 @@ no test reads the corpus or ../shared."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# goushi.precision picks precision and threads by timing this machine; tests need the same answer everywhere
+# (fp32, torch's threads). Subprocesses (CLI, torchrun) inherit it. tests/test_precision.py turns it back on.
+os.environ.setdefault("GOUSHI_PROBE", "0")
 
 # Enough text for a char tokenizer (every character once or more) and a small BPE.
 TINY_TEXTS = [

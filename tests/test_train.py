@@ -223,7 +223,8 @@ def test_time_budget_plans_the_schedule(tmp_path, data_dir):
     s = train(cfg_for(data_dir, tmp_path / "run", max_steps=0, time_budget="2s", eval_every=0, sample_tokens=0),
               progress=False, log=quiet)
     assert s["stop_reason"] in ("budget", "time budget")
-    assert s["planned_steps"] and s["planned_steps"] >= 9
+    # how many steps fit in 2 s depends on the machine and its load: only that a plan was made and kept
+    assert s["planned_steps"] and s["planned_steps"] >= 1 and s["steps"] >= 1
     state = torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)
     assert state["schedule"]["total"] == s["planned_steps"]
 

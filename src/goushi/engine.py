@@ -35,17 +35,19 @@ from goushi.chat import ChatTemplate, is_chat_run
 from goushi.checkpoint import load_run
 from goushi.config import ModelConfig
 from goushi.data.textindex import Span, TextIndex
-from goushi.device import pick_device, pick_dtype
+from goushi.device import DTYPES, pick_device
 from goushi.errors import GoushiError
 from goushi.generation.beam import beam_search
 from goushi.generation.options import MAX_TOP_N, Generation, SampleConfig, StreamEvent, TopToken
 from goushi.generation.sampling import RowSpec, Vocab, decode
 from goushi.generation.utf8 import Utf8Guard
+from goushi.precision import Plan, inference_plan, int8_shapes
 from goushi.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 # Rows (prompts x samples) decoded together; more are done in turns so memory stays bounded
 # (each row holds a KV cache of n_layer x 2 x context_length x n_embd values).
 MAX_BATCH_ROWS = 32
+QUANTIZE = ("none", "int8")
 
 # A prompt ready for the model: its text (Generation.prompt) and its ids, <|endoftext|> first.
 Prompt = tuple[str, list[int]]
@@ -53,18 +55,21 @@ Prompt = tuple[str, list[int]]
 
 class Engine:
     def __init__(self, model, tokenizer: Tokenizer, *, run_dir: str | Path | None = None,
-                 info: dict[str, Any] | None = None, data_dir: str | Path | None = None):
+                 info: dict[str, Any] | None = None, data_dir: str | Path | None = None, quantize: str | None = None):
         """`info`: the run's config.json ({} for a model built in memory). `data_dir`: where the training
-        data's verbatim-copy index is, overriding the run's record (`--data`)."""
+        data's verbatim-copy index is, overriding the run's record (`--data`). `quantize="int8"`: the linears
+        that measure faster as int8 on this CPU run as int8 layers (the model's own weights stay fp32)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config: ModelConfig = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.info: dict[str, Any] = dict(info or {})
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.plan: Plan | None = None  # set by load(): the precision and threads measured for this model
         self._text_index: TextIndex | None = None
         self._text_index_lock = threading.Lock()
         self.device = next(model.parameters()).device
+        self.quantize_note = self._prepare_model(quantize or "none")
         if tokenizer.vocab_size > self.config.vocab_size:
             raise GoushiError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {self.config.vocab_size}")
         n = tokenizer.vocab_size
@@ -77,12 +82,43 @@ class Engine:
                            pieces=[tokenizer.id_to_piece(i) for i in range(n)], guard=guard if guard.needed else None)
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | None = None, *,
-             data_dir: str | Path | None = None) -> Engine:
-        """Load a run directory once (GoushiError naming what is missing if it is not one)."""
+    def load(cls, run_dir: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | str | None = None,
+             *, data_dir: str | Path | None = None, quantize: str | None = None, threads: bool = False) -> Engine:
+        """Load a run directory once (GoushiError naming what is missing if it is not one). `dtype` None or
+        "auto": goushi.precision.inference_plan decides (fp32 unless bf16 measures faster here); the plan is
+        `engine.plan`. `threads=True` also measures the thread count for decoding (engine.plan.threads), for a
+        caller that owns the process to apply; a server shares the cores between requests and sets its own."""
         dev = device if isinstance(device, torch.device) else pick_device(device)
-        run = load_run(run_dir, device=dev, dtype=dtype or pick_dtype(dev))
-        return cls(run.model, run.tokenizer, run_dir=run.run_dir, info=run.info, data_dir=data_dir)
+        if isinstance(dtype, str) and dtype not in ("auto", *DTYPES):
+            raise GoushiError(f"--dtype {dtype!r} is not one of auto, float32, bfloat16, float16")
+        run = load_run(run_dir, device=dev)
+        name = None if dtype is None or isinstance(dtype, str) else str(dtype).replace("torch.", "")
+        plan = inference_plan(run.config, dev, name or (dtype if isinstance(dtype, str) else None), threads=threads)
+        if plan.dtype != torch.float32:
+            run.model.to(dtype=plan.dtype)
+        engine = cls(run.model, run.tokenizer, run_dir=run.run_dir, info=run.info, data_dir=data_dir,
+                     quantize=quantize)
+        engine.plan = plan
+        return engine
+
+    def _prepare_model(self, quantize: str) -> str:
+        """Arrange the weights for decoding once (goushi.model.GPT.prepare_for_inference); with int8, on the
+        linears measured faster as int8. Returns a line saying what was done."""
+        if quantize not in QUANTIZE:
+            raise GoushiError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE)}")
+        prepare = getattr(self.model, "prepare_for_inference", None)
+        if quantize == "none":
+            if prepare is not None:
+                prepare()
+            return "quantize: none"
+        p = next(self.model.parameters())
+        if prepare is None or p.device.type != "cpu" or p.dtype != torch.float32:
+            raise GoushiError(f"--quantize int8 needs an fp32 model on the CPU (this one is {str(p.dtype)[6:]} on "
+                              f"{p.device.type}); use --dtype float32 --device cpu, or drop --quantize")
+        shapes, note = int8_shapes(self.config)
+        prepare(int8=lambda i, o: (i, o) in shapes)
+        which = ", ".join(f"{i}x{o}" for i, o in sorted(shapes)) or "none (none measured faster)"
+        return f"quantize: int8 layers {which} ({note})"
 
     # ---- what the run is ------------------------------------------------------------------------------
     @property

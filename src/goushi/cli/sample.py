@@ -59,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop before this text (repeatable; \\n and \\t are understood); <|endoftext|> always stops")
     p.add_argument("--top-n", type=int, default=0, help="--json: record the N most likely tokens at every step")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights' precision (default auto: on a CPU bf16 only where it has native bf16 and a short "
+                   "probe finds a decode step faster in it, else fp32; printed at start)")
+    p.add_argument("--quantize", default="none", choices=("none", "int8"),
+                   help="int8: run the linears that measure faster as int8 on this CPU as int8 layers (weights "
+                   "quantised per output channel; the run on disk is unchanged); costs a little quality, "
+                   "see README Benchmarks")
     p.add_argument("--interactive", "-i", action="store_true",
                    help="after --prompt (if any), keep asking for prompts until EOF (Ctrl-D) or Ctrl-C")
     p.add_argument("--check-copies", type=int, default=0, metavar="N",
@@ -85,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args)  # refuse bad options before spending seconds loading the model
     if args.prompt is None and not args.interactive:
         raise GoushiError("give --prompt TEXT (or --interactive to type prompts)")
-    engine = Engine.load(args.run_dir, device=args.device)
+    engine = Engine.load(args.run_dir, device=args.device, dtype=args.dtype, quantize=args.quantize, threads=True)
+    engine.plan.apply_threads()
+    for line in [*engine.plan.lines(), engine.quantize_note]:
+        print(line, file=sys.stderr)
     for prompt in args.prompt or []:
         _answer(engine, prompt, cfg, args.json)
     if args.interactive:

@@ -58,9 +58,12 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
     "save_every": (int, "write the `last` checkpoint every N steps (default 500; also at the end and on Ctrl-C)"),
     "seed": (int, "random seed (default 1337)"),
     "device": (str, "auto | cpu | cuda | cuda:N | mps (default auto)"),
-    "dtype": (str, "auto | float32 | bfloat16 | float16 (default auto: bf16/fp16 on GPUs, fp32 on CPU)"),
+    "dtype": (str, "auto | float32 | bfloat16 | float16 (default auto: bf16/fp16 on GPUs; on a CPU bf16 where it has "
+                   "native bf16 and a short probe at the model's shapes finds it faster, else fp32; printed at start)"),
 }
-TRAIN_BOOLS = {"compile": "torch.compile the model (falls back to eager mode, with a note, if it fails)",
+TRAIN_BOOLS = {"compile": "torch.compile the model, or never (default: on for CUDA; on a CPU only where "
+                          "`bench/train_throughput.py --compile` measured that it wins back its compile time within "
+                          "this run); falls back to eager mode, with a note, if it fails",
                "activation_checkpointing": "recompute activations in the backward pass: less memory, ~30% slower",
                "fsdp": "under torchrun: shard weights, gradients and optimizer state across the processes (FSDP2) "
                        "instead of a full copy in each (DDP); checkpoints stay plain files"}

@@ -82,9 +82,9 @@ class Runner:
             self.padding[:, pos] = True
             logits, _ = self.model(ids, kv_cache=self.cache, pos=pos, position_ids=self.next_pos.view(-1, 1),
                                    key_padding_mask=self.padding[:, : pos + 1], last_only=True)
-        else:
+            self.next_pos += 1
+        else:  # every row is at `pos`: no position ids to keep
             logits, _ = self.model(ids, kv_cache=self.cache, pos=pos, last_only=True)
-        self.next_pos += 1
         return logits[:, -1]
 
     def select(self, rows: list[int]) -> None:

@@ -70,6 +70,7 @@ class Utf8Guard:
     def __init__(self, token_bytes: list[bytes], device: torch.device):
         table = [[advance(s, tb) for tb in token_bytes] for s in range(len(_STATES))]
         self.next_state = torch.tensor(table, dtype=torch.long, device=device)  # (states, V)
+        self.invalid = self.next_state == INVALID  # what mask() needs, computed once instead of per token
         # A vocabulary of whole characters never needs the guard; skip its cost entirely.
         self.needed = bool((self.next_state[0] != 0).any())
 
@@ -78,7 +79,7 @@ class Utf8Guard:
 
     def mask(self, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """Set to -inf the scores of tokens that would break the character each row is in."""
-        bad = self.next_state.index_select(0, states) == INVALID  # (B, V)
+        bad = self.invalid.index_select(0, states)  # (B, V)
         return logits.masked_fill(bad[:, : logits.size(-1)], float("-inf"))
 
     def step(self, states: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

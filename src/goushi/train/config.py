@@ -66,7 +66,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     dtype: str = "auto"
-    compile: bool = False
+    compile: str = "auto"  # auto | on | off; auto: on for CUDA, on a CPU only where a measurement says it pays
     activation_checkpointing: bool = False
     fsdp: bool = False  # under torchrun: shard the model across processes (FSDP2) instead of copying it (DDP)
 
@@ -126,6 +126,8 @@ class TrainConfig:
             raise bad("init_from", "is the run being written; start from another run, or use --resume")
         if self.dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
             raise bad("dtype", "is not one of auto, float32, bfloat16, float16")
+        if self.compile not in ("auto", "on", "off"):
+            raise bad("compile", "is not one of auto, on, off")
         if self.fsdp and self.lora_rank:
             raise bad("fsdp", "cannot train LoRA adapters (a small fine-tune that DDP handles); drop --fsdp")
         if self.fsdp and self.dtype in ("float16", "fp16"):
@@ -197,6 +199,8 @@ def merge_dict(cfg: TrainConfig, d: dict[str, Any], *, source: str) -> TrainConf
 def _typed(source: str, key: str, v: Any, want: type) -> Any:
     if want is float and isinstance(v, int) and not isinstance(v, bool):
         return float(v)
+    if key == "compile" and isinstance(v, bool):  # --compile/--no-compile, and runs saved when it was a bool
+        return "on" if v else "off"
     if key == "time_budget" and isinstance(v, (int, float)) and not isinstance(v, bool):
         return f"{v}s"
     if want in (int, float, str, bool) and type(v) is not want:

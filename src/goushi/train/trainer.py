@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 from goushi import lora, rundir
 from goushi.checkpoint import load_weights
 from goushi.config import ModelConfig, param_counts
-from goushi.device import describe_hardware, peak_flops, pick_device, pick_dtype
+from goushi.device import DTYPES, describe_hardware, pick_device
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import ConfigError, GoushiError
 from goushi.model import GPT
+from goushi.precision import Plan, peak_flops, should_compile, train_plan
 from goushi.tokenizer import Tokenizer
 from goushi.train import artifacts, distributed
 from goushi.train import checkpoint as ckpt
@@ -113,7 +114,9 @@ class Trainer:
             raise ConfigError(f"train config: batch_size={cfg.batch_size} is not divisible by the {self.dist.world} "
                               f"processes; the global batch is split evenly between them")
         self.device = pick_device(device_name)
-        self.dtype = pick_dtype(self.device, cfg.dtype)
+        self.plan = self._precision_plan()
+        self.plan.apply_threads()
+        self.dtype = self.plan.dtype
         self.use_amp = self.dtype != torch.float32
         self.scaler = None
         if self.fsdp and self.dtype == torch.float16:
@@ -127,6 +130,29 @@ class Trainer:
             except (RuntimeError, ValueError) as e:
                 self.log(f"note: no gradient scaler for fp16 on {self.device.type} ({e}); training in float32")
                 self.dtype, self.use_amp = torch.float32, False
+
+    def _precision_plan(self) -> Plan:
+        """Precision and threads (goushi.precision). A resumed run keeps the precision it started with, so it
+        continues exactly; the probe is timing, so under torchrun rank 0's decision holds for every rank."""
+        cfg = self.cfg
+        plan = train_plan(self.mc, max(1, cfg.batch_size // self.dist.world), self.device, cfg.dtype)
+        if cfg.resume and cfg.dtype in ("", "auto"):
+            kept = (self._resume_state().get("precision") or {})
+            if kept.get("dtype") in DTYPES:
+                plan.dtype = DTYPES[kept["dtype"]]
+                plan.attn_dtype = DTYPES.get(kept.get("attn_dtype") or "")
+                plan.precision_note = "the run's own, chosen when it started"
+        elif self.dist.enabled and cfg.dtype in ("", "auto") and self.device.type == "cpu":
+            mine = [float(plan.dtype == torch.bfloat16), float(plan.attn_dtype == torch.float32)]
+            bf16, attn32 = self.dist.sum(mine if self.dist.is_main else [0.0, 0.0], self.device)
+            plan.dtype = torch.bfloat16 if bf16 else torch.float32
+            plan.attn_dtype = torch.float32 if attn32 else None
+        return plan
+
+    def _resume_state(self) -> dict[str, Any]:
+        if getattr(self, "_loaded_state", None) is None:
+            self._loaded_state = ckpt.load_state(self.out)
+        return self._loaded_state
 
     def _model_config(self, stored: dict[str, Any] | None) -> ModelConfig:
         """A preset's shape, or with init_from the shape of that run (whose tokenizer must be the data's)."""
@@ -186,6 +212,7 @@ class Trainer:
             lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha or 2.0 * cfg.lora_rank)
         self.model.to(self.device)
         self.model.train()
+        self.plan.apply_to(self.model)
         if self.fsdp:
             # Weights (random, --init-from or --resume) are whole and equal on every rank here; sharding keeps
             # each rank's part. The optimisers are built over the sharded parameters.
@@ -206,7 +233,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.compiled = False
-        if cfg.compile:
+        want, self.compile_note = should_compile(cfg.compile, self.device, self.mc, cfg.batch_size, self.dtype,
+                                                 budget_seconds=cfg.budget_seconds, steps=cfg.max_steps or None)
+        if want:
             try:
                 self.net = torch.compile(self.net)
                 self.compiled = True
@@ -214,7 +243,8 @@ class Trainer:
                 self.log(f"note: torch.compile unavailable ({type(e).__name__}: {e}); training without it")
 
     def _load_state(self) -> None:
-        st = ckpt.load_state(self.out)
+        st = self._resume_state()
+        self._loaded_state = None  # its optimizer state is big; once loaded it is not needed again
         try:
             if len(st["optimizers"]) != len(self.opts):
                 raise GoushiError(f"--resume: the run used a different optimizer; keep --optimizer as it was "
@@ -254,7 +284,10 @@ class Trainer:
                                for o in self.opts],
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "rng": rngs, "world_size": self.dist.world, "source": self.source.state_dict(),
-                "adapters": lora.adapter_state(self.model) if self.cfg.lora_rank else {}}
+                "adapters": lora.adapter_state(self.model) if self.cfg.lora_rank else {},
+                "precision": {"dtype": str(self.dtype).replace("torch.", ""),
+                              "attn_dtype": str(self.plan.attn_dtype).replace("torch.", "") if self.plan.attn_dtype
+                              else None}}
 
     def _whole_model(self) -> nn.Module | None:
         """The model with full weights, for writing and sampling. Under FSDP a collective (every rank calls it):
@@ -464,6 +497,9 @@ class Trainer:
             self.log(f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha or 2 * cfg.lora_rank:g}: training {trainable:,} "
                      f"adapter parameters ({trainable / counts['total']:.2%} of the model); saved runs hold the merged "
                      f"weights")
+        for line in self.plan.lines():
+            self.log(line)
+        self.log(f"torch.compile: {'on' if self.compiled else 'off'} ({self.compile_note})")
         self.log(f"device {self.device}, {str(self.dtype).replace('torch.', '')}"
                  f"{', compiled' if self.compiled else ''}, {self.dist.world} process(es)"
                  f"{' (FSDP)' if self.fsdp else ' (DDP)' if self.dist.enabled else ''}, "
