@@ -11,6 +11,7 @@ import io
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import termios
@@ -284,6 +285,13 @@ def never_ending_chat_run(out: Path) -> Path:
     return make_chat(out)
 
 
+def _terminal_child() -> None:
+    # A test run started in the background (`cmd &` in a script) inherits SIGINT ignored, and Python then never
+    # turns Ctrl-C into KeyboardInterrupt: give the child the default, as a terminal user's shell would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class Terminal:
     """`goushi chat` in a pseudo-terminal that is its controlling terminal, so Ctrl-C is a real SIGINT."""
 
@@ -292,7 +300,7 @@ class Terminal:
         env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "goushi.cli", "chat", *args], stdin=slave, stdout=slave, stderr=slave,
-            env=env, start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+            env=env, start_new_session=True, preexec_fn=_terminal_child)
         os.close(slave)
         self.seen = b""
 

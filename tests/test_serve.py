@@ -644,7 +644,9 @@ def test_goushi_serve_answers_the_openai_client_and_stops_gracefully_on_ctrl_c(r
     env.pop("GOUSHI_API_KEY", None)
     proc = subprocess.Popen([sys.executable, "-m", "goushi.cli", "serve", str(runs["tiny"]), str(runs["tiny-chat"]),
                              "--port", str(port), "--device", "cpu", "--max-tokens", "32"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                            # a test run started in the background inherits SIGINT ignored; a user's Ctrl-C is not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     url = f"http://127.0.0.1:{port}"
     try:
         def up() -> bool:
