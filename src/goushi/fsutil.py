@@ -20,6 +20,11 @@ def _umask() -> int:
     return mask
 
 
+def usual_file_mode() -> int:
+    """The mode a plain new file gets here (0666 less the umask)."""
+    return 0o666 & ~_umask()
+
+
 def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem (or OS) lets a directory be fsynced
         fd = os.open(path, os.O_RDONLY)

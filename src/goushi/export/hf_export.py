@@ -11,12 +11,13 @@ The directory is built under a temporary name beside DIR and renamed into place 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from goushi.checkpoint import load_run
 from goushi.export.common import check_out, export_card
 from goushi.export.tokenizer_files import hf_tokenizer_config, hf_tokenizer_json, stop_ids
-from goushi.fsutil import atomic_dir, atomic_write_json
+from goushi.fsutil import atomic_dir, atomic_write_json, usual_file_mode
 from goushi.hf import HF_CLASSES, hf_family, to_hf
 
 GOUSHI_RUN = "goushi_run.json"
@@ -58,6 +59,9 @@ def export_hf(run_dir: str | Path, out: str | Path, *, force: bool = False) -> P
                                        *_usage(out, chat)])
         (tmp / "README.md").write_text(card, encoding="utf-8")
         _check_files(tmp)
+        for f in tmp.iterdir():  # transformers writes its weights private (0600); an export is made to be shared
+            if f.is_file():
+                os.chmod(f, usual_file_mode())
     return out
 
 
