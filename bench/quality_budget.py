@@ -1,7 +1,10 @@
 """Model quality for a fixed wall-clock budget: bits per character on held-out text, one row per configuration.
 
-    .venv/bin/python bench/quality_budget.py CORPUS [CORPUS ...] --budget 10m [--configs classic,modern,...]
-        [--heldout FILE | --heldout-frac 0.03] [--work DIR] [--poems N] [--list]
+    .venv/bin/python bench/quality_budget.py CORPUS [CORPUS ...] --budget 10m [--configs classic,default,...]
+        [--heldout FILE | --heldout-frac 0.03] [--work DIR] [--poems N] [--equal-tokens [--jobs N]] [--list]
+
+A row is a configuration (`--list`), optionally at its own budget: `--configs classic,default,default@30m`.
+`default` is the budget recipe `goushi train --time-budget B` picks by itself for the data (goushi.train.recipe).
 
 CORPUS: text files or folders of .txt files (documents separated by blank lines where a file has them, else one
 per line). Unless --heldout names a file, a seeded share of the documents (--heldout-frac) is set aside as the
@@ -17,7 +20,10 @@ Prints the CPU it ran on. Wall-clock budgets are only comparable on a machine wi
 row. On a shared machine use --equal-tokens: every configuration's training speed is measured first, in this
 process, interleaved (round after round, best round kept, so other load hits all of them alike), and each is then
 trained for the tokens it would process in the budget at that speed (`--tokens N`, the schedule planned for N):
-the same comparison as wall clock on a quiet machine, without its noise.
+the same comparison as wall clock on a quiet machine, without its noise. The speed is measured at the precision
+and thread count `goushi train` picks (goushi.precision), kept per data and flags in WORK/speeds.json (the best
+ever seen). --measure-only stops after measuring (do it on a quiet machine); --jobs N then trains N rows at once,
+each on its share of the cores: the token counts already fix what each row trains.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +67,14 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     # the single switches that won at 2 minutes on poetry, together
     "combo": ("bpe", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "3e-3"]),
     "combo-char": ("char", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "3e-3"]),
+    # the combination, varied: vocabulary, learning rate, size for longer budgets
+    "combo-8k": ("bpe8192", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "3e-3"]),
+    "combo-2k": ("bpe2048", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "3e-3"]),
+    "combo-lr5e-3": ("bpe", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "5e-3"]),
+    "combo-w192": ("bpe", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "3e-3",
+                           "--n-layer", "6", "--n-embd", "192", "--n-head", "6"]),
+    "combo-w256": ("bpe", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "2e-3",
+                           "--n-layer", "6", "--n-embd", "256", "--n-head", "8"]),
     # size for the budget
     "narrow-deep": ("char", ["--family", "llama", "--preset", "tiny", "--n-layer", "6", "--n-embd", "96",
                              "--n-head", "4"]),
@@ -71,9 +86,32 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                          "--n-head", "8"]),
     "small": ("char", ["--family", "llama", "--preset", "small", "--batch-size", "16"]),
     # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
-    "default": ("char", []),
+    "default": ("bpe", []),
 }
 CLAUSE = re.compile(r"[，。？！；、,.?!;]")
+
+
+def base_name(row: str) -> str:
+    """"default@30m" -> "default": a row is a configuration, optionally at its own budget."""
+    return row.split("@", 1)[0]
+
+
+def row_budget(row: str, budget: str) -> str:
+    return row.split("@", 1)[1] if "@" in row else budget
+
+
+def config_flags(name: str, budget: str, data_dir: Path) -> list[str]:
+    """The configuration's train flags; `default` names the budget recipe `goushi train --time-budget BUDGET`
+    would pick for this data, so that it also applies when the run is given --tokens instead."""
+    flags = CONFIGS[name][1]
+    if name == "default":
+        from goushi.data import layout
+        from goushi.train.config import parse_duration
+        from goushi.train.recipe import choose
+
+        recipe = choose(parse_duration(budget), int(layout.read_meta(data_dir)["train_chars"]))
+        flags = ["--recipe", recipe.name]
+    return flags
 
 
 def cpu_name() -> str:
@@ -99,7 +137,10 @@ def corpus_files(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*.txt") if f.is_file())
+            # licence texts (../shared/data/*/LICENSES/) are not corpus text
+            out += sorted(f for f in p.rglob("*.txt") if f.is_file()
+                          and not any(part.lower() in ("licenses", "licences", "license") for part in
+                                      f.relative_to(p).parts[:-1]))
         elif p.is_file():
             out.append(p)
         else:
@@ -141,13 +182,15 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Path]
         run(GOUSHI + ["data", "add", str(train_dir), "--id", "corpus", "--license", "see the corpus' SOURCES.md",
                       "--sources", str(sources)])
     data: dict[str, Path] = {}
-    kinds = sorted({CONFIGS[c][0] for c in args.configs})
+    kinds = sorted({CONFIGS[base_name(c)][0] for c in args.configs})
     for kind in kinds:
-        d = work / f"data-{kind}"
+        vocab = int(kind[3:] or args.bpe_vocab) if kind.startswith("bpe") else 0
+        d = work / (f"data-bpe{vocab}" if vocab else f"data-{kind}")
         if not (d / "meta.json").exists():
-            extra = ["--vocab-size", str(args.bpe_vocab)] if kind == "bpe" else []
-            run(GOUSHI + ["data", "build", "--sources", str(sources), "--out", str(d), "--tokenizer", kind,
-                          "--force", "--val-fraction", "0.02"] + extra, log=work / f"build-{kind}.log")
+            extra = ["--vocab-size", str(vocab)] if vocab else []
+            run(GOUSHI + ["data", "build", "--sources", str(sources), "--out", str(d), "--tokenizer", kind[:3] if
+                          vocab else kind, "--force", "--val-fraction", "0.02"] + extra,
+                log=work / f"build-{d.name}.log")
         data[kind] = d
     return heldout, data
 
@@ -190,25 +233,32 @@ def train_config_for(flags: list[str], data_dir: Path):
     return cfg, resolve_model_config(cfg, int(layout.read_meta(data_dir)["vocab_size"]))
 
 
-def measure_speeds(names: list[str], data: dict[str, Path], rounds: int = 4, steps: int = 3) -> dict[str, float]:
+def measure_speeds(setups: dict[str, tuple[Path, list[str]]], rounds: int = 4, steps: int = 3) -> dict[str, float]:
     """Training tokens/s of each configuration on this machine: forward, backward, clip and optimiser step on
     random batches of the configuration's shape, interleaved across configurations, best round kept."""
     import torch
 
     from goushi.model import GPT
+    from goushi.precision import train_plan
     from goushi.train.optim import build_optimizers
 
     torch.manual_seed(0)
-    jobs = {}
-    for name in names:
-        cfg, mc = train_config_for(CONFIGS[name][1], data[CONFIGS[name][0]])
+    jobs, plans = {}, {}
+    for name, (data_dir, flags) in setups.items():
+        cfg, mc = train_config_for(flags, data_dir)
         model = GPT(mc).train()
         opts = build_optimizers(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 betas=(cfg.beta1, cfg.beta2), device=torch.device("cpu"))
         xy = torch.randint(0, mc.vocab_size, (cfg.batch_size, mc.context_length + 1))
+        # the precision and threads `goushi train` would pick here (goushi.precision; the probe is cached)
+        plan = train_plan(mc, cfg.batch_size, torch.device("cpu"))
+        plan.apply_to(model)
+        plans[name] = plan
 
-        def step(model=model, opts=opts, xy=xy):
-            _, loss = model(xy[:, :-1], xy[:, 1:])
+        def step(model=model, opts=opts, xy=xy, plan=plan):
+            plan.apply_threads()
+            with torch.autocast("cpu", dtype=plan.dtype, enabled=plan.dtype != torch.float32):
+                _, loss = model(xy[:, :-1], xy[:, 1:])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             for o in opts:
@@ -217,14 +267,16 @@ def measure_speeds(names: list[str], data: dict[str, Path], rounds: int = 4, ste
 
         step()  # warm up
         jobs[name] = (step, cfg.batch_size * mc.context_length)
-    best = {n: float("inf") for n in names}
+    best = {n: float("inf") for n in setups}
     for _ in range(rounds):
         for name, (step, _) in jobs.items():
             t = time.perf_counter()
             for _ in range(steps):
                 step()
             best[name] = min(best[name], (time.perf_counter() - t) / steps)
-    return {n: jobs[n][1] / best[n] for n in names}
+    for n, plan in plans.items():
+        print(f"  {n}: {plan.describe_dtype()}, {plan.threads or torch.get_num_threads()} threads")
+    return {n: jobs[n][1] / best[n] for n in setups}
 
 
 def heldout_bpc(res: dict) -> float:
@@ -246,6 +298,10 @@ def main() -> int:
     ap.add_argument("--extra", default="", help="flags added to every goushi train command (quoted)")
     ap.add_argument("--equal-tokens", action="store_true", help="train each configuration for the tokens it processes "
                     "in the budget at its measured speed, instead of for the wall-clock budget (for shared machines)")
+    ap.add_argument("--jobs", type=int, default=1, help="with --equal-tokens: train this many configurations at "
+                    "once, each on its share of the cores (the token counts come from the speeds measured first)")
+    ap.add_argument("--measure-only", action="store_true", help="with --equal-tokens: measure the speeds (kept in "
+                    "WORK/speeds.json) and stop; measure on a quiet machine, then train with --jobs")
     ap.add_argument("--list", action="store_true", help="list the configurations and exit")
     args = ap.parse_args()
     if args.list:
@@ -255,11 +311,13 @@ def main() -> int:
     if not args.corpus:
         ap.error("give at least one CORPUS")
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in args.configs if c not in CONFIGS]
+    unknown = [c for c in args.configs if base_name(c) not in CONFIGS]
     if unknown:
         ap.error(f"unknown configuration {unknown[0]!r}; --list shows them")
     if "classic" not in args.configs:
         args.configs.insert(0, "classic")
+    if args.jobs > 1 and not args.equal_tokens:
+        ap.error("--jobs needs --equal-tokens: runs sharing the cores cannot be compared by wall clock")
     tag = "+".join(Path(c).resolve().name for c in args.corpus)
     work = Path(args.work or f"/tmp/quality_budget/{tag}")
     work.mkdir(parents=True, exist_ok=True)
@@ -273,37 +331,56 @@ def main() -> int:
         from goushi.train.config import parse_duration
 
         # The fastest speed ever measured here per configuration (WORK/speeds.json): a moment of load on a shared
-        # machine only ever lowers a measurement, and the budget should mean the machine's real speed.
+        # machine only ever lowers a measurement, and the budget should mean the machine's real speed. Keyed by the
+        # data and flags, so rows of one shape share a measurement.
         cache = work / "speeds.json"
         seen = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
-        now = measure_speeds(args.configs, data)
+        setups = {}
+        for row in args.configs:
+            d = data[CONFIGS[base_name(row)][0]]
+            flags = config_flags(base_name(row), row_budget(row, args.budget), d)
+            setups[f"{d.name} {shlex.join(flags)}"] = (d, flags)
+        now = measure_speeds(setups)
         speeds = {n: max(v, seen.get(n, 0.0)) for n, v in now.items()}
         cache.write_text(json.dumps({**seen, **speeds}, indent=1), encoding="utf-8")
-        print("training speed (interleaved, best of 4 rounds; now -> best seen in " + str(cache) + "): "
-              + ", ".join(f"{n} {now[n]:,.0f} -> {v:,.0f} tokens/s" for n, v in speeds.items()))
-    rows = []
-    for name in args.configs:
+        print(f"training speed (interleaved, best of 4 rounds; now -> best seen in {cache}):")
+        for n, v in speeds.items():
+            print(f"  {now[n]:>9,.0f} -> {v:>9,.0f} tokens/s  {n}")
+        if args.measure_only:
+            return 0
+    def train_one(row_name: str) -> dict:
+        name, budget_text = base_name(row_name), row_budget(row_name, args.budget)
         kind, flags = CONFIGS[name]
-        out = work / "runs" / (f"{name}-{args.budget}" + ("-eq" if args.equal_tokens else ""))
-        budget = (["--tokens", str(int(speeds[name] * parse_duration(args.budget)))] if args.equal_tokens
-                  else ["--time-budget", args.budget])
+        flags = config_flags(name, budget_text, data[kind])
+        out = work / "runs" / (f"{name}-{budget_text}" + ("-eq" if args.equal_tokens else ""))
+        key = f"{data[kind].name} {shlex.join(flags)}"
+        budget = (["--tokens", str(int(speeds[key] * parse_duration(budget_text)))] if args.equal_tokens
+                  else ["--time-budget", budget_text])
         cmd = GOUSHI + ["train", "--data", str(data[kind]), "--out", str(out), "--force", "--no-progress",
                         "--sample-tokens", "0", "--eval-every", "0"] + budget + flags
         cmd += shlex.split(args.extra)
+        env = None
+        if args.jobs > 1:  # each job gets its share of the cores; only the token count matters (--equal-tokens)
+            env = {**os.environ, "GOUSHI_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
         t = time.perf_counter()
-        run(cmd, log=work / f"train-{name}-{args.budget}.log")
+        logf = work / f"train-{name}-{budget_text}.log"
+        run(cmd, log=logf, env=env)
         seconds = time.perf_counter() - t
-        log = (work / f"train-{name}-{args.budget}.log").read_text(encoding="utf-8")
+        log = logf.read_text(encoding="utf-8")
         done = re.search(r"done: (\d+) steps, ([\d,]+) tokens", log)
         params = re.search(r"([\d,]+) parameters", log)
-        res = json.loads(run(GOUSHI + ["eval", str(out), "--text", str(heldout), "--json"]))
-        row = {"name": name, "kind": kind, "bpc": heldout_bpc(res), "tokens_per_s": round(speeds.get(name, 0)), "steps": int(done.group(1)) if done else None,
+        res = json.loads(run(GOUSHI + ["eval", str(out), "--text", str(heldout), "--json"], env=env))
+        row = {"name": row_name, "kind": kind, "bpc": heldout_bpc(res), "tokens_per_s": round(speeds.get(key, 0)),
+               "steps": int(done.group(1)) if done else None,
                "tokens": int(done.group(2).replace(",", "")) if done else None, "seconds": round(seconds, 1),
                "params": int(params.group(1).replace(",", "")) if params else None}
         if args.poems:
             row["poem_format"] = poem_format(sample_poems(out, args.poems))
-        rows.append(row)
         print(json.dumps(row, ensure_ascii=False), flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(train_one, args.configs))
     base = next(r["bpc"] for r in rows if r["name"] == "classic")
     print(f"\n{'config':<14} {'tok':<5} {'held-out bpc':>12} {'vs classic':>10} {'steps':>7} {'tokens':>11} "
           f"{'wall s':>7}" + ("  poem format" if args.poems else ""))

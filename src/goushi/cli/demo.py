@@ -36,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_out", help="working directory for corpus, data and run (default: demo_out)")
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget in minutes (default: 5)")
     p.add_argument("--corpus", default="reviews", help="corpus recipe for `goushi data get` (default: reviews)")
-    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
-    p.add_argument("--family", default="gpt2", choices=("gpt2", "llama"), help="model family (default: gpt2)")
-    p.add_argument("--tokenizer", default="char", choices=("char", "bpe"), help="tokenizer kind (default: char)")
+    p.add_argument("--preset", help="model preset (default: the budget recipe's, see `goushi train --help`)")
+    p.add_argument("--family", choices=("gpt2", "llama"), help="model family (default: the budget recipe's)")
+    p.add_argument("--tokenizer", choices=("char", "bpe"), help="tokenizer kind (default: `goushi data build`'s)")
     p.add_argument("--fresh", action="store_true", help="rebuild corpus and data even if a previous demo left them")
     p.add_argument("--no-ui", action="store_true", help="stop after printing samples instead of serving the web page")
     p.add_argument("--host", default="127.0.0.1", help="web page address (default: 127.0.0.1, this machine only)")
@@ -85,17 +85,19 @@ def run(args: argparse.Namespace) -> int:
 
     t = _stage(2, stages, "data: clean, de-duplicate, train a tokenizer, write shards and the data card")
     if args.fresh or not data_layout.is_data_dir(data):
-        _call(cli_data, ["data", "build", "--sources", str(corpus / "sources.toml"), "--out", str(data),
-               "--tokenizer", args.tokenizer, "--force"])
+        _call(cli_data, ["data", "build", "--sources", str(corpus / "sources.toml"), "--out", str(data), "--force"]
+              + (["--tokenizer", args.tokenizer] if args.tokenizer else []))
     else:
         print(f"reusing {data} (pass --fresh to rebuild)")
     meta = data_layout.read_meta(data)
     print(f"{meta.get('train_tokens', '?')} training tokens, vocabulary {meta.get('vocab_size', '?')}, "
           f"data card: {data / data_layout.DATA_CARD} ({time.perf_counter() - t:.1f}s)")
 
-    t = _stage(3, stages, f"train: preset {args.preset} ({args.family}) for {args.minutes:g} minutes")
-    _call(cli_train, ["train", "--data", str(data), "--preset", args.preset, "--family", args.family, "--out", str(run_dir),
-           "--time-budget", f"{args.minutes * 60:.0f}s", "--device", args.device, "--force"])
+    shape = (["--preset", args.preset] if args.preset else []) + (["--family", args.family] if args.family else [])
+    what = " ".join(shape) or "the budget recipe"
+    t = _stage(3, stages, f"train: {what} for {args.minutes:g} minutes")
+    _call(cli_train, ["train", "--data", str(data), "--out", str(run_dir), "--time-budget", f"{args.minutes * 60:.0f}s",
+                      "--device", args.device, "--force"] + shape)
     print(f"({time.perf_counter() - t:.1f}s)")
 
     t = _stage(4, stages, "samples: the same prompts, different ways of choosing the next token")

@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "cleans first and trains one for you).")
     t.add_argument("inputs", nargs="*", help="text files (.txt/.md/.jsonl/.json/.csv, read like sources)")
     t.add_argument("--sources", help="read every source of this manifest instead of INPUTS")
-    t.add_argument("--kind", choices=("char", "bpe"), default="char", help="tokenizer kind (default: char)")
-    t.add_argument("--vocab-size", type=int, default=8192, help="bpe: vocabulary size (default: 8192)")
+    t.add_argument("--kind", choices=("char", "bpe"), default="bpe", help="tokenizer kind (default: bpe, as "
+                   "`goushi data build`)")
+    t.add_argument("--vocab-size", type=int, default=4096, help="bpe: vocabulary size (default: 4096)")
     t.add_argument("--min-frequency", type=int, help="char: fewest occurrences to keep a character (default 1); "
                    "bpe: for a merge (default 2)")
     t.add_argument("--max-vocab", type=int, help="char: cap on the whole vocabulary")

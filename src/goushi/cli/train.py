@@ -10,8 +10,9 @@ from goushi import rundir
 from goushi.config import FAMILY_DEFAULTS, MLPS, NORMS, POS_ENCODINGS, PRESETS, ModelConfig, param_counts
 from goushi.data import layout as data_layout
 from goushi.errors import GoushiError
+from goushi.train import recipe as recipes
 from goushi.train import train
-from goushi.train.config import TrainConfig, init_model_config, resolve_model_config, run_config
+from goushi.train.config import TrainConfig, init_model_config, resolve_model_config, resolve_run_config
 
 # Model fields as flags (over the preset); `family` is a train-level flag, `vocab_size` comes from the data.
 MODEL_FLAGS: dict[str, tuple[type, str]] = {
@@ -92,6 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", metavar="RUN_DIR", dest="init_from", help="start from the weights (and shape) of "
                    "this run instead of a random preset, e.g. to continue pre-training on new data built with "
                    "`goushi data build --tokenizer-from RUN_DIR`")
+    p.add_argument("--recipe", choices=recipes.names(), help="auto (default): a new run with --time-budget gets the "
+                   "recipe measured best for its budget and corpus size, under any setting you give (--print-config "
+                   "says which and why); none: the plain defaults (gpt2, AdamW, cosine: nanoGPT's classic recipe); "
+                   f"or a recipe by name ({', '.join(recipes.RECIPES)}), for any run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--force", action="store_true", help="replace the run in a non-empty --out")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings and parameter counts, "
@@ -149,7 +154,7 @@ def _model_for_print(cfg: TrainConfig) -> ModelConfig:
     return resolve_model_config(cfg, _vocab_for_print(cfg))
 
 
-def print_config(cfg: TrainConfig, mc: ModelConfig) -> None:
+def print_config(cfg: TrainConfig, mc: ModelConfig, why: list[str] | None = None) -> None:
     counts = param_counts(mc)
     print("[train]")
     for k, v in cfg.to_dict().items():
@@ -166,18 +171,22 @@ def print_config(cfg: TrainConfig, mc: ModelConfig) -> None:
           f"{'' if mc.tie_embeddings else ' + untied LM head'}; vocabulary {mc.vocab_size} x width {mc.n_embd})")
     tokens_per_step = cfg.batch_size * cfg.grad_accum * mc.context_length
     print(f"tokens per step: {tokens_per_step:,}; budget: {cfg.budget_summary()}")
+    for line in why or []:
+        print(line)
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
-    cfg = run_config(getattr(args, "config_file", None), overrides)
+    cfg, why = resolve_run_config(getattr(args, "config_file", None), overrides)
     if getattr(args, "print_config", False):
-        print_config(cfg, _model_for_print(cfg))
+        print_config(cfg, _model_for_print(cfg), why)
         return 0
     if not cfg.out:
         raise GoushiError("goushi train needs --out RUN_DIR (where the model is written)")
     if not cfg.data and not cfg.resume:
         raise GoushiError("goushi train needs --data DATA_DIR (build one with `goushi data build`)")
+    if not cfg.resume:
+        print(why[0])
     summary = train(cfg, progress=not getattr(args, "no_progress", False))
     return 0 if summary["stop_reason"] != "interrupted" else 130
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from goushi import rundir
 from goushi.config import PRESETS, ModelConfig, load_toml, preset_config
-from goushi.errors import ConfigError
+from goushi.errors import ConfigError, GoushiError
+from goushi.train import recipe as recipes
 
 SCHEDULES = ("cosine", "wsd")
 OPTIMIZERS = ("adamw", "muon")
@@ -33,6 +34,9 @@ class TrainConfig:
     init_from: str = ""  # RUN_DIR whose weights (and shape) a new run starts from, instead of a random preset
     lora_rank: int = 0  # >0: train LoRA adapters of this rank on the init_from weights (frozen) instead of all weights
     lora_alpha: float = 0.0  # adapter scale alpha / rank; 0 = 2 x rank
+    # auto: a from-scratch run with a time budget gets the measured recipe for its budget and corpus size
+    # (goushi.train.recipe), under whatever the user set; none: the plain defaults below; or a recipe's name
+    recipe: str = "auto"
 
     # optimisation
     optimizer: str = "adamw"
@@ -81,6 +85,8 @@ class TrainConfig:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"train config: {name}={getattr(self, name)!r} {why}")
 
+        if self.recipe not in recipes.names():
+            raise bad("recipe", f"is not one of {', '.join(recipes.names())}")
         if self.preset not in PRESETS:
             raise bad("preset", f"is not one of {', '.join(PRESETS)}")
         if self.family not in ("gpt2", "llama"):
@@ -219,10 +225,18 @@ def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None 
 
 
 def run_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """The config of a run as the CLI means it: with `resume`, the run's own saved settings are the base
-    (so `goushi train --out RUN --resume` needs nothing else), then the TOML file, then the flags."""
+    """The config of a run as the CLI means it (see `resolve_run_config`)."""
+    return resolve_run_config(path, overrides)[0]
+
+
+def resolve_run_config(path: str | Path | None, overrides: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """(config, why): with `resume`, the run's own saved settings are the base (so `goushi train --out RUN
+    --resume` needs nothing else), then the TOML file, then the flags; a new run gets its budget recipe under
+    the settings given (`why` says which and why, for --print-config and the log)."""
     if not overrides.get("resume"):
-        return load_train_config(path, overrides)
+        cfg = load_train_config(path, overrides)
+        given = _given_keys(load_toml(path) if path else {}) | _given_keys(overrides)
+        return apply_recipe(cfg, given)
     out = overrides.get("out") or ""
     if not out:
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
@@ -231,7 +245,51 @@ def run_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfi
     cfg = merge_dict(TrainConfig(), stored, source=f"{out}/config.json")
     if path:
         cfg = merge_dict(cfg, load_toml(path), source=str(path))
-    return merge_dict(cfg, overrides, source="command line").validate()
+    cfg = merge_dict(cfg, overrides, source="command line").validate()
+    return cfg, [f"recipe: {cfg.recipe} (resumed with the run's own settings)"]
+
+
+def _given_keys(d: dict[str, Any]) -> set[str]:
+    keys = {k for k in d if k != "model"}
+    model = d.get("model")
+    return keys | (set(model) if isinstance(model, dict) else set())
+
+
+def _train_chars(data: str) -> int | None:
+    from goushi.data import layout
+
+    try:
+        return int(layout.read_meta(data).get("train_chars") or 0) or None
+    except (GoushiError, OSError, ValueError, TypeError):
+        return None  # a missing or broken data directory is reported by the trainer, with its own message
+
+
+def apply_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, list[str]]:
+    """`cfg` with its recipe's settings where the user gave none, and the lines that say why."""
+    if cfg.recipe == "none":
+        return cfg, ["recipe: none (--recipe none): the plain defaults, the classic recipe"]
+    if cfg.recipe == "auto":
+        if cfg.init_from or cfg.lora_rank:
+            return replace(cfg, recipe="none"), [
+                "recipe: none: a run that starts from another run's weights keeps its settings (the budget recipes "
+                "are for training from scratch; --recipe NAME applies one anyway)"]
+        if not cfg.time_budget:
+            return replace(cfg, recipe="none"), [
+                "recipe: none: the budget recipes are chosen by --time-budget; without one, the plain defaults "
+                "(the classic recipe). --recipe short applies the measured one to a --max-steps or --tokens run"]
+        chars = _train_chars(cfg.data) if cfg.data else None
+        chosen = recipes.choose(cfg.budget_seconds, chars)
+        size = f"{chars:,} training characters" if chars else "an unknown corpus size"
+        why = f"chosen for a {cfg.time_budget} budget and {size} ({chosen.budgets})"
+    else:
+        chosen = recipes.get(cfg.recipe)
+        why = "named by --recipe"
+    settings, kept = recipes.settings_for(chosen, given)
+    out = merge_dict(replace(cfg, recipe=chosen.name), settings, source=f"recipe {chosen.name}").validate()
+    lines = [f"recipe: {chosen.name}, {why}", f"  what: {chosen.summary}", f"  measured: {chosen.evidence}"]
+    if kept:
+        lines.append(f"  kept your settings over the recipe's: {', '.join(sorted(set(kept)))}")
+    return out, lines
 
 
 # Fields a run started from another run's weights may still change: they hold no weights.
@@ -271,5 +329,5 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     return mc
 
 
-__all__ = ["TrainConfig", "load_train_config", "run_config", "merge_dict", "parse_duration", "resolve_model_config",
+__all__ = ["TrainConfig", "load_train_config", "run_config", "resolve_run_config", "apply_recipe", "merge_dict", "parse_duration", "resolve_model_config",
            "init_model_config", "INIT_CHANGEABLE"]

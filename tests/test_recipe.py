@@ -1,0 +1,100 @@
+"""Budget recipes: which one a run gets, what the user's settings keep, what --print-config says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from goushi.cli import main as goushi
+from goushi.errors import ConfigError
+from goushi.train import recipe as recipes
+from goushi.train.config import TrainConfig, resolve_run_config
+
+
+def data_dir(path: Path, train_chars: int) -> Path:
+    """Enough of a DATA_DIR for choosing a recipe and printing a config: meta.json."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "meta.json").write_text(json.dumps({"version": 1, "dtype": "uint16", "vocab_size": 600,
+                                                "train_chars": train_chars, "train_tokens": train_chars}),
+                                    encoding="utf-8")
+    return path
+
+
+def flat(settings: dict) -> dict:
+    return {**{k: v for k, v in settings.items() if k != "model"}, **settings.get("model", {})}
+
+
+def resolved(tmp_path: Path, chars: int = 2_000_000, path: str | None = None, **overrides):
+    return resolve_run_config(path, {"data": str(data_dir(tmp_path / "d", chars)), "out": str(tmp_path / "r"),
+                                     **overrides})
+
+
+def test_a_time_budget_gets_the_recipe_for_it_and_every_setting_of_it(tmp_path):
+    for budget in ("5m", "10m", "30m", "2h"):
+        cfg, why = resolved(tmp_path, time_budget=budget)
+        chosen = recipes.RECIPES[cfg.recipe]
+        assert chosen is recipes.choose(cfg.budget_seconds, 2_000_000)
+        for k, v in flat(chosen.settings).items():
+            assert (cfg.model[k] if k in cfg.model else getattr(cfg, k)) == v, (budget, k)
+        assert why[0].startswith(f"recipe: {chosen.name}, chosen for a {budget} budget and 2,000,000 training")
+    assert recipes.choose(600, 2_000_000).name == "short"
+
+
+def test_the_long_recipe_needs_a_long_budget_and_a_big_enough_corpus():
+    if "long" not in recipes.RECIPES:
+        pytest.skip("no long recipe")
+    assert recipes.choose(recipes.LONG_AFTER_S + 60, recipes.LONG_MIN_CHARS).name == "long"
+    assert recipes.choose(recipes.LONG_AFTER_S + 60, recipes.LONG_MIN_CHARS - 1).name == "short"
+    assert recipes.choose(recipes.LONG_AFTER_S + 60, None).name == "short"
+    assert recipes.choose(recipes.LONG_AFTER_S, 10**9).name == "short"
+
+
+def test_what_the_user_sets_wins_and_a_given_shape_replaces_the_recipes_whole_shape(tmp_path):
+    cfg, why = resolved(tmp_path, time_budget="10m", lr=1e-3, family="gpt2")
+    assert cfg.lr == 1e-3 and cfg.family == "gpt2" and cfg.recipe == "short"
+    assert cfg.schedule == recipes.RECIPES["short"].settings["schedule"]
+    assert "kept your settings over the recipe's: family, lr" in "\n".join(why)
+    for name, r in recipes.RECIPES.items():
+        out, kept = recipes.settings_for(r, {"preset"})
+        assert not set(flat(out)) & set(recipes.SHAPE_KEYS), name
+    # a setting in the TOML file counts as given, like a flag
+    toml = tmp_path / "t.toml"
+    toml.write_text('schedule = "cosine"\n[model]\ndropout = 0.2\n', encoding="utf-8")
+    cfg, _ = resolved(tmp_path, path=str(toml), time_budget="10m")
+    assert cfg.schedule == "cosine" and cfg.model["dropout"] == 0.2 and cfg.family == "llama"
+
+
+def test_no_recipe_without_a_time_budget_from_another_runs_weights_or_when_told(tmp_path):
+    plain = TrainConfig()
+    for overrides, says in ((dict(max_steps=10), "chosen by --time-budget"),
+                            (dict(time_budget="10m", recipe="none"), "--recipe none"),
+                            (dict(time_budget="10m", init_from=str(tmp_path / "base")), "another run's weights")):
+        cfg, why = resolved(tmp_path, **overrides)
+        assert (cfg.family, cfg.schedule, cfg.lr, cfg.model) == (plain.family, plain.schedule, plain.lr, {})
+        assert cfg.recipe == "none" and says in why[0]
+    # --recipe NAME applies one to a steps-budget run
+    cfg, why = resolved(tmp_path, max_steps=10, recipe="short")
+    assert cfg.family == "llama" and "named by --recipe" in why[0]
+
+
+def test_a_bad_recipe_name_is_refused_naming_the_field(tmp_path):
+    toml = tmp_path / "t.toml"
+    toml.write_text('recipe = "fast"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"recipe='fast' is not one of auto, none, short"):
+        resolved(tmp_path, path=str(toml), time_budget="10m")
+    with pytest.raises(SystemExit):
+        goushi(["train", "--recipe", "fast", "--print-config", "--vocab-size", "100"])
+
+
+def test_print_config_says_which_recipe_and_why(tmp_path, capsys):
+    d = data_dir(tmp_path / "d", 1_500_000)
+    assert goushi(["train", "--data", str(d), "--time-budget", "10m", "--lr", "1e-3", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert 'recipe = "short"' in out and 'family = "llama"' in out and "lr = 0.001" in out
+    assert "recipe: short, chosen for a 10m budget and 1,500,000 training characters" in out
+    assert "measured:" in out and "kept your settings over the recipe's: lr" in out
+    assert goushi(["train", "--data", str(d), "--max-steps", "5", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert 'family = "gpt2"' in out and "recipe: none: the budget recipes are chosen by --time-budget" in out
