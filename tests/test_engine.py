@@ -56,11 +56,12 @@ class Utf8Reference:
         self.state = advance(self.state, self.token_bytes[t])
 
 
-def reference_greedy(model, ids: list[int], n: int, eot: int, token_bytes: list[bytes]) -> tuple[list[int], list[list[float]]]:
+def reference_greedy(model, ids: list[int], n: int, eot: int, token_bytes: list[bytes],
+                     banned: list[int] = ()) -> tuple[list[int], list[list[float]]]:
     """Greedy decoding by recomputing the whole sequence at every step: no cache, no padding.
     Returns the tokens and the top-5 probabilities of every step. (Within the context the window never
     slides, so this is reference_sliding's policy with nothing to slide.)"""
-    return reference_sliding(model, ids, n, eot, model.config.context_length, token_bytes)
+    return reference_sliding(model, ids, n, eot, model.config.context_length, token_bytes, banned)
 
 
 def top_probs(g) -> list[list[float]]:
@@ -90,7 +91,8 @@ def test_kv_cache_decoding_equals_full_recomputation(engine):
     for prompt in PROMPTS:
         g = engine.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=30, top_n=5))[0]
         ids = [engine.tokenizer.eot_id, *engine.tokenizer.encode(prompt)]
-        tokens, tops = reference_greedy(engine.model, ids, 30, engine.tokenizer.eot_id, token_bytes_of(engine))
+        tokens, tops = reference_greedy(engine.model, ids, 30, engine.tokenizer.eot_id, token_bytes_of(engine),
+                                        banned_of(engine))
         assert g.token_ids == tokens
         assert same_probs(top_probs(g), tops)  # the same distributions, not just the same argmax
         if "\ufffd" not in (full := engine.tokenizer.decode(g.token_ids)):  # random bytes may be invalid UTF-8
@@ -192,14 +194,19 @@ def test_empty_and_unseen_prompts_work(engine, bpe_engine):
 
 
 # ---- context window ---------------------------------------------------------------------------------
+def banned_of(engine) -> list[int]:
+    return engine.vocab.banned.tolist() if engine.vocab.banned is not None else []
+
+
 def token_bytes_of(engine) -> list[bytes]:
     tok = engine.tokenizer
     return [SPECIAL_TOKENS[i].encode() if i < len(SPECIAL_TOKENS) else tok.token_bytes(i) for i in range(tok.vocab_size)]
 
 
-def reference_sliding(model, ids: list[int], n: int, eot: int, window: int, token_bytes: list[bytes]) -> list[int]:
+def reference_sliding(model, ids: list[int], n: int, eot: int, window: int, token_bytes: list[bytes],
+                      banned: list[int] = ()) -> list[int]:
     """The documented policy without a cache: when the visible part outgrows the context, keep the
-    last `window` tokens and go on from there."""
+    last `window` tokens and go on from there. `banned`: ids never chosen (special tokens not trained on)."""
     ctx = model.config.context_length
     seq = list(ids)
     start = 0 if len(seq) <= ctx else len(seq) - window
@@ -211,6 +218,8 @@ def reference_sliding(model, ids: list[int], n: int, eot: int, window: int, toke
                 start = len(seq) - window
             logits, _ = model(torch.tensor([seq[start:]]))
             last = utf8.masked(logits[0, -1, : len(token_bytes)])
+            if banned:
+                last = last.index_fill(0, torch.tensor(list(banned)), float("-inf"))
             tops.append(last.softmax(-1).topk(5).values.tolist())
             t = int(last.argmax())
             if t == eot:
@@ -230,7 +239,8 @@ def test_context_overflow_slides_the_window_and_says_so(make_run, family):
     ids = [0, *eng.tokenizer.encode(long_prompt)]
     for prompt, prompt_ids in ((long_prompt, ids), ("今天", [0, *eng.tokenizer.encode("今天")])):
         g = eng.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=40, top_n=5))[0]
-        tokens, tops = reference_sliding(eng.model, prompt_ids, 40, 0, slide_window(16), token_bytes_of(eng))
+        tokens, tops = reference_sliding(eng.model, prompt_ids, 40, 0, slide_window(16), token_bytes_of(eng),
+                                         banned_of(eng))
         assert g.token_ids == tokens and same_probs(top_probs(g), tops)
         assert g.truncated_prompt == (len(prompt_ids) + len(g.token_ids) > 17)
     g = eng.generate(long_prompt, SampleConfig(max_new_tokens=50, min_new_tokens=50, seed=0))[0]
@@ -401,3 +411,18 @@ def test_engine_load_matches_load_run(make_run):
     assert eng.run_dir == run and eng.device.type == "cpu" and eng.tokenizer.hash() == ref.tokenizer.hash()
     assert all(torch.equal(a, b) for a, b in zip(eng.model.state_dict().values(), ref.model.state_dict().values(),
                                                  strict=True))
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+def test_special_tokens_the_model_never_trained_on_are_never_generated(tokenizers, strategy):
+    tok = tokenizers["bpe"]
+    unk, user, im_end = (SPECIAL_TOKENS.index(t) for t in ("<|unk|>", "<|user|>", "<|im_end|>"))
+    good = tok.encode("好")[0]
+    lm = ScriptedLM([], tok.vocab_size)
+    lm.table[0, [unk, user, im_end, good]] = torch.tensor([12.0, 11.0, 10.0, 9.0])  # a young model's noise on top
+    lm.table[1, tok.eot_id] = 10.0
+    cfg = SampleConfig(strategy=strategy, max_new_tokens=2, temperature=0.05, num_beams=2, seed=0)
+    assert Engine(lm, tok).generate("", cfg)[0].token_ids == [good]
+    # a chat fine-tuned run was trained on its markers; <|unk|> stays banned (unknown text is spelled as bytes)
+    chat = Engine(lm, tok, info={"sft": {"pairs": 1}})
+    assert chat.generate("", cfg)[0].token_ids[0] == user

@@ -42,7 +42,7 @@ from goushi.generation.options import MAX_TOP_N, Generation, SampleConfig, Strea
 from goushi.generation.sampling import RowSpec, Vocab, decode
 from goushi.generation.utf8 import Utf8Guard
 from goushi.precision import Plan, inference_plan, int8_shapes
-from goushi.tokenizer import SPECIAL_TOKENS, Tokenizer
+from goushi.tokenizer import EOT, SPECIAL_TOKENS, UNK, Tokenizer
 
 # Rows (prompts x samples) decoded together; more are done in turns so memory stays bounded
 # (each row holds a KV cache of n_layer x 2 x context_length x n_embd values).
@@ -78,8 +78,18 @@ class Engine:
         token_bytes = [SPECIAL_TOKENS[i].encode("utf-8") if i < len(SPECIAL_TOKENS) else tokenizer.token_bytes(i)
                        for i in range(n)]
         guard = Utf8Guard(token_bytes, self.device)
-        self.vocab = Vocab(size=n, eot_id=tokenizer.eot_id, token_bytes=token_bytes,
-                           pieces=[tokenizer.id_to_piece(i) for i in range(n)], guard=guard if guard.needed else None)
+        pieces = [tokenizer.id_to_piece(i) for i in range(n)]
+        # Special tokens no training text contained, so a young model's score for them is noise: <|unk|> (the
+        # tokenizers spell unknown text as bytes instead), and in plain text the chat markers, unless the run
+        # was chat fine-tuned. A chat call keeps the markers: its answer ends on them.
+        never = {UNK} if self.is_chat else set(SPECIAL_TOKENS) - {EOT}
+        self.vocab = Vocab(size=n, eot_id=tokenizer.eot_id, token_bytes=token_bytes, pieces=pieces,
+                           guard=guard if guard.needed else None, banned=self._ids_of(pieces, never))
+        self.chat_vocab = dataclasses.replace(self.vocab, banned=self._ids_of(pieces, {UNK}))
+
+    def _ids_of(self, pieces: list[str], names: set[str]) -> torch.Tensor | None:
+        ids = [i for i, p in enumerate(pieces) if p in names]
+        return torch.tensor(ids, dtype=torch.long, device=self.device) if ids else None
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | str | None = None,
@@ -175,27 +185,28 @@ class Engine:
         the end of the assistant's turn and never contains the template's markers. Generation.prompt is the
         rendered conversation. Any run can be asked; only a chat fine-tuned one (`is_chat`) answers well."""
         cfg, prompt = self._prepare_chat(messages, cfg)
-        return self._collect(self._events(self._specs([prompt], cfg), cfg))
+        return self._collect(self._events(self._specs([prompt], cfg), cfg, self.chat_vocab))
 
     def stream_chat(self, messages: list[dict[str, str]], cfg: SampleConfig | None = None) -> Iterator[StreamEvent]:
         """`chat`, one event per token and row, as `stream`."""
         cfg, prompt = self._prepare_chat(messages, cfg)
-        return self._events(self._specs([prompt], cfg), cfg)
+        return self._events(self._specs([prompt], cfg), cfg, self.chat_vocab)
 
     @torch.inference_mode()  # on a generator, torch enters the mode around each step only
-    def _events(self, specs: list[RowSpec], cfg: SampleConfig) -> Iterator[StreamEvent]:
+    def _events(self, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab | None = None) -> Iterator[StreamEvent]:
         """Every row's events: beam search prompt by prompt, else in batches of MAX_BATCH_ROWS rows.
         With cfg.check_copies a row's result gets its copied spans before its last event goes out."""
+        vocab = vocab or self.vocab
         if cfg.strategy == "beam":
             for start in range(0, len(specs), cfg.num_samples):
-                for k, g in enumerate(beam_search(self.model, specs[start], cfg, self.vocab)):
+                for k, g in enumerate(beam_search(self.model, specs[start], cfg, vocab)):
                     self._add_copies(g, cfg)
                     yield StreamEvent(g.text, g.token_ids[-1] if g.token_ids else None, None, g.finish_reason,
                                       g.truncated_prompt, index=start + k, seed=None, prompt_tokens=g.prompt_tokens,
                                       result=g)
             return
         for start in range(0, len(specs), MAX_BATCH_ROWS):
-            for events in decode(self.model, specs[start: start + MAX_BATCH_ROWS], cfg, self.vocab):
+            for events in decode(self.model, specs[start: start + MAX_BATCH_ROWS], cfg, vocab):
                 for ev in events:
                     if ev.result is not None:
                         self._add_copies(ev.result, cfg)

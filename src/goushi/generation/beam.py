@@ -86,6 +86,8 @@ def beam_search(model, spec: RowSpec, cfg: SampleConfig, vocab: Vocab) -> list[G
             work = repetition_penalty(work, seen.to(device), cfg.repetition_penalty)
         if cfg.no_repeat_ngram_size:
             work = ban_ngrams(work.clone(), [b.ban for b in beams])
+        if vocab.banned is not None:
+            work = work.index_fill(1, vocab.banned, NEG_INF)
         if step < cfg.min_new_tokens:
             work = work.clone()
             work[:, vocab.eot_id] = NEG_INF

@@ -37,6 +37,7 @@ class Vocab:
     token_bytes: list[bytes]  # raw UTF-8 bytes per id; special tokens as their own text
     pieces: list[str]  # readable pieces for top-N displays
     guard: Utf8Guard | None = None  # set when some token is a raw byte: keeps generated text valid UTF-8
+    banned: torch.Tensor | None = None  # ids never generated: special tokens the model was not trained to write
 
 
 @dataclass
@@ -107,6 +108,8 @@ def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab) -> Iter
             work = repetition_penalty(work, seen, cfg.repetition_penalty)
         if cfg.no_repeat_ngram_size:
             work = ban_ngrams(work.clone(), [rows[r].ban for r in active])
+        if vocab.banned is not None:
+            work = work.index_fill(1, vocab.banned, NEG_INF)
         if step < cfg.min_new_tokens:
             work = work.index_fill(1, eot, NEG_INF)
         if guard is not None:
