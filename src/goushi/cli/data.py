@@ -149,7 +149,7 @@ def run_build(args: argparse.Namespace) -> int:
     meta = build_dataset(args.sources, args.out, force=args.force, options=opts, log=lambda m: print(m, flush=True))
     print(f"{meta['train_docs']:,} train / {meta['val_docs']:,} val documents, {meta['train_tokens']:,} train tokens, "
           f"vocab {meta['vocab_size']:,} ({meta['tokenizer_kind']}), {meta['chars_per_token']} chars/token, "
-          f"unknown rate {meta['unk_rate']:.3%}")
+          f"{meta['unk_rate']:.3%} of tokens spell rarer characters in bytes (nothing is lost)")
     print(f"data card: {Path(args.out) / layout.DATA_CARD}")
     return 0
 

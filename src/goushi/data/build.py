@@ -466,7 +466,8 @@ def data_card(meta: dict[str, Any], report: dict[str, Any], srcs: list[Source]) 
         f"- tokens: {meta['train_tokens']:,} train, {meta['val_tokens']:,} validation ({meta['dtype']}, "
         "each document followed by `<|endoftext|>`)",
         f"- tokenizer: {meta['tokenizer_kind']}, {meta['vocab_size']:,} tokens, {meta['chars_per_token']} characters per token, "
-        f"unknown rate {meta['unk_rate']:.4%} on {meta['unk_rate_measured_on']} text; sha256 `{meta['tokenizer_hash'][:16]}…`",
+        f"{meta['unk_rate']:.4%} of {meta['unk_rate_measured_on']} tokens spell characters outside the vocabulary in "
+        f"bytes (byte fallback: nothing is lost); sha256 `{meta['tokenizer_hash'][:16]}…`",
         "",
     ]
     if report.get("warnings"):

@@ -48,7 +48,7 @@ register the source (credited in the data card) → clean, de-duplicate, tokeniz
 ```bash
 goushi data add my_texts/ --id mine --license CC-BY-4.0
 goushi data build --out data/mine
-goushi train --data data/mine --preset tiny --out runs/mine --time-budget 10m
+goushi train --data data/mine --out runs/mine --time-budget 10m
 goushi ui --runs-dir runs
 ```
 
