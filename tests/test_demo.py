@@ -27,7 +27,7 @@ def test_demo_runs_start_to_finish_and_prints_chinese_samples(tmp_path, capsys):
     meta = json.loads((out / "data" / "meta.json").read_text(encoding="utf-8"))
     assert meta["train_tokens"] > 100_000
     # the demo trains what `goushi data build` and `goushi train --time-budget` choose by themselves
-    assert meta["tokenizer_kind"] == "bpe" and "recipe: short, chosen for a 9s budget" in printed
+    assert meta["tokenizer_kind"] == "char" and "recipe: short, chosen for a 9s budget" in printed
     train_cfg = json.loads((out / "run" / "config.json").read_text(encoding="utf-8"))["train"]
     assert train_cfg["recipe"] == "short" and train_cfg["family"] == "llama"
 

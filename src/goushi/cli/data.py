@@ -57,13 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "report.json, val.jsonl, sources.toml and the provenance index.")
     b.add_argument("--sources", default="sources.toml", help="manifest (default: ./sources.toml)")
     b.add_argument("--out", required=True, help="output folder (refused if it exists, unless --force)")
-    b.add_argument("--tokenizer", choices=("char", "bpe"), default="bpe", help="tokenizer kind (default: bpe; it "
-                   "reached lower bits per character than char at equal training time, docs/recipe.md; char exports "
-                   "to GGUF exactly)")
+    b.add_argument("--tokenizer", choices=("char", "bpe"), default="char", help="tokenizer kind (default: char; "
+                   "bpe measured better for budgets up to 5 minutes, not at 10, docs/recipe.md)")
     b.add_argument("--tokenizer-from", metavar="PATH", help="encode with an existing tokenizer instead of training one: "
                    "a tokenizer.json, or a RUN_DIR / DATA_DIR holding one (to train on with `goushi train --init-from`)")
     b.add_argument("--vocab-size", type=int, default=4096, help="bpe: vocabulary size (default: 4096, which beat 8192 "
-                   "for small models, docs/recipe.md)")
+                   "for the tiny model, docs/recipe.md)")
     b.add_argument("--min-frequency", type=int, help="fewest occurrences for a character (char, default 1) "
                    "or a merge (bpe, default 2)")
     b.add_argument("--max-vocab", type=int, help="char: cap on the whole vocabulary; rarer characters fall back to bytes")

@@ -79,15 +79,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model on a data directory",
         description="Train a GPT on DATA_DIR (from `goushi data build`) into RUN_DIR. Settings: preset and family, "
-        "then a TOML --config file, then the flags given here. Ctrl-C saves a checkpoint; --resume continues it.",
+        "then a TOML --config file, then the flags given here; with --time-budget, the budget recipe measured best for "
+        "it (--recipe) fills in what you leave out. Ctrl-C saves a checkpoint; --resume continues it.",
         argument_default=argparse.SUPPRESS)
     p.add_argument("--data", metavar="DATA_DIR", help="data directory written by `goushi data build`")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to write (refused if not empty, unless "
                    "--resume or --force)")
     p.add_argument("--preset", choices=tuple(PRESETS), help="model size: tiny (CPU minutes), small (a CPU hour), "
-                   "base (~100M, a GPU); default tiny")
+                   "base (~100M, a GPU); default tiny, or the budget recipe's shape")
     p.add_argument("--family", choices=tuple(k for k in FAMILY_DEFAULTS), help="gpt2 (learned positions, LayerNorm, "
-                   "GELU) or llama (RoPE, RMSNorm, SwiGLU, GQA); default gpt2")
+                   "GELU) or llama (RoPE, RMSNorm, SwiGLU, GQA); default gpt2, or the budget recipe's (llama)")
     p.add_argument("--config", metavar="FILE", dest="config_file", help="TOML file with settings (same names as the "
                    "flags, with underscores; model fields flat or under [model])")
     p.add_argument("--init-from", metavar="RUN_DIR", dest="init_from", help="start from the weights (and shape) of "

@@ -55,7 +55,7 @@ MIN_VAL_CHARS = 300
 
 @dataclass
 class BuildOptions:
-    tokenizer: str = "bpe"  # the measured winner for small models (docs/recipe.md)
+    tokenizer: str = "char"
     vocab_size: int = 4096  # bpe only
     min_frequency: int | None = None  # char: 1, bpe: 2
     max_vocab: int | None = None  # char only: cap on the whole vocabulary
