@@ -110,7 +110,7 @@ def config_flags(name: str, budget: str, data_dir: Path) -> list[str]:
         from goushi.train.recipe import choose
 
         recipe = choose(parse_duration(budget), int(layout.read_meta(data_dir)["train_chars"]))
-        flags = ["--recipe", recipe.name]
+        flags = ["--recipe", recipe.name if recipe is not None else "none"]
     return flags
 
 
