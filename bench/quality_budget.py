@@ -86,7 +86,7 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                          "--n-head", "8"]),
     "small": ("char", ["--family", "llama", "--preset", "small", "--batch-size", "16"]),
     # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
-    "default": ("bpe", []),
+    "default": ("char", []),
 }
 CLAUSE = re.compile(r"[，。？！；、,.?!;]")
 
