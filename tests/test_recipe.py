@@ -52,9 +52,12 @@ def test_what_the_user_sets_wins_and_a_given_shape_replaces_the_recipes_whole_sh
     assert cfg.lr == 1e-3 and cfg.family == "gpt2" and cfg.recipe == "short"
     assert cfg.schedule == recipes.RECIPES["short"].settings["schedule"]
     assert "kept your settings over the recipe's: family, lr" in "\n".join(why)
-    for name, r in recipes.RECIPES.items():
-        out, kept = recipes.settings_for(r, {"preset"})
-        assert not set(flat(out)) & set(recipes.SHAPE_KEYS), name
+    sized = recipes.Recipe("sized", {"lr": 3e-3, "model": {"n_layer": 6, "n_embd": 192, "dropout": 0.1}},
+                           summary="", evidence="", budgets="")
+    out, kept = recipes.settings_for(sized, {"preset"})  # --preset small: none of the recipe's shape
+    assert out == {"lr": 3e-3, "model": {"dropout": 0.1}} and sorted(kept) == ["n_embd", "n_layer"]
+    out, kept = recipes.settings_for(sized, set())
+    assert out == sized.settings and kept == []
     # a setting in the TOML file counts as given, like a flag
     toml = tmp_path / "t.toml"
     toml.write_text('schedule = "cosine"\n[model]\ndropout = 0.2\n', encoding="utf-8")
