@@ -262,3 +262,14 @@ def test_eval_json_sections_merge(tmp_path):
     ev = rundir.read_eval(tmp_path)
     assert ev["text"]["overall"]["bpc"] is None and ev["generate"]["metrics"]["distinct_1"] == 0.5
     assert rundir.read_eval(tmp_path / "none") is None
+
+
+def test_overfit_hint_names_the_best_step_only_when_validation_rose(tmp_path):
+    from goushi.train.trainer import overfit_hint
+
+    rose = {"steps": 900, "best_step": 400, "best_val_loss": 3.90, "final_val_loss": 4.10}
+    hint = overfit_hint(rose, tmp_path)
+    assert hint is not None and "step 400" in hint and str(tmp_path / rundir.BEST) in hint
+    assert overfit_hint({**rose, "final_val_loss": 3.91}, tmp_path) is None  # within noise
+    assert overfit_hint({**rose, "best_step": 900}, tmp_path) is None  # best at the end
+    assert overfit_hint({**rose, "best_val_loss": None}, tmp_path) is None  # never evaluated

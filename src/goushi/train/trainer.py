@@ -601,6 +601,9 @@ class Trainer:
             else:
                 self.log(f"done: {self.step} steps, {self.tokens:,} tokens in {summary['seconds']:.0f}s; "
                          f"run directory {self.out}")
+                hint = overfit_hint(summary, self.out)
+                if hint:
+                    self.log(hint)
         return summary
 
     def _summary(self, stop_reason: str, last_loss: float, last_rec: dict[str, Any]) -> dict[str, Any]:
@@ -623,6 +626,23 @@ class Trainer:
         }
 
 
+# A final validation loss this much (nats) above the best one is past noise: the model has started to learn its
+# training text by heart.
+OVERFIT_NATS = 0.02
+
+
+def overfit_hint(summary: dict[str, Any], out: Path) -> str | None:
+    """What to do when validation loss rose after its best step (small corpora passed over many times), else None."""
+    best, final = summary.get("best_val_loss"), summary.get("final_val_loss")
+    if best is None or final is None or summary.get("best_step") in (None, summary.get("steps")):
+        return None
+    if final - best < OVERFIT_NATS:
+        return None
+    return (f"validation loss was lowest at step {summary['best_step']} ({best:.4f}; {final:.4f} at the end): the "
+            f"model learned its training text by heart after that. {out / rundir.BEST} holds the weights of that "
+            f"step (goushi sample {out / rundir.BEST}); more text or a shorter run would do better")
+
+
 def train(cfg: TrainConfig | dict[str, Any], *, source: BatchSource | None = None,
           on_step: Callable[[int, float], None] | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -638,4 +658,4 @@ def train(cfg: TrainConfig | dict[str, Any], *, source: BatchSource | None = Non
     return Trainer(cfg, source=source, on_step=on_step, progress=progress, log=log).run()
 
 
-__all__ = ["Trainer", "train", "first_difference"]
+__all__ = ["Trainer", "train", "first_difference", "overfit_hint"]
