@@ -66,15 +66,13 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     # regularisation for repeated data (a 10-minute run passes over a 1.4 M-character corpus ~15 times)
     "classic-d0.1": ("char", ["--family", "gpt2", "--preset", "tiny", "--optimizer", "adamw", "--schedule", "cosine",
                               "--lr", "2e-3", "--batch-size", "32", "--dropout", "0.1"]),
-    "short-d0.1": ("char", ["--recipe", "short", "--dropout", "0.1"]),
-    "short-d0.2": ("char", ["--recipe", "short", "--dropout", "0.2"]),
+    # the recipe `short` (since it has weight decay 0.5), and it with other weight decay or dropout
     "short": ("char", ["--recipe", "short"]),
-    "short-wd0.5": ("char", ["--recipe", "short", "--weight-decay", "0.5"]),
+    "short-wd0.1": ("char", ["--recipe", "short", "--weight-decay", "0.1"]),
     "short-wd1": ("char", ["--recipe", "short", "--weight-decay", "1.0"]),
+    "short-d0.1": ("char", ["--recipe", "short", "--weight-decay", "0.1", "--dropout", "0.1"]),
     "classic-wd0.5": ("char", ["--family", "gpt2", "--preset", "tiny", "--optimizer", "adamw", "--schedule", "cosine",
                                "--lr", "2e-3", "--batch-size", "32", "--dropout", "0", "--weight-decay", "0.5"]),
-    "short-w192-d0.2": ("char", ["--recipe", "short", "--preset", "tiny", "--n-embd", "192", "--n-head", "6",
-                                 "--dropout", "0.2"]),
     "bpe": ("bpe", ["--family", "llama", "--preset", "tiny"]),
     # the single switches that won at 2 minutes on poetry, together
     "combo": ("bpe", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "3e-3"]),

@@ -282,8 +282,7 @@ def apply_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, list[s
         size = f"{chars:,} training characters" if chars else "an unknown corpus size"
         if chosen is None:
             return replace(cfg, recipe="none"), [
-                f"recipe: none, chosen for a {cfg.time_budget} budget and {size}: at 10 minutes the short recipe was "
-                "not better than the classic one (docs/recipe.md), so the plain defaults (the classic recipe)"]
+                f"recipe: none, chosen for a {cfg.time_budget} budget and {size}: {recipes.NONE_ABOVE}"]
         why = f"chosen for a {cfg.time_budget} budget and {size} ({chosen.budgets})"
     else:
         chosen = recipes.get(cfg.recipe)
