@@ -36,8 +36,8 @@ RECIPES: dict[str, Recipe] = {
         summary="llama family (RoPE, RMSNorm, SwiGLU, GQA), warmup-stable-decay, peak lr 3e-3, weight decay 0.5",
         evidence="held-out bits per character against the classic recipe on 2 cores (bench/quality_budget.py; "
                  "docs/recipe.md): at 10 minutes, char level, -2.8% on copypasta + reviews and -1.1% on poetry "
-                 "(with weight decay 0.1 instead: -1.4% and +0.5%); with weight decay 0.1, -7.4% at 2 minutes on "
-                 "poetry (char) and -5.2% at 5 (BPE)",
+                 "(with weight decay 0.1 instead: -1.4% and +0.5%); at 5 minutes -3.6% on copypasta + reviews "
+                 "(-3.3% with 0.1); with weight decay 0.1, -7.4% at 2 minutes on poetry (char)",
         budgets="budgets up to 10 minutes, where it beat the classic recipe"),
 }
 
