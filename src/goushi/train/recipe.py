@@ -3,9 +3,10 @@
 A recipe is a set of settings chosen by measurement (`bench/quality_budget.py`, the write-up in docs/recipe.md):
 the one that reached the lowest bits per character on held-out text for a wall-clock budget on 2 CPU cores. With
 `recipe = "auto"` (the default) a run with a time budget, trained from scratch, gets the recipe for its budget
-(none where the classic defaults measured best); every setting the user gives (a flag or the TOML file) wins
-over the recipe's, and a given model shape (--preset or any size flag) replaces the recipe's whole shape. `--recipe NAME` applies one to any run (a --tokens
-or --max-steps run, or to reproduce a choice); `--recipe none` keeps the plain defaults (the classic recipe).
+(none where nothing measured beat the classic defaults); every setting the user gives (a flag or the TOML file)
+wins over the recipe's, and a given model shape (--preset or any size flag) replaces the recipe's whole shape.
+`--recipe NAME` applies one to any run (a --tokens or --max-steps run, or to reproduce a choice); `--recipe none`
+keeps the plain defaults (the classic recipe).
 
 This module is data and a choice; `goushi.train.config` merges the settings.
 """
@@ -60,9 +61,8 @@ def get(name: str) -> Recipe:
 
 def choose(budget_s: float, train_chars: int | None) -> Recipe | None:
     """The recipe for a time budget of `budget_s` seconds on a corpus of `train_chars` training characters
-    (None: unknown); None: the plain defaults (the classic recipe). Corpus size does not change the choice yet:
-    both corpora measured had 1.3-1.4 M characters, and a bigger model for 30 minutes on one lost badly (it
-    overfits: 23 passes over the corpus; docs/recipe.md)."""
+    (None: unknown); None: the plain defaults (NONE_ABOVE says why). Corpus size does not change the choice yet:
+    both corpora measured had 1.3-1.4 M characters."""
     return RECIPES["short"] if budget_s <= SHORT_UP_TO_S else None
 
 
