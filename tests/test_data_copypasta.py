@@ -13,7 +13,7 @@ from goushi.data.build import BuildOptions, build_dataset
 from goushi.data.corpora import COPYPASTA_PARTS, COPYPASTA_URL, FABING_NAMES, copypasta_parts, get_corpus
 from goushi.data.sources import load_manifest
 from goushi.errors import GoushiError
-from goushi.eval.model_card import license_class
+from goushi.model_card import license_class
 
 KFC = [{"index": 1, "text": "今天是肯德基疯狂星期四，\r\n\r\n谁请我吃？v我50"}, {"index": 2, "text": None},
        {"index": 3, "text": "我是秦始皇，v我50，封你为大将军"}]

@@ -14,9 +14,9 @@ from goushi.checkpoint import save_weights
 from goushi.config import param_counts, preset_config
 from goushi.data.textindex import TextIndexWriter
 from goushi.errors import GoushiError
-from goushi.eval.model_card import license_class, refresh_model_card, write_model_card
 from goushi.eval.report import markdown_to_html, write_report
 from goushi.model import GPT
+from goushi.model_card import license_class, refresh_model_card, write_model_card
 from goushi.rundir import read_metrics, write_config
 from goushi.rundir import save_eval as save_eval_results
 from goushi.tokenizer import Tokenizer

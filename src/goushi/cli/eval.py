@@ -15,10 +15,10 @@ from goushi.device import pick_device
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
 from goushi.eval.metrics import evaluate_files, evaluate_generation, read_documents, read_prompts
-from goushi.eval.model_card import refresh_model_card
 from goushi.eval.provenance import format_spans, index_for_run, load_index, summarize
 from goushi.eval.report import write_report
 from goushi.fsutil import json_safe
+from goushi.model_card import refresh_model_card
 
 
 def _positive(s: str) -> int:

@@ -2,8 +2,10 @@
 
     goushi.eval.metrics     sliding-window loss/ppl/bpc/bpb, distinct-n, repetition, memorisation rate
     goushi.eval.provenance  which spans of a text were copied verbatim from the training data, and from whom
-    goushi.eval.model_card  MODEL_CARD.md (write_model_card, called by the trainer) and eval.json
     goushi.eval.report      one self-contained HTML page per run (`goushi report`)
+
+write_model_card and refresh_model_card are goushi.model_card's, handed on here: the card depends only on the
+run format, so it sits below both training and evaluation.
 
 Submodules are imported on use, so `import goushi.eval` pulls in neither torch nor matplotlib.
 """
@@ -20,8 +22,8 @@ _LAZY = {
     "distinct_n": "goushi.eval.metrics",
     "repeated_ngram_rate": "goushi.eval.metrics",
     "provenance_for_run": "goushi.eval.provenance",
-    "write_model_card": "goushi.eval.model_card",
-    "refresh_model_card": "goushi.eval.model_card",
+    "write_model_card": "goushi.model_card",
+    "refresh_model_card": "goushi.model_card",
     "write_report": "goushi.eval.report",
 }
 

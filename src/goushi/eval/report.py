@@ -15,9 +15,9 @@ from typing import Any
 from goushi import rundir
 from goushi.data.textindex import Span
 from goushi.errors import GoushiError
-from goushi.eval.model_card import eval_section
 from goushi.eval.provenance import highlight_html
 from goushi.fsutil import atomic_write_text
+from goushi.model_card import eval_section
 from goushi.plots import loss_plot_png
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import goushi
 from goushi import rundir
 from goushi.errors import GoushiError
-from goushi.eval.model_card import render_model_card
+from goushi.model_card import render_model_card
 
 # Hugging Face licence identifiers for the licences our sources most often carry.
 _HF_LICENSES = {"MIT": "mit", "APACHE-2.0": "apache-2.0", "CC0-1.0": "cc0-1.0", "CC-BY-4.0": "cc-by-4.0",

@@ -21,13 +21,13 @@ from goushi import rundir
 from goushi.checkpoint import save_weights
 from goushi.config import ModelConfig, param_counts
 from goushi.errors import GoushiError
-from goushi.eval.model_card import render_model_card
 from goushi.export.common import check_out
 from goushi.export.hf_export import GOUSHI_RUN
 from goushi.export.hf_vocab import VocabMap, convert_vocab
 from goushi.fsutil import atomic_dir, json_safe
 from goushi.hf import from_hf_state_dict
 from goushi.model import GPT
+from goushi.model_card import render_model_card
 
 SUPPORTED = "gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM)"
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")

@@ -11,8 +11,8 @@ from typing import Any
 import goushi
 from goushi import rundir
 from goushi.config import ModelConfig
-from goushi.eval.model_card import write_model_card
 from goushi.fsutil import atomic_path, atomic_write_bytes
+from goushi.model_card import write_model_card
 from goushi.plots import loss_plot_png
 from goushi.train.config import TrainConfig
 from goushi.train.source import BatchSource

@@ -2,7 +2,8 @@
 
 The trainer calls `write_model_card(run_dir, model_config=..., train_summary=..., data_meta=...)` at the
 end of a run. The inputs are kept in RUN_DIR/model_card.json so that `goushi eval` can rebuild the
-card with its results (`refresh_model_card`) without the trainer's help.
+card with its results (`refresh_model_card`) without the trainer's help. It depends only on the run format
+(goushi.rundir), so it sits below both goushi.train and goushi.eval.
 """
 
 from __future__ import annotations
