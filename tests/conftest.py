@@ -3,15 +3,32 @@ no test reads the corpus or ../shared."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 # goushi.precision picks precision and threads by timing this machine; tests need the same answer everywhere
-# (fp32, torch's threads). Subprocesses (CLI, torchrun) inherit it. tests/test_precision.py turns it back on.
-os.environ.setdefault("GOUSHI_PROBE", "0")
+# (fp32, torch's threads), whatever the developer's shell says. Subprocesses (CLI, torchrun) inherit it.
+# tests/test_precision.py turns it back on where it tests the probe.
+os.environ["GOUSHI_PROBE"] = "0"
+os.environ.pop("GOUSHI_REPROBE", None)
+# What this machine measured before (~/.cache/goushi/speed.json: compile gains, probes, peaks) must never decide
+# anything in a test: the whole session, and the processes it starts, get an empty cache of their own.
+_CACHE = tempfile.mkdtemp(prefix="goushi-test-cache-")
+os.environ["GOUSHI_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
+
+def pytest_report_header(config) -> str:
+    """Which machine a run was on, so a red run says so (the CPU decides precision and speed, never a result)."""
+    from goushi.precision import describe_cpu
+
+    return f"CPU: {describe_cpu()}"
 
 # Enough text for a char tokenizer (every character once or more) and a small BPE.
 TINY_TEXTS = [

@@ -1,6 +1,6 @@
 """`goushi export --format gguf`: llama.cpp (through llama-cpp-python, built from its package) loads the file
-for both families and both tokenizer kinds and gives our greedy text and our top-1 next tokens; the Modelfile,
-the BPE refusal, --force and interrupted exports."""
+for both families and both tokenizer kinds and gives our logits, our top-1 next tokens wherever they are clear,
+and our greedy text; the Modelfile, the BPE refusal, --force and interrupted exports."""
 
 from __future__ import annotations
 
@@ -48,6 +48,41 @@ def top1_agreement(llm, model, ids: list[int]) -> float:
     return float((theirs == ours).mean())
 
 
+# llama.cpp computes GPT-2's GELU with the tanh approximation (ours is the exact one) and adds in its own order,
+# so its logits are not ours to the last bit: the largest difference measured on a Xeon was 2e-3 to 7.3e-3 for the
+# four runs below (the test prints it). Where our two best tokens are closer than twice that, which one wins
+# depends on the CPU's rounding (a Zen 3 and a Xeon parted at such a near-tie), so the comparisons below are
+# strict about the logits everywhere and about the winner only where it is clear.
+LOGIT_TOL = 0.03
+CLEAR = 2 * LOGIT_TOL  # a top-2 margin above this decides the same top-1 for any logits within LOGIT_TOL of ours
+
+
+def teacher_forced(llm, model, ids: list[int]) -> tuple[float, int]:
+    """llama.cpp and goushi read the same ids; every position's logits must be within LOGIT_TOL of ours, and
+    its top-1 ours wherever our margin is clear. Returns (largest difference, near-ties)."""
+    llm.reset()
+    llm.eval(ids)
+    theirs = torch.from_numpy(np.asarray(llm.scores[: len(ids)], dtype=np.float32))
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0][0].float()
+    worst = float((theirs - ours).abs().max())
+    top2 = ours.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > CLEAR
+    assert worst <= LOGIT_TOL, f"llama.cpp's logits differ from ours by {worst:.2e} (allowed {LOGIT_TOL})"
+    differ = (theirs.argmax(-1) != ours.argmax(-1)) & clear
+    assert not differ.any(), f"top-1 differs at clear positions {differ.nonzero().flatten().tolist()}"
+    return worst, int((~clear).sum())
+
+
+def clear_prefix(model, ids: list[int], new: list[int]) -> int:
+    """How many of our greedy tokens `new` after `ids` were chosen by a clear margin before the first near-tie."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + new]))[0][0, len(ids) - 1:-1].float()
+    top2 = logits.topk(2, dim=-1).values
+    near = ((top2[:, 0] - top2[:, 1]) <= CLEAR).nonzero()
+    return int(near[0]) if len(near) else len(new)
+
+
 def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
     out = []
     for t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
@@ -60,26 +95,38 @@ def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("kind", ["char", "bpe"])
-def test_llama_cpp_gives_our_greedy_text_and_top1_tokens(runs, tmp_path, kind, family):
+def test_llama_cpp_gives_our_logits_top1_tokens_and_greedy_text(runs, tmp_path, kind, family):
     run_dir = runs(kind, family)
     out, modelfile = export_gguf(run_dir, tmp_path / "m.gguf", approximate_tokenizer=kind == "bpe")
     assert modelfile == tmp_path / "m.Modelfile" and modelfile.is_file()
     engine = Engine.load(run_dir)
     llm = load_gguf(out)
     try:
-        texts_compared = 0
+        texts_compared = tokens_compared = near_ties = positions = 0
+        worst = 0.0
         for prompt in PROMPTS:
             ids = [0] + engine.tokenizer.encode(prompt)
             if kind == "char":  # llama.cpp tokenizes char runs exactly like us (BOS included)
                 assert llm.tokenize(prompt.encode(), add_bos=True, special=False) == ids
-            new = llama_greedy(llm, ids, 24)
-            assert new == raw_greedy(engine.model, ids, 24)
-            ours = engine.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=24))[0]
-            if ours.token_ids == new:  # the engine's UTF-8 guard did not step in
-                assert llm.detokenize(new).decode("utf-8") == ours.text
-                texts_compared += 1
-            assert top1_agreement(llm, engine.model, ids + new) == 1.0
-        assert texts_compared >= 2
+            ours = raw_greedy(engine.model, ids, 24)
+            diff, ties = teacher_forced(llm, engine.model, ids + ours)
+            worst, near_ties, positions = max(worst, diff), near_ties + ties, positions + len(ids) + len(ours)
+            # Free-running through llama.cpp's own decode loop (its KV cache): the same tokens up to the first
+            # step our model decided by a near-tie, after which either continuation is right.
+            theirs = llama_greedy(llm, ids, 24)
+            n = clear_prefix(engine.model, ids, ours)
+            assert theirs[:n] == ours[:n]
+            tokens_compared += n
+            if n == len(ours) and theirs == ours:
+                text = engine.generate(prompt, SampleConfig(strategy="greedy", max_new_tokens=24))[0]
+                if text.token_ids == ours:  # the engine's UTF-8 guard did not step in
+                    assert llm.detokenize(ours).decode("utf-8") == text.text
+                    texts_compared += 1
+        print(f"{kind}-{family}: largest logit difference {worst:.2e} over {positions} positions, "
+              f"{near_ties} near-ties (top-2 margin <= {CLEAR}); {tokens_compared} greedy tokens and "
+              f"{texts_compared} texts compared")
+        # The trained model's choices are clear almost everywhere, so the checks above are not vacuous.
+        assert tokens_compared >= 24 and texts_compared >= 1
     finally:
         llm.close()
 

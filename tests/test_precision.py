@@ -28,7 +28,23 @@ def probing(monkeypatch, tmp_path):
     monkeypatch.setenv("GOUSHI_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("GOUSHI_THREADS", "1")
     monkeypatch.delenv("GOUSHI_REPROBE", raising=False)
+    monkeypatch.delenv(precision.FLAGS_ENV, raising=False)
     return tmp_path
+
+
+# The flags of the two kinds of machine this project runs on; every test below that depends on the CPU picks one,
+# so it decides the same way on a Xeon with AMX, a Zen 3 or a laptop.
+XEON_AMX = {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+ZEN3 = {"avx2", "fma"}
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """cpu(flags): make precision see a CPU with these flags (and a model name that says so)."""
+    def use(flags: set[str], name: str = "Test CPU"):
+        monkeypatch.setattr(precision, "cpu_flags", lambda: set(flags))
+        monkeypatch.setattr(precision, "cpu_model", lambda: name)
+    return use
 
 
 def test_probe_off_gives_fp32_and_leaves_threads_alone():
@@ -39,37 +55,47 @@ def test_probe_off_gives_fp32_and_leaves_threads_alone():
     assert precision.inference_plan(tiny_cfg(), CPU).dtype == torch.float32
 
 
+@pytest.mark.parametrize("flags", [XEON_AMX, ZEN3], ids=["bf16", "no-bf16"])
 @pytest.mark.parametrize("name,dtype", [("float32", torch.float32), ("bf16", torch.bfloat16),
                                         ("bfloat16", torch.bfloat16)])
-def test_explicit_dtype_wins_without_measuring(probing, name, dtype):
+def test_explicit_dtype_wins_without_measuring(probing, cpu, flags, name, dtype):
+    cpu(flags)
     plan = precision.train_plan(tiny_cfg(), 8, CPU, name)
     assert plan.dtype == dtype and "--dtype" in plan.precision_note
+    assert precision.inference_plan(tiny_cfg(), CPU, name).dtype == dtype
     assert not (probing / "speed.json").exists()
 
 
-def test_probe_decides_caches_and_says_so(probing):
+@pytest.mark.parametrize("flags", [XEON_AMX, set()], ids=["bf16", "flags-unknown"])
+def test_probe_decides_caches_and_says_so(probing, cpu, flags):
+    cpu(flags)  # native bf16, or a CPU that does not say (then only the probe decides)
     plan = precision.train_plan(tiny_cfg(), 8, CPU)
     assert plan.dtype in (torch.float32, torch.bfloat16)
     assert plan.threads == 1 and "GOUSHI_THREADS" in plan.threads_note
     line = plan.lines()[0]
-    assert line.startswith("precision: ") and "probe on" in line and "cached" not in line
+    assert line.startswith("precision: ") and "probe on Test CPU" in line and "cached" not in line
     data = json.loads((probing / "speed.json").read_text())
     assert data["version"] == precision.CACHE_VERSION and any(k.startswith("train|") for k in data["entries"])
     again = precision.train_plan(tiny_cfg(), 8, CPU)
     assert again.dtype == plan.dtype and again.attn_dtype == plan.attn_dtype and "cached" in again.lines()[0]
+    decode = precision.inference_plan(tiny_cfg(), CPU)
+    assert "batch-1 decode step" in decode.precision_note and "cached" not in decode.precision_note
+    assert "cached" in precision.inference_plan(tiny_cfg(), CPU).precision_note
 
 
-def test_reprobe_ignores_the_cache(probing, monkeypatch):
+def test_reprobe_ignores_the_cache(probing, cpu, monkeypatch):
+    cpu(XEON_AMX)
     precision.train_plan(tiny_cfg(), 8, CPU)
     monkeypatch.setenv("GOUSHI_REPROBE", "1")
     assert "cached" not in precision.train_plan(tiny_cfg(), 8, CPU).lines()[0]
 
 
-def test_cpu_without_native_bf16_is_not_even_probed(probing, monkeypatch):
-    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})  # a Zen 3: bf16 would be emulated
+def test_cpu_without_native_bf16_is_not_even_probed(probing, cpu):
+    cpu(ZEN3)  # bf16 would be emulated (26x slower than fp32 on a Zen 3)
     plan = precision.train_plan(tiny_cfg(), 8, CPU)
-    assert plan.dtype == torch.float32 and "no native bf16" in plan.precision_note
-    assert precision.inference_plan(tiny_cfg(), CPU).dtype == torch.float32
+    assert plan.dtype == torch.float32 and plan.attn_dtype is None and "no native bf16" in plan.precision_note
+    inference = precision.inference_plan(tiny_cfg(), CPU)
+    assert inference.dtype == torch.float32 and "no native bf16" in inference.precision_note
     assert not (probing / "speed.json").exists()
 
 
@@ -77,12 +103,26 @@ def test_native_bf16_reads_the_flags():
     assert precision.native_bf16({"avx512f", "avx512_bf16"}) is True
     assert precision.native_bf16({"amx_bf16"}) is True
     assert precision.native_bf16({"fp", "asimd", "bf16"}) is True  # Arm
-    assert precision.native_bf16({"avx2", "fma"}) is False
+    assert precision.native_bf16(ZEN3) is False
     assert precision.native_bf16(set()) is None  # unknown: only the probe decides
     assert precision.cpu_model() in precision.describe_cpu()
 
 
-def test_decision_follows_the_measured_figures(probing, monkeypatch):
+def test_the_flags_can_be_given_and_their_figures_are_kept_apart(probing, monkeypatch):
+    monkeypatch.setenv(precision.FLAGS_ENV, "AVX2 fma")
+    assert precision.cpu_flags() == {"avx2", "fma"} and precision.native_bf16() is False
+    assert "avx2 fma" in precision.describe_cpu() and precision.FLAGS_ENV in precision.describe_cpu()
+    plan = precision.train_plan(tiny_cfg(), 8, CPU)
+    assert plan.dtype == torch.float32 and "no native bf16" in plan.precision_note
+    faked_key = precision._machine_key()
+    monkeypatch.setenv(precision.FLAGS_ENV, "")  # set but empty: a CPU with no flags known
+    assert precision.native_bf16() is None
+    monkeypatch.delenv(precision.FLAGS_ENV)
+    assert precision._machine_key() != faked_key  # a cache entry measured under given flags is not this CPU's
+
+
+def test_decision_follows_the_measured_figures(probing, cpu, monkeypatch):
+    cpu(XEON_AMX)
     cfg = tiny_cfg()
     rows = min(8 * cfg.context_length, precision.PROBE_ROWS)
 
@@ -93,14 +133,45 @@ def test_decision_follows_the_measured_figures(probing, monkeypatch):
     fake({"fp32": 2.0, "bf16": 1.0})  # bf16 2x faster, in matmuls and in attention
     plan = precision._probe_train_dtype(cfg, rows)
     assert plan.dtype == torch.bfloat16 and plan.attn_dtype == torch.bfloat16
+    assert precision._probe_decode_dtype(cfg).dtype == torch.bfloat16
     fake({"fp32": 1.05, "bf16": 1.0})  # within the margin: keep fp32's precision
     assert precision._probe_train_dtype(cfg, rows).dtype == torch.float32
+    assert precision._probe_decode_dtype(cfg).dtype == torch.float32
 
     calls = iter([{"fp32": 3.0, "bf16": 1.0}, {"fp32": 1.0, "bf16": 3.0}])  # matmuls win, attention loses
     monkeypatch.setattr(precision, "race", lambda cands, reps=3, drop_after=0.0: {k: [v] for k, v in next(calls).items()})
     plan = precision._probe_train_dtype(cfg, rows)
     assert plan.dtype == torch.bfloat16 and plan.attn_dtype == torch.float32
     assert plan.describe_dtype() == "bf16, attention fp32"
+
+
+@pytest.mark.parametrize("bf16_supported,dtype", [(True, torch.bfloat16), (False, torch.float16)])
+def test_cuda_gets_bf16_where_the_gpu_has_it_else_fp16_without_probing(probing, cpu, monkeypatch, bf16_supported,
+                                                                       dtype):
+    cpu(ZEN3)  # the host CPU does not matter on a GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
+    cuda = torch.device("cuda")
+    for plan in (precision.train_plan(tiny_cfg(), 8, cuda), precision.inference_plan(tiny_cfg(), cuda)):
+        assert plan.dtype == dtype and plan.precision_note == "cuda default" and plan.threads == 0
+    assert precision.train_plan(tiny_cfg(), 8, cuda, "float32").dtype == torch.float32
+    assert precision.should_compile("auto", cuda, tiny_cfg(), 8, dtype, budget_seconds=60, steps=None) == (
+        True, "auto: CUDA")
+    assert not (probing / "speed.json").exists()
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    from goushi.device import pick_device, pick_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda") and pick_device("cuda:1") == torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device(None) == torch.device("mps")
+    assert pick_dtype(torch.device("mps")) == torch.float16
+    assert precision.train_plan(tiny_cfg(), 8, torch.device("mps")).dtype == torch.float16
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
 
 
 def test_threads_are_fixed_by_the_environment(monkeypatch):

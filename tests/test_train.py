@@ -370,9 +370,13 @@ def test_two_process_ddp_matches_single_process(tmp_path, data_dir):
     import torch.multiprocessing as mp
 
     kw = dict(max_steps=6, grad_accum=2, eval_every=3, save_every=0)
-    torch.set_num_threads(1)
-    single = train(cfg_for(data_dir, tmp_path / "single", **kw), progress=False, log=quiet)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg_for(data_dir, tmp_path / "ddp", **kw)), nprocs=2, join=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each DDP worker has; put back after, so later tests get this machine's count
+    try:
+        single = train(cfg_for(data_dir, tmp_path / "single", **kw), progress=False, log=quiet)
+        mp.spawn(_ddp_worker, args=(2, _free_port(), cfg_for(data_dir, tmp_path / "ddp", **kw)), nprocs=2, join=True)
+    finally:
+        torch.set_num_threads(threads)
     a, b = losses(tmp_path / "single"), losses(tmp_path / "ddp")
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for s in a:

@@ -16,7 +16,7 @@ torch.compile: on for CUDA; on a CPU only where a measurement on this machine (`
 
 Environment: GOUSHI_PROBE=0 turns probing off (CPU: fp32 and torch's threads, deterministic: the tests use it);
 GOUSHI_REPROBE=1 measures again ignoring the cache; GOUSHI_CACHE_DIR moves the cache; OMP_NUM_THREADS or
-GOUSHI_THREADS fix the thread count.
+GOUSHI_THREADS fix the thread count; GOUSHI_CPU_FLAGS replaces the CPU flags /proc/cpuinfo gives.
 """
 
 from __future__ import annotations
@@ -54,6 +54,13 @@ THREAD_ROWS = 512
 
 
 # ---- the CPU ---------------------------------------------------------------------------------------------
+# Every decision below reads the CPU through cpu_model() and cpu_flags(), so tests replace those two to run the
+# "has bf16" and "has no bf16" paths on any machine. GOUSHI_CPU_FLAGS (space-separated) replaces what
+# /proc/cpuinfo says: for a VM that advertises instructions its sandbox does not allow (AMX, seen here), or to
+# try the decisions another CPU would get.
+FLAGS_ENV = "GOUSHI_CPU_FLAGS"
+
+
 def _cpuinfo() -> dict[str, str]:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
@@ -73,7 +80,15 @@ def cpu_model() -> str:
     return info.get("model name") or info.get("Model") or platform.processor() or platform.machine() or "unknown CPU"
 
 
+def _flags_override() -> str | None:
+    v = os.environ.get(FLAGS_ENV)
+    return v.strip().lower() if v is not None else None
+
+
 def cpu_flags() -> set[str]:
+    override = _flags_override()
+    if override is not None:
+        return set(override.split())
     info = _cpuinfo()
     return set((info.get("flags") or info.get("Features") or "").split())
 
@@ -96,7 +111,8 @@ def describe_cpu() -> str:
     """E.g. "Intel(R) Xeon(R) Processor, 2 cores, torch AVX512; avx2 fma avx512f avx512_bf16 amx_bf16 ..."."""
     flags = sorted(cpu_flags() & set(SPEED_FLAGS), key=SPEED_FLAGS.index)
     cap = torch.backends.cpu.get_cpu_capability()
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {cap}; " + (" ".join(flags) or "flags unknown")
+    given = f" (from {FLAGS_ENV})" if _flags_override() is not None else ""
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {cap}; " + (" ".join(flags) or "flags unknown") + given
 
 
 # ---- the cache -------------------------------------------------------------------------------------------
@@ -112,7 +128,10 @@ def cache_path() -> Path:
 
 
 def _machine_key() -> str:
-    return f"{cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}"
+    # Figures measured under GOUSHI_CPU_FLAGS are kept apart: they answer for the flags given, not the machine.
+    override = _flags_override()
+    flags = f"|flags {' '.join(sorted(override.split()))}" if override is not None else ""
+    return f"{cpu_model()}|{os.cpu_count()} cores|torch {torch.__version__}{flags}"
 
 
 def cache_get(kind: str, key: str) -> dict[str, Any] | None:
