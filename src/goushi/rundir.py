@@ -31,21 +31,22 @@ from goushi.fsutil import atomic_write_json, atomic_write_text, json_safe
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-TOKENIZER = "tokenizer.json"
+TOKENIZER = data_layout.TOKENIZER  # a run keeps the tokenizer and the data card of its data, by the same names
 STATE = "trainer_state.pt"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 TENSORBOARD = "tb"
-DATA_CARD = "DATA_CARD.md"
+DATA_CARD = data_layout.DATA_CARD
 MODEL_CARD = "MODEL_CARD.md"
 CARD_INPUTS = "model_card.json"
 EVAL = "eval.json"
-REPORT = "report.html"
+HTML_REPORT = "report.html"  # `goushi report` (not the data build's report.json, data.layout.BUILD_REPORT)
 BEST = "best"
 SAVING = ".saving"
 REQUIRED = (CONFIG, WEIGHTS, TOKENIZER)
 # What a previous run leaves in RUN_DIR; `--force` removes exactly these and nothing else.
-RUN_FILES = (WEIGHTS, CONFIG, TOKENIZER, STATE, METRICS, LOSS_PLOT, DATA_CARD, MODEL_CARD, CARD_INPUTS, EVAL, REPORT)
+RUN_FILES = (WEIGHTS, CONFIG, TOKENIZER, STATE, METRICS, LOSS_PLOT, DATA_CARD, MODEL_CARD, CARD_INPUTS, EVAL,
+             HTML_REPORT)
 RUN_DIRS = (BEST, TENSORBOARD, SAVING)
 
 
@@ -134,7 +135,7 @@ def data_dir_for_run(run_dir: str | Path, info: dict[str, Any] | None = None) ->
 
 def _index_in(path: Path) -> Path | None:
     for cand in (path / data_layout.PROVENANCE, path):
-        if (cand / "index.json").is_file():
+        if (cand / data_layout.PROVENANCE_INDEX).is_file():
             return cand
     return None
 
@@ -162,9 +163,9 @@ def provenance_index_dir(run_dir: str | Path | None, data_dir: str | Path | None
                               "provenance index; pass a RUN_DIR from `goushi train` or a DATA_DIR from `goushi data build`")
         return found
     recorded = data_dir_for_run(run_dir, info)
-    if recorded is not None and (recorded / data_layout.PROVENANCE / "index.json").is_file():
+    if recorded is not None and (recorded / data_layout.PROVENANCE / data_layout.PROVENANCE_INDEX).is_file():
         return recorded / data_layout.PROVENANCE
-    if (run_dir / data_layout.PROVENANCE / "index.json").is_file():
+    if (run_dir / data_layout.PROVENANCE / data_layout.PROVENANCE_INDEX).is_file():
         return run_dir / data_layout.PROVENANCE
     if recorded is None:
         raise GoushiError(f"{run_dir / CONFIG}: no data.dir recorded; pass --data DATA_DIR "
@@ -246,7 +247,7 @@ def save_eval(run_dir: str | Path, section: str, results: dict[str, Any]) -> Pat
 
 __all__ = [
     "WEIGHTS", "CONFIG", "TOKENIZER", "STATE", "METRICS", "LOSS_PLOT", "TENSORBOARD", "DATA_CARD", "MODEL_CARD",
-    "CARD_INPUTS", "EVAL", "REPORT", "BEST", "SAVING", "REQUIRED", "RUN_FILES", "RUN_DIRS",
+    "CARD_INPUTS", "EVAL", "HTML_REPORT", "BEST", "SAVING", "REQUIRED", "RUN_FILES", "RUN_DIRS",
     "looks_like_run", "check_run_dir", "prepare_out_dir", "read_config", "write_config", "model_config",
     "data_section", "data_dir_for_run", "provenance_index_dir", "val_jsonl_for_run", "read_metrics",
     "append_metrics", "truncate_metrics", "last_value", "read_eval", "save_eval",

@@ -230,7 +230,7 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
             report["bytes_in"] = bytes_in
             # Plain writes: the whole folder is already swapped in atomically by atomic_dir.
             (tmp / layout.META).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-            (tmp / layout.REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            (tmp / layout.BUILD_REPORT).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
             (tmp / layout.DATA_CARD).write_text(data_card(meta, report, srcs), encoding="utf-8")
             shutil.copyfile(manifest, tmp / layout.SOURCES)
     say(f"wrote {out} in {time.perf_counter() - t0:.1f}s")

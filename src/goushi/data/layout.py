@@ -5,10 +5,10 @@
       meta.json            vocabulary, tokenizer hash, token and character counts, per-source shares
       tokenizer.json       the tokenizer the shards were encoded with
       DATA_CARD.md         every source with author, url, licence and share
-      report.json          what cleaning dropped and why
+      report.json          what cleaning dropped and why, and how long each stage took
       sources.toml         a copy of the manifest
       val.jsonl            validation documents, one {"text", "source"} per line
-      provenance/          verbatim-copy index (goushi.data.textindex)
+      provenance/          verbatim-copy index (goushi.data.textindex); its index.json holds version, sizes, sources
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ VAL_BIN = "val.bin"
 META = "meta.json"
 TOKENIZER = "tokenizer.json"
 DATA_CARD = "DATA_CARD.md"
-REPORT = "report.json"
+BUILD_REPORT = "report.json"  # the build's own account (not a run's report.html, goushi.rundir.HTML_REPORT)
 SOURCES = "sources.toml"
 VAL_JSONL = "val.jsonl"
 PROVENANCE = "provenance"
+PROVENANCE_INDEX = "index.json"  # inside PROVENANCE/ (or any index directory): the index's table of contents
 # What training needs; a directory without one of these is not (or not yet) a data directory.
 REQUIRED = (TRAIN_BIN, VAL_BIN, META, TOKENIZER)
 
@@ -51,5 +52,5 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-__all__ = ["TRAIN_BIN", "VAL_BIN", "META", "TOKENIZER", "DATA_CARD", "REPORT", "SOURCES", "VAL_JSONL", "PROVENANCE",
-           "REQUIRED", "is_data_dir", "read_meta"]
+__all__ = ["TRAIN_BIN", "VAL_BIN", "META", "TOKENIZER", "DATA_CARD", "BUILD_REPORT", "SOURCES", "VAL_JSONL",
+           "PROVENANCE", "PROVENANCE_INDEX", "REQUIRED", "is_data_dir", "read_meta"]

@@ -38,7 +38,7 @@ from goushi.fsutil import fsync_dir
 INDEX_VERSION = 1
 SEP = b"\x00"
 INDEX_DIRNAME = layout.PROVENANCE
-_FILES = ("corpus.bin", "sa.npy", "docs.npy", "doc_src.npy", "index.json")
+_FILES = ("corpus.bin", "sa.npy", "docs.npy", "doc_src.npy", layout.PROVENANCE_INDEX)
 _BANNED = re.compile("[\x00\ud800-\udfff]")
 _QUERY_PIECES = re.compile("[^\x00\ud800-\udfff]+")
 # When a span occurs many times, the earliest document among this many occurrences names the source.
@@ -133,7 +133,8 @@ class TextIndexWriter:
                 "source_ids": self._source_ids,
                 "sources": table,
             }
-            (self._tmp / "index.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            (self._tmp / layout.PROVENANCE_INDEX).write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n",
+                                                             encoding="utf-8")
             for name in _FILES:
                 with open(self._tmp / name, "rb+") as f:
                     os.fsync(f.fileno())
@@ -180,6 +181,15 @@ def _build_suffix_array(corpus_path: Path, out_path: Path, n: int) -> str:
     return str(np.asarray(sa).dtype)
 
 
+def index_dir(path: str | Path) -> Path:
+    """The index directory `path` names: itself when it holds an index, its `provenance/` when it is a DATA_DIR
+    with one (else `path` itself, for the caller to report as missing)."""
+    p = Path(path)
+    if not (p / layout.PROVENANCE_INDEX).exists() and (p / INDEX_DIRNAME / layout.PROVENANCE_INDEX).exists():
+        return p / INDEX_DIRNAME
+    return p
+
+
 class TextIndex:
     """A loaded (memory-mapped) index; `find_copied_spans` is the query."""
 
@@ -201,25 +211,24 @@ class TextIndex:
     @classmethod
     def load(cls, path: str | Path) -> TextIndex:
         """Open an index directory, or the `provenance/` index inside a DATA_DIR."""
-        p = Path(path)
-        if not (p / "index.json").exists() and (p / INDEX_DIRNAME / "index.json").exists():
-            p = p / INDEX_DIRNAME
+        p = index_dir(path)
         missing = [name for name in _FILES if not (p / name).exists()]
         if missing:
             raise GoushiError(
                 f"{p}: no provenance index ({', '.join(missing)} missing); rebuild the data with `goushi data build`"
             )
+        toc = p / layout.PROVENANCE_INDEX
         try:
-            meta = json.loads((p / "index.json").read_text(encoding="utf-8"))
+            meta = json.loads(toc.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise GoushiError(f"{p / 'index.json'}: not valid JSON ({e}); rebuild with `goushi data build`") from None
+            raise GoushiError(f"{toc}: not valid JSON ({e}); rebuild with `goushi data build`") from None
         if meta.get("version") != INDEX_VERSION:
             raise GoushiError(
-                f"{p / 'index.json'}: version={meta.get('version')!r}, this goushi reads {INDEX_VERSION}; rebuild the data"
+                f"{toc}: version={meta.get('version')!r}, this goushi reads {INDEX_VERSION}; rebuild the data"
             )
         size = (p / "corpus.bin").stat().st_size
         if size != meta.get("bytes"):
-            raise GoushiError(f"{p / 'corpus.bin'}: {size} bytes but index.json says {meta.get('bytes')}; rebuild the data")
+            raise GoushiError(f"{p / 'corpus.bin'}: {size} bytes but {toc.name} says {meta.get('bytes')}; rebuild the data")
         if size:
             with open(p / "corpus.bin", "rb") as f:
                 corpus: mmap.mmap | bytes = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -367,4 +376,4 @@ def copied_char_mask(length: int, spans: list[Span]) -> np.ndarray:
     return mask
 
 
-__all__ = ["Span", "TextIndex", "TextIndexWriter", "copied_char_mask", "INDEX_DIRNAME"]
+__all__ = ["Span", "TextIndex", "TextIndexWriter", "copied_char_mask", "index_dir", "INDEX_DIRNAME"]

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from goushi import rundir
-from goushi.data.textindex import INDEX_DIRNAME, Span, TextIndex, copied_char_mask
+from goushi.data import layout
+from goushi.data.textindex import Span, TextIndex, copied_char_mask, index_dir
 from goushi.errors import GoushiError
 
 
@@ -24,11 +25,9 @@ def _cached_index(path: str, stamp: float) -> TextIndex:
 
 def load_index(path: str | Path) -> TextIndex:
     """A loaded index, reused while its files are unchanged (a rebuilt index is reloaded)."""
-    p = Path(path)
-    if not (p / "index.json").exists() and (p / INDEX_DIRNAME / "index.json").exists():
-        p = p / INDEX_DIRNAME
+    p = index_dir(path)
     try:
-        stamp = (p / "index.json").stat().st_mtime_ns
+        stamp = (p / layout.PROVENANCE_INDEX).stat().st_mtime_ns
     except FileNotFoundError:
         raise GoushiError(f"{p}: provenance index not found; build it with `goushi data build`") from None
     return _cached_index(str(p.resolve()), stamp)

@@ -127,7 +127,7 @@ def render_report(run_dir: str | Path, *, samples: list[dict[str, Any]] | None =
 def write_report(run_dir: str | Path, out: str | Path | None = None, *,
                  samples: list[dict[str, Any]] | None = None) -> Path:
     """Write the report (default RUN_DIR/report.html) atomically; returns its path."""
-    out = Path(out) if out is not None else Path(run_dir) / rundir.REPORT
+    out = Path(out) if out is not None else Path(run_dir) / rundir.HTML_REPORT
     atomic_write_text(out, render_report(run_dir, samples=samples))
     return out
 
