@@ -1,12 +1,14 @@
-"""The decoder: causality, KV cache, padding, attention weights, parameter counts, config validation."""
+"""The decoder: causality, KV cache, padding, attention weights, parameter counts, config validation, the
+optimiser's parameter groups."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from goushi import lora
 from goushi.config import ConfigError, ModelConfig, param_counts, preset_config
-from goushi.model import GPT
+from goushi.model import GPT, check_param_groups
 
 FAMILIES = ("gpt2", "llama")
 
@@ -123,3 +125,31 @@ def test_sequence_longer_than_position_table_is_refused():
     model = small("gpt2")
     with pytest.raises(ValueError, match="context_length"):
         model(torch.zeros(1, 25, dtype=torch.long))
+
+
+# ---- parameter groups -------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_param_groups_hold_every_trainable_parameter_once_and_lora_only_its_adapters(family):
+    model = small(family, tie_embeddings=family == "gpt2")
+    groups = model.param_groups()
+    placed = [p for members in groups.values() for _, p in members]
+    assert len(placed) == len({id(p) for p in placed}) == len(list(model.parameters()))
+    lora.apply_lora(model, 2, 4.0)
+    groups = model.param_groups()
+    assert not groups["embed"] and not groups["other"]
+    assert {n.rsplit(".", 1)[-1] for n, _ in groups["hidden"]} == {"lora_A", "lora_B"}
+
+
+def test_a_parameter_in_no_group_or_in_two_is_refused_by_name():
+    model = small("gpt2")
+    model.blocks[0].scale = torch.nn.Parameter(torch.ones(2, 2, 2))  # 3-D: no group takes it
+    with pytest.raises(ValueError, match=r"blocks\.0\.scale is in no group"):
+        model.param_groups()
+    del model.blocks[0].scale
+    groups = model.param_groups()
+    groups["other"].append(groups["hidden"][0])
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.q_proj\.weight is in hidden and other"):
+        check_param_groups(model, groups)
+    model.wte.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"wte\.weight is not a trainable parameter"):
+        check_param_groups(model, {"embed": [("wte.weight", model.wte.weight)]})

@@ -21,7 +21,7 @@ from goushi.tokenizer import Tokenizer
 from goushi.train import TrainConfig, load_train_config, parse_duration, train
 from goushi.train import checkpoint as ckpt
 from goushi.train.config import run_config
-from goushi.train.optim import build_optimizers, lr_multiplier, param_groups
+from goushi.train.optim import build_optimizers, lr_multiplier
 
 WORDS = "今天 我 终于 吃 到 了 这家 店 的 烤鸭 说实话 味道 一般 但是 服务 很好 下次 还 来 ， 。 ！".split()
 TINY = dict(n_layer=2, n_head=2, n_embd=32, context_length=32)
@@ -119,7 +119,7 @@ def test_parameter_groups(family, tied):
     from goushi.config import preset_config
 
     model = GPT(preset_config("tiny", family, 100, tie_embeddings=tied, **TINY))
-    g = param_groups(model)
+    g = model.param_groups()
     names = {k: {n for n, _ in v} for k, v in g.items()}
     every = {id(p) for p in model.parameters()}
     assert sum(len(v) for v in g.values()) == len(every)  # each parameter exactly once, tied ones too

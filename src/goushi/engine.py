@@ -22,7 +22,6 @@ torch RNG. The decoding pieces live in goushi.generation (processors, text, runn
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +37,7 @@ from goushi.data.textindex import Span, TextIndex
 from goushi.device import DTYPES, pick_device
 from goushi.errors import GoushiError
 from goushi.generation.beam import beam_search
-from goushi.generation.options import MAX_TOP_N, Generation, SampleConfig, StreamEvent, TopToken
+from goushi.generation.options import MAX_TOP_N, Generation, SampleConfig, StreamEvent, TopToken, fresh_seed
 from goushi.generation.sampling import RowSpec, Vocab, decode
 from goushi.generation.utf8 import Utf8Guard
 from goushi.precision import Plan, inference_plan, int8_shapes
@@ -288,7 +287,7 @@ class Engine:
 
     def _specs(self, prompts: list[Prompt], cfg: SampleConfig) -> list[RowSpec]:
         """One row per (prompt, sample), prompt-major; sample k uses seed + k, the same whatever the batch."""
-        base = cfg.seed if cfg.seed is not None else secrets.randbelow(2**62)
+        base = cfg.seed if cfg.seed is not None else fresh_seed()
         greedy = cfg.is_greedy or cfg.strategy == "beam"
         n = cfg.num_samples
         return [RowSpec(text, ids, None if greedy else base + k, index=p * n + k)

@@ -370,7 +370,7 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # The LM head and its loss
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # a target that carries no loss (torch's cross_entropy default); batch sources write it
 
 
 class _LMHeadLoss(torch.autograd.Function):
@@ -436,6 +436,27 @@ def lm_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, c
         return total / (targets != IGNORE_INDEX).sum()
 
 
+def _trainable(module: nn.Module, prefix: str) -> list[tuple[str, nn.Parameter]]:
+    return [(f"{prefix}.{n}", p) for n, p in module.named_parameters() if p.requires_grad]
+
+
+def check_param_groups(model: nn.Module, groups: dict[str, list[tuple[str, nn.Parameter]]]) -> None:
+    """ValueError naming each trainable parameter of `model` in no group or in two, and each group member that
+    is not a trainable parameter of it: an optimiser built from the groups then trains exactly the model."""
+    where: dict[int, list[str]] = {}
+    for group, members in groups.items():
+        for _, p in members:
+            where.setdefault(id(p), []).append(group)
+    trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    names = {id(p): n for members in groups.values() for n, p in members}
+    problems = [f"{n} is in no group" for i, n in trainable.items() if i not in where]
+    problems += [f"{trainable.get(i, names[i])} is in {' and '.join(g)}" for i, g in where.items() if len(g) > 1]
+    problems += [f"{names[i]} is not a trainable parameter of the model" for i in where if i not in trainable]
+    if problems:
+        raise ValueError(f"{type(model).__name__} parameter groups must hold every trainable parameter exactly once "
+                         f"(the optimiser is built from them): {'; '.join(problems)}")
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 
@@ -493,6 +514,23 @@ class GPT(nn.Module):
         T = seq_len or cfg.context_length
         matmul_params = self.num_params(non_embedding=True) - (0 if cfg.tie_embeddings else self.lm_head.weight.numel())
         return 6 * (matmul_params + cfg.vocab_size * cfg.n_embd) + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
+
+    def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """The trainable parameters by how an optimiser treats them: `hidden`, the matrices inside the blocks
+        (weight decay; Muon when it is used); `embed`, the token and position tables and an untied LM head;
+        `other`, norm gains and biases. Chosen by module, not by name pattern, and checked (check_param_groups):
+        a parameter added to the model without a group is an error, never a weight that silently does not
+        train. Frozen parameters (the base weights under LoRA) are in none."""
+        embed: dict[int, tuple[str, nn.Parameter]] = {}
+        for name in ("wte", "wpe", "lm_head"):  # a tied head is wte's weight: once, as wte
+            if hasattr(self, name):
+                for n, p in _trainable(getattr(self, name), name):
+                    embed.setdefault(id(p), (n, p))
+        blocks = _trainable(self.blocks, "blocks")
+        groups = {"hidden": [(n, p) for n, p in blocks if p.dim() == 2], "embed": list(embed.values()),
+                  "other": [(n, p) for n, p in blocks + _trainable(self.ln_f, "ln_f") if p.dim() == 1]}
+        check_param_groups(self, groups)
+        return groups
 
     def new_kv_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         p = self.wte.weight

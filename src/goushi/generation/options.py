@@ -8,6 +8,7 @@ beam). `Generation` is a finished row; `StreamEvent` is one step of one row whil
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field
 
 from goushi.errors import GoushiError
@@ -22,9 +23,20 @@ MAX_TOP_N = 1000
 MAX_NGRAM = 64
 MAX_TEMPERATURE = 100.0
 MAX_REPETITION_PENALTY = 10.0
+# Seeds: sample k of a prompt uses seed + k (k < MAX_SAMPLES), so every row's seed stays a signed 64-bit integer.
+SEED_LIMIT = 2**63 - MAX_SAMPLES  # a request's seed is an integer in [0, SEED_LIMIT)
+# Fresh seeds are drawn below 2**53, where every JSON reader and JavaScript keep a whole number exact, so the page
+# and an API client can show the seed used and send it back.
+FRESH_SEED_LIMIT = 2**53
 
 # (readable piece, probability, token id)
 TopToken = tuple[str, float, int]
+
+
+def fresh_seed() -> int:
+    """A new random seed in [0, FRESH_SEED_LIMIT), for a request that gave none (the OS's randomness: no
+    torch or Python RNG state is touched)."""
+    return secrets.randbelow(FRESH_SEED_LIMIT)
 
 
 @dataclass
@@ -91,8 +103,8 @@ class SampleConfig:
         if self.strategy == "beam" and self.num_samples > self.num_beams:
             raise bad("num_samples", f"must be <= --num-beams {self.num_beams} with beam search (it returns the top beams)")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not 0 <= self.seed < 2**63 - MAX_SAMPLES):
-            raise bad("seed", "must be an integer in [0, 2**63 - 64) or None")
+                                      or not 0 <= self.seed < SEED_LIMIT):
+            raise bad("seed", f"must be an integer in [0, 2**63 - {MAX_SAMPLES}) or None")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):

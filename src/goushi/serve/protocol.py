@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from goushi.engine import SampleConfig
-from goushi.generation.options import MAX_BEAMS, MAX_REPETITION_PENALTY
+from goushi.generation.options import MAX_BEAMS, MAX_REPETITION_PENALTY, SEED_LIMIT
 from goushi.serve.limits import Limits
 
 
@@ -63,7 +63,7 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, lt=2**62)
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
     user: str | None = None
     # OpenAI's, accepted only at their neutral value
     presence_penalty: float = 0.0

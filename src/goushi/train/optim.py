@@ -1,9 +1,10 @@
 """Optimisers and learning-rate schedules.
 
-AdamW: weight decay only on the weight matrices of linear layers; norms, biases and embeddings keep
-theirs (decaying an embedding pulls rare tokens to zero; decaying a norm gain fights the norm).
-Muon (torch.optim.Muon, torch >= 2.9): orthogonalised momentum for the 2-D hidden matrices of the blocks;
-embeddings, the LM head, norms and biases stay on AdamW, as Muon's authors recommend.
+The model says which parameter is which (GPT.param_groups, checked to hold each trainable one exactly once).
+AdamW: weight decay only on the hidden matrices of the blocks; norms, biases and embeddings keep theirs
+(decaying an embedding pulls rare tokens to zero; decaying a norm gain fights the norm).
+Muon (torch.optim.Muon, torch >= 2.9): orthogonalised momentum for the hidden matrices; embeddings, the LM
+head, norms and biases stay on AdamW, as Muon's authors recommend.
 """
 
 from __future__ import annotations
@@ -11,27 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 
 from goushi.errors import GoushiError
-
-
-def param_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Split parameters into `hidden` (2-D matrices inside blocks), `embed` (token/position tables, an
-    untied head) and `other` (norm gains, biases). Tied weights appear once."""
-    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"hidden": [], "embed": [], "other": []}
-    seen: set[int] = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        if name.startswith(("wte.", "wpe.", "lm_head.")):
-            groups["embed"].append((name, p))
-        elif p.dim() == 2:
-            groups["hidden"].append((name, p))
-        else:
-            groups["other"].append((name, p))
-    return groups
+from goushi.model import GPT
 
 
 def _adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
@@ -43,11 +26,11 @@ def _adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: to
         return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
 
 
-def build_optimizers(model: nn.Module, *, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
+def build_optimizers(model: GPT, *, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
                      muon_momentum: float = 0.95, device: torch.device | None = None) -> list[torch.optim.Optimizer]:
     """One optimiser (AdamW) or two (Muon + AdamW). Each param group carries `base_lr` for the schedule."""
     device = device or next(model.parameters()).device
-    g = param_groups(model)
+    g = model.param_groups()
     hidden = [p for _, p in g["hidden"]]
     rest_nodecay = [p for _, p in g["embed"]] + [p for _, p in g["other"]]
     if name == "adamw":
@@ -104,4 +87,4 @@ def lr_multiplier(step: int, *, total: int | None, warmup: int, schedule: str, m
     raise GoushiError(f"schedule {schedule!r} is not one of cosine, wsd")
 
 
-__all__ = ["param_groups", "build_optimizers", "set_lr", "lr_multiplier"]
+__all__ = ["build_optimizers", "set_lr", "lr_multiplier"]

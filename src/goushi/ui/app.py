@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from goushi.generation.options import FRESH_SEED_LIMIT
 from goushi.ui import handlers, views
 from goushi.ui.models import ModelRegistry
 
@@ -127,7 +128,7 @@ def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | N
                                                 elem_id="max-new")
                             beams = gr.Slider(1, 8, value=4, step=1, label="束宽 beams",
                                               info="只对束搜索有效 · beam search only")
-                            seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=2**31 - 1,
+                            seed = gr.Number(value=-1, precision=0, minimum=-1, maximum=FRESH_SEED_LIMIT - 1,
                                              label="随机种子 seed",
                                              info="同样的种子和设置 = 同样的结果；-1 = 每次不同 · same seed = same text; -1 = new each time")
                             with gr.Accordion("更多设置 · more", open=False):

@@ -9,7 +9,6 @@ format (content parts) is read here, so goushi.chat never sees it.
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
@@ -17,6 +16,7 @@ import gradio as gr
 
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
+from goushi.generation.options import fresh_seed
 from goushi.ui import card, views
 from goushi.ui.models import ModelRegistry
 
@@ -45,7 +45,7 @@ def make_config(strategy: str, temperature: float, top_k: float, top_p: float, r
                 stop_text: str = "", *, top_n: int = 0) -> tuple[SampleConfig, int]:
     """SampleConfig from widget values, validated by the engine's own rules; also returns the seed used."""
     # -1 (or empty) means "a new seed each time"; we pick it here so the page can show it for reproducing.
-    seed_used = secrets.randbelow(2**31) if seed is None or int(seed) < 0 else int(seed)
+    seed_used = fresh_seed() if seed is None or int(seed) < 0 else int(seed)
     stops = [s.replace("\\n", "\n") for s in (stop_text or "").split("|") if s.strip()]
     try:
         cfg = SampleConfig(
