@@ -30,8 +30,9 @@ import torch
 
 from goushi.chat import ChatTemplate, normalize_messages
 from goushi.errors import GoushiError
+from goushi.model import IGNORE_INDEX
 from goushi.tokenizer import Tokenizer
-from goushi.train.source import IGNORE_INDEX, Batch
+from goushi.train.source import Batch
 
 MAX_REPORTED = 10  # bad rows named one by one; the rest are counted
 

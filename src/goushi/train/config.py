@@ -216,9 +216,14 @@ def _typed(source: str, key: str, v: Any, want: type) -> Any:
 
 def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the TOML file, then explicit overrides (CLI flags); validated."""
-    cfg = TrainConfig()
+    return _layered(TrainConfig(), path, load_toml(path) if path else {}, overrides)
+
+
+def _layered(cfg: TrainConfig, path: str | Path | None, table: dict[str, Any],
+             overrides: dict[str, Any] | None) -> TrainConfig:
+    """`cfg`, then the TOML file's `table` (already read), then the overrides; validated."""
     if path:
-        cfg = merge_dict(cfg, load_toml(path), source=str(path))
+        cfg = merge_dict(cfg, table, source=str(path))
     if overrides:
         cfg = merge_dict(cfg, overrides, source="command line")
     return cfg.validate()
@@ -234,18 +239,16 @@ def resolve_run_config(path: str | Path | None, overrides: dict[str, Any]) -> tu
     --resume` needs nothing else), then the TOML file, then the flags; a new run gets its budget recipe under
     the settings given (`why` says which and why, for --print-config and the log)."""
     if not overrides.get("resume"):
-        cfg = load_train_config(path, overrides)
-        given = _given_keys(load_toml(path) if path else {}) | _given_keys(overrides)
-        return apply_recipe(cfg, given)
+        table = load_toml(path) if path else {}
+        cfg = _layered(TrainConfig(), path, table, overrides)
+        return apply_recipe(cfg, _given_keys(table) | _given_keys(overrides))
     out = overrides.get("out") or ""
     if not out:
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
     stored = dict(rundir.read_config(out).get("train") or {})
     stored.pop("out", None)
-    cfg = merge_dict(TrainConfig(), stored, source=f"{out}/config.json")
-    if path:
-        cfg = merge_dict(cfg, load_toml(path), source=str(path))
-    cfg = merge_dict(cfg, overrides, source="command line").validate()
+    base = merge_dict(TrainConfig(), stored, source=f"{out}/config.json")
+    cfg = _layered(base, path, load_toml(path) if path else {}, overrides)
     return cfg, [f"recipe: {cfg.recipe} (resumed with the run's own settings)"]
 
 

@@ -15,9 +15,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from goushi.model import IGNORE_INDEX  # the model's loss skips such targets: part of the batch format
 from goushi.tokenizer import Tokenizer
 
-IGNORE_INDEX = -100  # what torch's cross_entropy skips
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
