@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from goushi.errors import GoushiError
-from goushi.generation.options import SampleConfig
+from goushi.generation.options import FRESH_SEED_LIMIT, MAX_SAMPLES, SEED_LIMIT, SampleConfig, fresh_seed
 from goushi.generation.processors import (
     NgramBan,
     ban_ngrams,
@@ -181,6 +181,19 @@ def test_bad_options_name_the_option_and_range(field, value, needle):
         SampleConfig(**{field: value}).validate()
     msg = str(e.value)
     assert needle in msg and "\n" not in msg
+
+
+def test_one_seed_range_for_every_caller():
+    """Seeds in [0, SEED_LIMIT) pass, and seed + k of the last sample still seeds torch; fresh seeds stay below
+    FRESH_SEED_LIMIT, which a page or a JSON client keeps exact (every seed the API and the page took before,
+    below 2**62 and 2**31, still passes)."""
+    for seed in (0, 2**31 - 1, 2**62 - 1, SEED_LIMIT - 1):
+        assert SampleConfig(seed=seed, num_samples=MAX_SAMPLES).validate().seed == seed
+    torch.Generator().manual_seed(SEED_LIMIT - 1 + MAX_SAMPLES - 1)
+    with pytest.raises(GoushiError, match="--seed"):
+        SampleConfig(seed=SEED_LIMIT).validate()
+    assert FRESH_SEED_LIMIT <= SEED_LIMIT and float(FRESH_SEED_LIMIT - 1) == FRESH_SEED_LIMIT - 1
+    assert all(0 <= fresh_seed() < FRESH_SEED_LIMIT for _ in range(100))
 
 
 def test_beam_samples_cannot_exceed_beams_and_good_options_pass():

@@ -37,6 +37,7 @@ httpx = pytest.importorskip("httpx")
 
 from goushi.cli import main  # noqa: E402
 from goushi.engine import Engine, SampleConfig  # noqa: E402
+from goushi.generation.options import SEED_LIMIT  # noqa: E402
 from goushi.rundir import read_config, write_config  # noqa: E402
 from goushi.serve.app import POLL_SECONDS, build_app  # noqa: E402
 from goushi.serve.limits import Limits  # noqa: E402
@@ -292,6 +293,7 @@ BAD = [  # id, method, path, request kwargs, status, code, param[, marks]
     ("n-over-max-n", "POST", "/v1/completions", {"json": {**OK, "n": LIMITS.max_n + 1}}, 400, "invalid_value", "n"),
     ("n-0", "POST", "/v1/completions", {"json": {**OK, "n": 0}}, 400, "invalid_value", "n"),
     ("negative-seed", "POST", "/v1/completions", {"json": {**OK, "seed": -1}}, 400, "invalid_value", "seed"),
+    ("seed-out-of-range", "POST", "/v1/completions", {"json": {**OK, "seed": SEED_LIMIT}}, 400, "invalid_value", "seed"),
     ("five-stops", "POST", "/v1/completions", {"json": {**OK, "stop": list("abcde")}}, 400, "invalid_value", "stop"),
     ("more-choices-than-beams", "POST", "/v1/completions", {"json": {**OK, "n": 3, "num_beams": 2}}, 400,
      "invalid_value", "n"),
