@@ -8,8 +8,11 @@ import shutil
 import pytest
 
 from goushi.chat import CHATML, ROLES, ChatTemplate, is_chat_run, normalize_messages
+from goushi.checkpoint import load_run
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
+from goushi.export.gguf import modelfile_text
+from goushi.export.tokenizer_files import stop_ids
 from goushi.tokenizer import Tokenizer
 from test_engine import ScriptedLM
 
@@ -87,7 +90,7 @@ def test_chatml_renders_the_exact_text():
     assert CHATML.render(TRAIN, add_generation_prompt=False) == (
         "<|im_start|>user\n今天吃什么<|im_end|>\n<|im_start|>assistant\n\n疯狂星期四<|im_end|>\n"
         "<|im_start|>user\n好评<|im_end|>\n<|im_start|>assistant\n下次还来。\n<|im_end|>")  # no turn_sep at the end
-    assert CHATML.stop == "<|im_end|>"
+    assert CHATML.stops == ("<|im_end|>", "<|im_start|>")  # the end of the turn, or a next turn opened
 
 
 def test_template_from_config_json():
@@ -95,7 +98,7 @@ def test_template_from_config_json():
     custom = {"turn_start": "### ", "role_sep": ":\n", "turn_end": "\n###", "turn_sep": "\n\n"}
     tpl = ChatTemplate.from_info({"sft": True, "chat_template": custom})
     assert tpl.to_dict() == custom and ChatTemplate.from_info({"chat_template": tpl.to_dict()}) == tpl
-    assert tpl.render(CONVO[1:2]) == "### user:\n你好\n###\n\n### assistant:\n" and tpl.stop == "\n###"
+    assert tpl.render(CONVO[1:2]) == "### user:\n你好\n###\n\n### assistant:\n" and tpl.stops == ("\n###", "### ")
     assert ChatTemplate.from_info({"chat_template": {"turn_end": "<|end|>"}}) == ChatTemplate(turn_end="<|end|>")
     with pytest.raises(GoushiError, match="unknown key.*stop"):
         ChatTemplate.from_info({"chat_template": {"turn_end": "<|im_end|>", "stop": "<|im_end|>"}})
@@ -207,7 +210,7 @@ def test_chat_uses_the_runs_template(tokenizers):
     info = {"sft": True, "chat_template": {"turn_start": "### ", "role_sep": ":\n", "turn_end": "\n###",
                                            "turn_sep": "\n"}}
     eng, _ = chat_engine(tok, CONVO, "\n###", info=info)
-    assert eng.is_chat and eng.chat_template.stop == "\n###"
+    assert eng.is_chat and eng.chat_template.stops == ("\n###", "### ")
     g = eng.chat(CONVO, SampleConfig(strategy="greedy", max_new_tokens=60))[0]
     assert (g.text, g.finish_reason) == (ANSWER, "stop")
     assert g.prompt.startswith("### system:\n你是段子手\n###\n### user:")
@@ -239,3 +242,19 @@ def test_chat_samples_and_a_loaded_chat_run(make_run, tmp_path):
     assert [rows[i] for i in range(3)] == [g.text for g in gens]
     assert all("<|im_end|>" not in g.text and "<|im_start|>" not in g.text for g in gens)
     assert not Engine.load(make_run("bpe"), device="cpu").is_chat
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_the_exports_stop_where_the_engine_ends_an_answer(make_run, tmp_path, kind):
+    """HF's generation_config and the GGUF Modelfile stop at the template's markers (ChatTemplate.stops), as
+    Engine.chat does; a base run stops at <|endoftext|> only."""
+    base = make_run(kind)
+    chat = shutil.copytree(base, tmp_path / "chat")
+    info = json.loads((chat / "config.json").read_text(encoding="utf-8"))
+    (chat / "config.json").write_text(json.dumps({**info, "sft": True}), encoding="utf-8")
+    for run_dir, markers in ((base, []), (chat, ["<|im_end|>", "<|im_start|>"])):
+        run = load_run(run_dir)
+        assert [run.tokenizer.id_to_piece(i) for i in stop_ids(run.tokenizer, run.info)] == ["<|endoftext|>", *markers]
+        stops = [line for line in modelfile_text(run, "m.gguf").splitlines() if line.startswith("PARAMETER stop ")]
+        assert stops == [f'PARAMETER stop "{m}"' for m in [*markers, "<|endoftext|>"]]
+    assert list(CHATML.stops) == ["<|im_end|>", "<|im_start|>"]

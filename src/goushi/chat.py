@@ -97,9 +97,11 @@ class ChatTemplate:
         return dataclasses.asdict(self)
 
     @property
-    def stop(self) -> str:
-        """What ends an answer: generation stops there, and the answer's text never contains it."""
-        return self.turn_end
+    def stops(self) -> tuple[str, ...]:
+        """What ends an answer, for the engine and every export alike: turn_end, and a turn_start (a model that
+        opens the next turn itself has finished its answer). Generation stops at either, and the answer's
+        text contains neither, so it can go back into the conversation."""
+        return tuple(dict.fromkeys((self.turn_end, self.turn_start)))
 
     def render(self, messages: Any, add_generation_prompt: bool = True) -> str:
         """The conversation as text (without the leading <|endoftext|> of `encode`), for display or export."""

@@ -13,10 +13,11 @@ always concatenate to its generated text.
 
 Every prompt is preceded by <|endoftext|>, the separator the model saw before each training
 document, so a prompt reads as the start of a document (and an empty prompt works). A chat is
-rendered to token ids by goushi.chat (the run's template, ChatML by default) and stops at the end
-of the assistant's turn. The engine keeps no per-request state: one instance serves many threads
-(each call has its own KV cache and its own random generator), and it never touches the global
-torch RNG. The decoding pieces live in goushi.generation (processors, text, runner, sampling, beam).
+rendered to token ids by goushi.chat (the run's template, ChatML by default) and stops where the
+template says an answer ends (ChatTemplate.stops). The engine keeps no per-request state: one
+instance serves many threads (each call has its own KV cache and its own random generator), and it
+never touches the global torch RNG. The decoding pieces live in goushi.generation (processors, text,
+runner, sampling, beam).
 """
 
 from __future__ import annotations
@@ -269,9 +270,7 @@ class Engine:
         cfg = self._options(cfg)
         tpl = self.chat_template
         ids, _ = tpl.encode(self.tokenizer, messages, add_generation_prompt=True)
-        # The answer ends at turn_end; a turn_start (the model opening the next turn itself) ends it too, so an
-        # answer never holds a marker and can go back into the conversation.
-        cfg.stop = list(dict.fromkeys([*cfg.stop, tpl.stop, tpl.turn_start]))
+        cfg.stop = list(dict.fromkeys([*cfg.stop, *tpl.stops]))
         return cfg, (tpl.render(messages, add_generation_prompt=True), ids)
 
     def _options(self, cfg: SampleConfig | None) -> SampleConfig:

@@ -172,11 +172,12 @@ def _write_tokenizer(w: Any, gguf: Any, run: Run) -> None:
     w.add_unk_token_id(1)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    stops = stop_ids(tok, info)
-    if len(stops) > 1:
-        w.add_eot_token_id(stops[1])
     if is_chat_run(info):
-        w.add_chat_template(chat_jinja(ChatTemplate.from_info(info)))
+        tpl = ChatTemplate.from_info(info)
+        end = tok.token_to_id(tpl.turn_end)  # GGUF's end-of-turn token: llama.cpp stops there as at EOS
+        if end is not None and end != tok.eot_id:
+            w.add_eot_token_id(end)
+        w.add_chat_template(chat_jinja(tpl))
 
 
 def _write_hparams(w: Any, gguf: Any, run: Run, kind: str) -> None:
@@ -209,7 +210,8 @@ def modelfile_text(run: Run, gguf_name: str) -> str:
         lines.append(f'TEMPLATE """{ollama_template(ChatTemplate.from_info(info))}"""')
     else:  # a base model continues the text it is given
         lines.append('TEMPLATE """{{ .Prompt }}"""')
-    for i in reversed(stop_ids(tok, info)):
+    eot, *markers = stop_ids(tok, info)
+    for i in [*markers, eot]:  # the chat's markers first, <|endoftext|> last
         lines.append(f"PARAMETER stop {json.dumps(tok.hf.id_to_token(i), ensure_ascii=False)}")
     lines.append(f"PARAMETER num_ctx {run.config.context_length}")
     credits = [f"{sid}: {s.get('license') or 'unknown'}" + (f" ({s['url']})" if s.get("url") else "")

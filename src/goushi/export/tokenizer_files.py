@@ -66,12 +66,14 @@ def hf_tokenizer_config(tok: Tokenizer, info: dict[str, Any], context_length: in
 
 
 def stop_ids(tok: Tokenizer, info: dict[str, Any]) -> list[int]:
-    """Token ids that end a generation: <|endoftext|>, and for chat runs the end of a turn."""
+    """Token ids that end a generation: <|endoftext|>, and for chat runs each of the template's stop markers
+    (ChatTemplate.stops, where the engine ends an answer) that is one token, in the template's order."""
     ids = [tok.eot_id]
     if is_chat_run(info):
-        end = tok.token_to_id(ChatTemplate.from_info(info).turn_end)
-        if end is not None and end not in ids:
-            ids.append(end)
+        for marker in ChatTemplate.from_info(info).stops:
+            i = tok.token_to_id(marker)
+            if i is not None and i not in ids:
+                ids.append(i)
     return ids
 
 
