@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from goushi.generation.options import Generation, SampleConfig, TopToken
-from goushi.generation.processors import NEG_INF, NgramBan, ban_ngrams, repetition_penalty, top_candidates
+from goushi.generation.processors import NgramBan, process_scores, top_candidates
 from goushi.generation.runner import Runner
 from goushi.generation.sampling import RowSpec, Vocab
 from goushi.generation.text import TextTracker
@@ -78,21 +78,14 @@ def beam_search(model, spec: RowSpec, cfg: SampleConfig, vocab: Vocab) -> list[G
 
     for step in range(cfg.max_new_tokens):
         truncated = truncated or any(runner.truncated)
-        work = logits[:, :V].float()
+        seen = None
         if cfg.repetition_penalty != 1.0:
             seen = torch.zeros((len(beams), V), dtype=torch.bool)
             for b, beam in enumerate(beams):
                 seen[b, list(beam.seen)] = True
-            work = repetition_penalty(work, seen.to(device), cfg.repetition_penalty)
-        if cfg.no_repeat_ngram_size:
-            work = ban_ngrams(work.clone(), [b.ban for b in beams])
-        if vocab.banned is not None:
-            work = work.index_fill(1, vocab.banned, NEG_INF)
-        if step < cfg.min_new_tokens:
-            work = work.clone()
-            work[:, vocab.eot_id] = NEG_INF
-        if guard is not None:
-            work = guard.mask(work, states)
+            seen = seen.to(device)
+        work = process_scores(logits[:, :V].float(), cfg, step, eot_id=vocab.eot_id, seen=seen,
+                              bans=[b.ban for b in beams], banned=vocab.banned, guard=guard, states=states)
         logp = work.log_softmax(-1)
         tops = top_candidates(logp.exp(), cfg.top_n) if cfg.top_n else None
         cand = (scores.view(-1, 1) + logp).view(-1)

@@ -23,9 +23,9 @@ MAX_TOP_N = 1000
 MAX_NGRAM = 64
 MAX_TEMPERATURE = 100.0
 MAX_REPETITION_PENALTY = 10.0
-# Seeds: sample k of a prompt uses seed + k (k < MAX_SAMPLES), so every row's seed stays a signed 64-bit integer.
+# Sample k of a prompt uses seed + k (k < MAX_SAMPLES), so every row's seed stays a signed 64-bit integer.
 SEED_LIMIT = 2**63 - MAX_SAMPLES  # a request's seed is an integer in [0, SEED_LIMIT)
-# Fresh seeds are drawn below 2**53, where every JSON reader and JavaScript keep a whole number exact, so the page
+# Fresh seeds stay below 2**53, where JSON readers and JavaScript keep a whole number exact, so the page
 # and an API client can show the seed used and send it back.
 FRESH_SEED_LIMIT = 2**53
 

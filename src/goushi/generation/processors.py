@@ -3,11 +3,15 @@
 Order, as in Hugging Face `generate`: penalties (repetition, n-gram ban, minimum length) change
 the scores; then temperature, top-k, top-p and min-p shape the distribution a token is drawn from.
 All work on a (B, V) float32 tensor, one row per sequence, and never loop over the vocabulary.
+`process_scores` is the chain every strategy runs first (sampling, greedy and beam search alike).
 """
 
 from __future__ import annotations
 
 import torch
+
+from goushi.generation.options import SampleConfig
+from goushi.generation.utf8 import Utf8Guard
 
 NEG_INF = float("-inf")
 
@@ -63,6 +67,30 @@ def ban_ngrams(logits: torch.Tensor, bans: list[NgramBan]) -> torch.Tensor:
     if rows:
         logits[rows, cols] = NEG_INF
     return logits
+
+
+def process_scores(raw: torch.Tensor, cfg: SampleConfig, step: int, *, eot_id: int,
+                   seen: torch.Tensor | None = None, bans: list[NgramBan] | None = None,
+                   banned: torch.Tensor | None = None, guard: Utf8Guard | None = None,
+                   states: torch.Tensor | None = None) -> torch.Tensor:
+    """The scores of decoding step `step` after the rules that hold whatever the strategy, in this order: the
+    repetition penalty (`seen`: each row's (B, V) mask of prompt and text tokens; None when the penalty is off),
+    the n-gram ban (`bans`: each row's NgramBan, with cfg.no_repeat_ngram_size), the ids never generated
+    (`banned`), <|endoftext|> before cfg.min_new_tokens, and the UTF-8 guard (`guard`, with each row's `states`).
+    Out of place, so `raw` keeps the model's scores for the log-probability of the token chosen."""
+    work = raw
+    if seen is not None:
+        work = repetition_penalty(work, seen, cfg.repetition_penalty)
+    if cfg.no_repeat_ngram_size:
+        work = ban_ngrams(work.clone(), bans)
+    if banned is not None:
+        work = work.index_fill(1, banned, NEG_INF)
+    if step < cfg.min_new_tokens:
+        work = work.clone()
+        work[:, eot_id] = NEG_INF
+    if guard is not None:
+        work = guard.mask(work, states)
+    return work
 
 
 def top_k_top_p_min_p(logits: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:

@@ -14,15 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from goushi.generation.options import Generation, SampleConfig, StreamEvent, TopToken
-from goushi.generation.processors import (
-    NEG_INF,
-    NgramBan,
-    ban_ngrams,
-    draw,
-    repetition_penalty,
-    top_candidates,
-    top_k_top_p_min_p,
-)
+from goushi.generation.processors import NgramBan, draw, process_scores, top_candidates, top_k_top_p_min_p
 from goushi.generation.runner import Runner
 from goushi.generation.text import TextTracker
 from goushi.generation.utf8 import Utf8Guard
@@ -96,24 +88,13 @@ def decode(model, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab) -> Iter
 
     guard = vocab.guard
     states = guard.start(len(rows)) if guard is not None else None
-    eot = torch.tensor([vocab.eot_id], device=device)
     logits = runner.prefill()
     for step in range(cfg.max_new_tokens):
         for i, r in enumerate(active):
             rows[r].truncated |= runner.truncated[i]
         raw = logits[:, : vocab.size].float()
-        # Every processor below is out of place, so `raw` keeps the model's scores for the log-probability.
-        work = raw
-        if seen is not None:
-            work = repetition_penalty(work, seen, cfg.repetition_penalty)
-        if cfg.no_repeat_ngram_size:
-            work = ban_ngrams(work.clone(), [rows[r].ban for r in active])
-        if vocab.banned is not None:
-            work = work.index_fill(1, vocab.banned, NEG_INF)
-        if step < cfg.min_new_tokens:
-            work = work.index_fill(1, eot, NEG_INF)
-        if guard is not None:
-            work = guard.mask(work, states)
+        work = process_scores(raw, cfg, step, eot_id=vocab.eot_id, seen=seen, bans=[rows[r].ban for r in active],
+                              banned=vocab.banned, guard=guard, states=states)
         if greedy:
             choice = work.argmax(dim=-1)  # first index among equal maxima: deterministic
             probs = work.softmax(-1) if cfg.top_n else None
