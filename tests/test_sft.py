@@ -237,9 +237,9 @@ def test_sft_resumes_exactly_and_saves_a_plain_run(tmp_path, base_run, pairs_fil
 
 
 def _source(opts: SftOptions) -> ChatData:
-    chat, tok, template, info = load_chat_file(opts, quiet)
-    return ChatData(chat, tok, template, context=CTX, val_fraction=opts.val_fraction, seed=1337,
-                    base_data_dir=rundir.data_section(info).get("dir"))
+    chat, base, template = load_chat_file(opts, quiet)
+    return ChatData(chat, base.tokenizer, template, context=CTX, val_fraction=opts.val_fraction, seed=1337,
+                    base_data_dir=rundir.data_section(base.info).get("dir"))
 
 
 def test_cli_trains_and_resumes_a_chat_run(tmp_path, base_run, pairs_file, capsys):

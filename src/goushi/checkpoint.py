@@ -1,4 +1,5 @@
-"""Weights: safetensors in and out of a GPT, and `load_run`, the one loader of a run directory.
+"""Weights: safetensors in and out of a GPT; `open_run`, the one reader of a run directory's model shape and
+tokenizer, and `load_run`, the one loader of a run.
 
 Weights never go through pickle; saved state dicts carry no `_orig_mod.` / `module.` prefixes and leave a
 tied LM head out; loads are strict. The directory's other files belong to goushi.rundir.
@@ -73,6 +74,33 @@ def load_weights(path: str | Path, model: GPT) -> None:
 
 
 @dataclass
+class RunFiles:
+    """What a run directory says about its model before any weights are read."""
+
+    run_dir: Path
+    info: dict[str, Any]  # config.json
+    config: ModelConfig
+    tokenizer: Tokenizer
+
+
+def open_run(run_dir: str | Path, *, role: str = "") -> RunFiles:
+    """A run's config.json, model shape and tokenizer, checked: the first thing a loader, a fine-tune of a run and a
+    run started from another (--init-from) read. `role` names the argument when the path is no run at all."""
+    path = Path(run_dir)
+    if role and not rundir.looks_like_run(path):
+        raise GoushiError(f"{role} {path}: not a run directory (no {rundir.CONFIG}); give a run written by "
+                          "`goushi train`")
+    path = rundir.check_run_dir(path)
+    info = rundir.read_config(path)
+    cfg = rundir.model_config(info, path)
+    tok = Tokenizer.from_file(path / rundir.TOKENIZER)
+    if tok.vocab_size > cfg.vocab_size:
+        raise GoushiError(f"{path / rundir.TOKENIZER}: {tok.vocab_size} tokens but the model has "
+                          f"vocab_size={cfg.vocab_size}")
+    return RunFiles(run_dir=path, info=info, config=cfg, tokenizer=tok)
+
+
+@dataclass
 class Run:
     model: GPT
     config: ModelConfig
@@ -83,17 +111,11 @@ class Run:
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Run:
     """Load model, config and tokenizer from a run directory; needs no other file and no flag."""
-    run_dir = rundir.check_run_dir(run_dir)
-    info = rundir.read_config(run_dir)
-    cfg = rundir.model_config(info, run_dir)
-    tok = Tokenizer.from_file(run_dir / rundir.TOKENIZER)
-    if tok.vocab_size > cfg.vocab_size:
-        raise GoushiError(f"{run_dir / rundir.TOKENIZER}: {tok.vocab_size} tokens but the model has "
-                          f"vocab_size={cfg.vocab_size}")
-    model = GPT(cfg)
-    load_weights(run_dir / rundir.WEIGHTS, model)
+    files = open_run(run_dir)
+    model = GPT(files.config)
+    load_weights(files.run_dir / rundir.WEIGHTS, model)
     model.to(device)
     if dtype is not None:
         model.to(dtype=dtype)
     model.eval()
-    return Run(model=model, config=cfg, tokenizer=tok, run_dir=run_dir, info=info)
+    return Run(model=model, config=files.config, tokenizer=files.tokenizer, run_dir=files.run_dir, info=files.info)

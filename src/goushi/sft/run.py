@@ -8,15 +8,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from goushi import rundir
 from goushi.chat import ChatTemplate
+from goushi.checkpoint import RunFiles, open_run
 from goushi.errors import ConfigError, GoushiError
 from goushi.sft.data import MAX_REPORTED, ChatData, ChatFile, read_chat_file
-from goushi.tokenizer import Tokenizer
-from goushi.train import TrainConfig, train
+from goushi.train import Sampler, TrainConfig, train
 from goushi.train.config import merge_dict
 
 # Fine-tuning starts from a trained model: a gentler step than pre-training's, no weight decay pulling
@@ -68,18 +67,13 @@ def resume_settings(out: str) -> tuple[SftOptions, dict[str, Any]]:
     return opts, train
 
 
-def load_chat_file(opts: SftOptions, log: Callable[[str], None]) -> tuple[ChatFile, Tokenizer, ChatTemplate, dict]:
-    """The base run's tokenizer and template, and the data file read against them (problems reported)."""
-    base = Path(opts.base)
-    if not rundir.looks_like_run(base):
-        raise GoushiError(f"BASE_RUN {base}: not a run directory (no {rundir.CONFIG}); give a run written by "
-                          "`goushi train`")
-    rundir.check_run_dir(base)
-    info = rundir.read_config(base)
-    mc = rundir.model_config(info, base)
-    tok = Tokenizer.from_file(base / rundir.TOKENIZER)
-    template = ChatTemplate.from_info(info)  # a chat run tuned again keeps its template; else ChatML
-    chat = read_chat_file(opts.data, tok, template, mc.context_length, strict=opts.strict)
+def load_chat_file(opts: SftOptions, log: Callable[[str], None]) -> tuple[ChatFile, RunFiles, ChatTemplate]:
+    """The base run (its tokenizer and shape) and its template, and the data file read against them (problems
+    reported)."""
+    base = open_run(opts.base, role="BASE_RUN")
+    context = base.config.context_length
+    template = ChatTemplate.from_info(base.info)  # a chat run tuned again keeps its template; else ChatML
+    chat = read_chat_file(opts.data, base.tokenizer, template, context, strict=opts.strict)
     for problem in chat.problems[:MAX_REPORTED]:
         log(f"skipped {problem}")
     if len(chat.problems) > MAX_REPORTED:
@@ -88,34 +82,36 @@ def load_chat_file(opts: SftOptions, log: Callable[[str], None]) -> tuple[ChatFi
         log(f"skipped {len(chat.problems)} bad row(s) of {len(chat.rows) + len(chat.problems)} (--strict refuses instead)")
         too_long = sum("longer than the context" in p for p in chat.problems)
         if too_long:
-            log(f"note: {too_long} of them have an answer longer than the model's context ({mc.context_length} tokens); "
+            log(f"note: {too_long} of them have an answer longer than the model's context ({context} tokens); "
                 "a base run pre-trained with a longer --context keeps them")
     if chat.truncated:
-        log(f"note: {chat.truncated} row(s) were longer than the context ({mc.context_length} tokens); their oldest "
+        log(f"note: {chat.truncated} row(s) were longer than the context ({context} tokens); their oldest "
             f"prompt tokens were cut, the answers kept whole")
-    return chat, tok, template, info
+    return chat, base, template
 
 
-def run_sft(opts: SftOptions, cfg: TrainConfig, *, progress: bool = True,
+def run_sft(opts: SftOptions, cfg: TrainConfig, *, sampler: Sampler | None = None, progress: bool = True,
             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fine-tune; returns the trainer's summary. `cfg` comes from sft_train_config (or a resumed run's)."""
+    """Fine-tune; returns the trainer's summary. `cfg` comes from sft_train_config (or a resumed run's);
+    `sampler` writes the sample answers printed at evaluations (see goushi.train.train)."""
     opts.validate()
-    chat, tok, template, info = load_chat_file(opts, log)
-    base = Path(opts.base)
-    source = ChatData(chat, tok, template, context=rundir.model_config(info, base).context_length,
+    chat, base, template = load_chat_file(opts, log)
+    source = ChatData(chat, base.tokenizer, template, context=base.config.context_length,
                       val_fraction=opts.val_fraction, seed=cfg.seed, credit=opts.credit,
-                      base_data_dir=rundir.data_section(info).get("dir"), base_data_card=base / rundir.DATA_CARD)
+                      base_data_dir=rundir.data_section(base.info).get("dir"),
+                      base_data_card=base.run_dir / rundir.DATA_CARD)
     if not cfg.max_steps:  # --epochs; a token or time budget still ends the run first if it is shorter
         cfg = dataclasses.replace(cfg, max_steps=source.steps_for_epochs(opts.epochs, cfg.batch_size))
     log(f"chat data: {len(source.train_rows)} training rows ({source.trained_tokens:,} answer tokens trained), "
         f"{len(source.val_rows)} held out; {source.sequences_per_epoch()} packed sequences per epoch of "
         f"{cfg.batch_size}-row batches; {cfg.max_steps} steps" + (f" or {cfg.time_budget}" if cfg.time_budget else ""))
-    return train(cfg, source=source, progress=progress, log=log)
+    return train(cfg, source=source, sampler=sampler, progress=progress, log=log)
 
 
 def mask_table(opts: SftOptions, line: int, log: Callable[[str], None] = print) -> str:
     """One row's tokens as the model trains on them: position, id, piece, and whether it is a target."""
-    chat, tok, _, _ = load_chat_file(dataclasses.replace(opts, strict=False), lambda _m: None)
+    chat, base, _ = load_chat_file(dataclasses.replace(opts, strict=False), lambda _m: None)
+    tok = base.tokenizer
     row = next((r for r in chat.rows if r.line == line), None)
     if row is None:
         bad = next((p for p in chat.problems if p.startswith(f"{chat.path}:{line}:")), None)

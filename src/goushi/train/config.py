@@ -2,7 +2,8 @@
 
 Model shape is not here: it is a preset + family + ModelConfig field overrides (`model`), resolved by
 `resolve_model_config` once the vocabulary size is known (from DATA_DIR/meta.json) -- or, with `init_from`,
-the shape of the run whose weights the new run starts from.
+the shape of the run whose weights the new run starts from (`run_model_config` decides which, and
+`check_resumable` that a resumed run still fits its data and its shape).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from goushi import rundir
+from goushi.checkpoint import open_run
 from goushi.config import PRESETS, ModelConfig, load_toml, preset_config
 from goushi.errors import ConfigError, GoushiError
+from goushi.tokenizer import Tokenizer
 from goushi.train import recipe as recipes
 
 SCHEDULES = ("cosine", "wsd")
@@ -335,5 +338,60 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     return mc
 
 
-__all__ = ["TrainConfig", "load_train_config", "run_config", "resolve_run_config", "apply_recipe", "merge_dict", "parse_duration", "resolve_model_config",
-           "init_model_config", "INIT_CHANGEABLE"]
+def run_model_config(cfg: TrainConfig, vocab_size: int, tokenizer_hash: str,
+                     stored: dict[str, Any] | None) -> tuple[ModelConfig, dict[str, Any] | None]:
+    """(shape, base): a preset's shape, or with init_from the shape of that run, whose tokenizer must be the data's
+    (`tokenizer_hash`); `base` is what the new run records about it (None without init_from). `stored` is a
+    resumed run's config.json."""
+    if not cfg.init_from:
+        return resolve_model_config(cfg, vocab_size), None
+    init = open_run(cfg.init_from, role="--init-from")
+    if stored is not None and isinstance(stored.get("base"), dict):
+        base = stored["base"]  # what the run recorded when it started; the base run may be gone since
+    else:
+        base = base_info(init.run_dir, init.info)
+    if init.tokenizer.hash() != tokenizer_hash:
+        raise GoushiError(f"--init-from {init.run_dir}: its tokenizer is not the one the data was encoded with; build "
+                          f"the data with that run's tokenizer: goushi data build ... --tokenizer-from {init.run_dir}")
+    return init_model_config(cfg, init.config, vocab_size), base
+
+
+def base_info(init_dir: Path, init_config: dict[str, Any]) -> dict[str, Any]:
+    """What a run started from another one records about it: where, and whose data that run learned from
+    (its sources keep their credit in the new model card)."""
+    data = rundir.data_section(init_config)
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    return {"run_dir": str(init_dir.resolve()), "data_dir": data.get("dir"), "sources": meta.get("sources") or {},
+            "base": init_config.get("base")}
+
+
+def check_resumable(cfg: TrainConfig, mc: ModelConfig, tokenizer_hash: str, stored: dict[str, Any]) -> None:
+    """GoushiError unless the run in cfg.out (its config.json: `stored`) continues with this data (tokenizer) and
+    this model shape."""
+    out = Path(cfg.out)
+    run_hash = rundir.data_section(stored).get("tokenizer_hash")
+    own_tok = out / rundir.TOKENIZER
+    if own_tok.is_file():
+        run_hash = Tokenizer.from_file(own_tok).hash()
+    if run_hash and run_hash != tokenizer_hash:
+        raise GoushiError(f"--data {cfg.data}: its tokenizer (hash {tokenizer_hash[:12]}) is not the one the run in "
+                          f"{out} was trained with ({run_hash[:12]}); resume with the original data directory "
+                          f"or start a new --out")
+    run_mc = dict(stored["model"])
+    diff = first_difference(mc.to_dict(), run_mc)
+    if diff:
+        raise GoushiError(f"--resume: model config {diff}={mc.to_dict().get(diff)!r} but the run in {out} "
+                          f"has {diff}={run_mc.get(diff)!r}; drop the option or start a new --out")
+
+
+def first_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """The first key (in sorted order) whose value differs between `a` and `b`, else None."""
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            return k
+    return None
+
+
+__all__ = ["TrainConfig", "load_train_config", "run_config", "resolve_run_config", "apply_recipe", "merge_dict",
+           "parse_duration", "resolve_model_config", "init_model_config", "INIT_CHANGEABLE", "run_model_config",
+           "base_info", "check_resumable", "first_difference"]
