@@ -14,6 +14,7 @@ import torch
 
 from goushi.checkpoint import load_run
 from goushi.cli import train as cli_train
+from goushi.cli.train import sample_line
 from goushi.config import ConfigError
 from goushi.errors import GoushiError
 from goushi.model import GPT
@@ -166,10 +167,12 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, data_dir
     if "dropout" in extra:
         extra["model"] = {**TINY, "dropout": extra.pop("dropout")}
     whole = train(cfg_for(data_dir, tmp_path / "whole", max_steps=12, save_every=0, **extra), progress=False, log=quiet)
+    # The interrupted run prints the CLI's samples, the whole one none: samples never change the run.
     part = train(cfg_for(data_dir, tmp_path / "part", max_steps=12, save_every=0, **extra), on_step=StopAt(7),
-                 progress=False, log=quiet)
+                 sampler=sample_line, progress=False, log=quiet)
     assert part["stop_reason"] == "interrupted" and part["steps"] == 7
-    rest = train(run_config(None, {"out": str(tmp_path / "part"), "resume": True}), progress=False, log=quiet)
+    rest = train(run_config(None, {"out": str(tmp_path / "part"), "resume": True}), sampler=sample_line,
+                 progress=False, log=quiet)
     assert rest["steps"] == 12 and rest["stop_reason"] == "budget"
     a, b = losses(tmp_path / "whole"), losses(tmp_path / "part")
     assert sorted(a) == sorted(b) == list(range(1, 13))

@@ -264,8 +264,26 @@ def test_eval_json_sections_merge(tmp_path):
     assert rundir.read_eval(tmp_path / "none") is None
 
 
+def test_samples_come_from_the_sampler_the_caller_hands_in(tmp_path, data_dir, capsys):
+    calls, lines = [], []
+
+    def sampler(model, source, tokens, seed):
+        calls.append((tokens, seed, source.tokenizer is not None))
+        model.eval()  # as the engine does; the trainer puts it back
+        return "今天|好"
+
+    cfg = cfg_for(data_dir, tmp_path / "run", max_steps=4, eval_every=2, sample_tokens=5)
+    train(cfg, sampler=sampler, progress=False, log=lines.append)
+    lines += capsys.readouterr().out.splitlines()  # during the loop the log goes through the (hidden) progress bar
+    assert sorted(m for m in lines if "sample:" in m) == ["  sample: 今天|好"] * 3  # steps 0, 2 and 4
+    assert calls == [(5, cfg.seed, True)] * 3
+    quiet_lines: list[str] = []
+    train(cfg_for(data_dir, tmp_path / "none", max_steps=4, eval_every=2), progress=False, log=quiet_lines.append)
+    assert "sample:" not in "\n".join(quiet_lines) + capsys.readouterr().out  # no sampler, no samples
+
+
 def test_overfit_hint_names_the_best_step_only_when_validation_rose(tmp_path):
-    from goushi.train.trainer import overfit_hint
+    from goushi.train.artifacts import overfit_hint
 
     rose = {"steps": 900, "best_step": 400, "best_val_loss": 3.90, "final_val_loss": 4.10}
     hint = overfit_hint(rose, tmp_path)

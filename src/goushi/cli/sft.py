@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from goushi.cli.train import sample_line
 from goushi.errors import GoushiError
 from goushi.sft import SftOptions, mask_table, run_sft, sft_train_config
 from goushi.sft.run import SFT_DEFAULTS, resume_settings
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                           val_fraction=args.val_fraction if args.val_fraction is not None else 0.05,
                           strict=args.strict, credit=credit).validate()
         cfg = sft_train_config(args.base, args.out, {**_overrides(args), "force": args.force})
-    summary = run_sft(opts, cfg, progress=not args.no_progress, log=log)
+    summary = run_sft(opts, cfg, sampler=sample_line, progress=not args.no_progress, log=log)
     if summary["stop_reason"] == "interrupted":
         return 130
     print(f"chat run: {args.out}; talk to it with: goushi chat {args.out}")

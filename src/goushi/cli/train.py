@@ -6,12 +6,15 @@ import argparse
 import json
 from typing import Any
 
+import torch.nn as nn
+
 from goushi import rundir
 from goushi.config import FAMILY_DEFAULTS, MLPS, NORMS, POS_ENCODINGS, PRESETS, ModelConfig, param_counts
 from goushi.data import layout as data_layout
+from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
+from goushi.train import BatchSource, train
 from goushi.train import recipe as recipes
-from goushi.train import train
 from goushi.train.config import TrainConfig, init_model_config, resolve_model_config, resolve_run_config
 
 # Model fields as flags (over the preset); `family` is a train-level flag, `vocab_size` comes from the data.
@@ -188,8 +191,23 @@ def run(args: argparse.Namespace) -> int:
         raise GoushiError("goushi train needs --data DATA_DIR (build one with `goushi data build`)")
     if not cfg.resume:
         print(why[0])
-    summary = train(cfg, progress=not getattr(args, "no_progress", False))
+    summary = train(cfg, sampler=sample_line, progress=not getattr(args, "no_progress", False))
     return 0 if summary["stop_reason"] != "interrupted" else 130
 
 
-__all__ = ["register", "run", "overrides_from_args"]
+def sample_line(model: nn.Module, source: BatchSource, max_new_tokens: int, seed: int) -> str:
+    """The sample `goushi train` and `goushi sft` print at evaluations (a goushi.train.Sampler): a short
+    continuation of a prompt in the data's style, or the answer to a conversation, through the one generation
+    engine (its own random generator: samples never change the run)."""
+    prompt = source.sample_prompt()
+    sc = SampleConfig(strategy="sample", temperature=0.8, max_new_tokens=max_new_tokens, seed=seed)
+    engine = Engine(model, source.tokenizer, info=source.config_entries())
+    if isinstance(prompt, str):
+        text = engine.generate([prompt], sc)[0].text
+    else:
+        text = engine.chat(prompt, sc)[0].text
+        prompt = prompt[-1]["content"] + " →"
+    return (prompt + "|" + text).replace("\n", " ⏎ ")
+
+
+__all__ = ["register", "run", "overrides_from_args", "sample_line"]

@@ -9,7 +9,10 @@ first REPLAN_BEFORE of the run from the longer measurement (the decay phase is n
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from goushi.train.config import TrainConfig
 
@@ -102,6 +105,17 @@ class Budget:
         self.set_total(total, step)
         self.planned_here = True
         return f"planned {self.total} steps in total"
+
+    def plan(self, step: int, elapsed: float, step_times: list[float], eval_seconds: float | None,
+             agree: Callable[[float], float]) -> str | None:
+        """Turn the time budget into a step count from measured step and evaluation times (`eval_seconds`, None
+        before the first evaluation); `agree` makes every process take the same total. Returns the log line."""
+        per_step = float(np.mean(step_times))
+        eval_cost = eval_seconds if eval_seconds is not None else \
+            per_step * self.cfg.eval_batches / (3 * self.cfg.grad_accum)  # a forward is ~1/3 of a step
+        total = int(agree(float(self.propose(step, elapsed, per_step, eval_cost))))
+        change = self.apply(total, step)
+        return f"time budget {self.cfg.time_budget}: {per_step:.2f}s/step measured -> {change}" if change else None
 
 
 __all__ = ["Budget", "plan_steps", "DEFAULT_STEPS", "PLAN_AFTER", "REPLAN_BEFORE", "KEYS"]

@@ -7,7 +7,8 @@ place. `recover` runs before any resume: a .saving without the marker is a save 
 while renaming, so the renames are finished. `best/` is built under a temporary name and swapped in.
 
 trainer_state.pt holds only tensors and plain containers and is read with torch.load(weights_only=True):
-loading a checkpoint never runs code.
+loading a checkpoint never runs code. `pack_state` writes its content (STATE_VERSION) and `restore_state` puts
+it back into a run's optimisers, generators, adapters and batch source.
 """
 
 from __future__ import annotations
@@ -17,16 +18,24 @@ import pickle
 import random
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from goushi.checkpoint import save_weights
+from goushi import lora
+from goushi.checkpoint import load_weights, save_weights
+from goushi.device import DTYPES
 from goushi.errors import GoushiError
 from goushi.fsutil import atomic_dir, fsync_dir
+from goushi.model import GPT
+from goushi.precision import Plan
 from goushi.rundir import BEST, SAVING, STATE, WEIGHTS
+from goushi.train.budget import Budget
+from goushi.train.config import TrainConfig
+from goushi.train.source import BatchSource
 
 COMPLETE = "COMPLETE"
 STATE_VERSION = 1
@@ -55,6 +64,87 @@ def set_rng_state(state: dict[str, Any], data_generator: torch.Generator) -> Non
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
     data_generator.set_state(state["data"])
+
+
+# ---- the trainer state -----------------------------------------------------------------------------
+class Progress(NamedTuple):
+    """How far a run is: the loop's counters."""
+
+    step: int
+    tokens: int
+    elapsed_s: float
+    best_val_loss: float
+    best_step: int
+    last_eval_step: int
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return str(dtype).replace("torch.", "") if dtype is not None else None
+
+
+def pack_state(progress: Progress, *, budget: Budget, optimizers: list[dict[str, Any]], scaler: dict[str, Any],
+               rngs: list[dict[str, Any]], source: dict[str, Any], adapters: dict[str, torch.Tensor],
+               dtype: torch.dtype, attn_dtype: torch.dtype | None) -> dict[str, Any]:
+    """trainer_state.pt's content: everything but the weights that decides the next step. `rngs` holds every
+    process's RNG states (rng_state), in rank order; `adapters` LoRA's (the weights on disk have them merged)."""
+    return {"version": STATE_VERSION, **progress._asdict(), "schedule": budget.schedule(), "budget": budget.key(),
+            "optimizers": optimizers, "scaler": scaler, "rng": rngs, "world_size": len(rngs), "source": source,
+            "adapters": adapters, "precision": {"dtype": _dtype_name(dtype), "attn_dtype": _dtype_name(attn_dtype)}}
+
+
+def restore_state(state: dict[str, Any], run_dir: Path, *, optimizers: list[torch.optim.Optimizer],
+                  load_optimizer: Callable[[torch.optim.Optimizer, dict[str, Any]], None],
+                  scaler: torch.amp.GradScaler | None, rank: int, world: int, data_generator: torch.Generator,
+                  source: BatchSource, adapters_of: torch.nn.Module | None, budget: Budget,
+                  log: Callable[[str], None]) -> Progress:
+    """Put pack_state's content back (from `load_state`); returns the counters. `adapters_of` is the model whose
+    LoRA adapters it holds (None without LoRA). GoushiError when the state does not fit this run."""
+    try:
+        if len(state["optimizers"]) != len(optimizers):
+            raise GoushiError(f"--resume: the run used a different optimizer; keep --optimizer as it was "
+                              f"(this run: {len(state['optimizers'])} optimiser(s))")
+        for opt, sd in zip(optimizers, state["optimizers"], strict=True):
+            load_optimizer(opt, sd)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        if len(rngs) != world:
+            log(f"note: run saved with {len(rngs)} process(es), now {world}; data order continues exactly, dropout "
+                f"randomness does not")
+        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0], data_generator)
+        if adapters_of is not None:
+            lora.load_adapter_state(adapters_of, state["adapters"])
+        source.load_state_dict(state.get("source") or {})
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise GoushiError(f"{Path(run_dir) / STATE}: does not fit this run ({type(e).__name__}: {e}); "
+                          f"start a new run with --force") from None
+    if not budget.restore(state.get("budget"), state.get("schedule") or {}):
+        log("note: budget changed since the run was saved; the schedule is planned again")
+    return Progress(int(state["step"]), int(state["tokens"]), float(state["elapsed_s"]), float(state["best_val_loss"]),
+                    int(state["best_step"]), int(state["last_eval_step"]))
+
+
+def keep_precision(plan: Plan, state: dict[str, Any]) -> None:
+    """A resumed run keeps the precision it started with (pack_state's "precision"), so it continues exactly."""
+    kept = state.get("precision") or {}
+    if kept.get("dtype") in DTYPES:
+        plan.dtype = DTYPES[kept["dtype"]]
+        plan.attn_dtype = DTYPES.get(kept.get("attn_dtype") or "")
+        plan.precision_note = "the run's own, chosen when it started"
+
+
+def load_start_weights(model: GPT, cfg: TrainConfig) -> None:
+    """The weights a run starts from: on --resume its own last ones, with init_from that run's, else the random
+    init stays. LoRA resumes from the frozen base weights plus the adapters in the trainer state (exactly); the
+    run's own model.safetensors holds them merged, for every other reader."""
+    if cfg.resume and not cfg.lora_rank:
+        load_weights(Path(cfg.out) / WEIGHTS, model)
+    elif cfg.init_from:
+        base_weights = Path(cfg.init_from) / WEIGHTS
+        if cfg.resume and not base_weights.is_file():
+            raise GoushiError(f"--resume: this LoRA run trains adapters on the frozen weights of {cfg.init_from}, "
+                              f"and {base_weights} is gone; put the base run back to continue")
+        load_weights(base_weights, model)
 
 
 # ---- last ------------------------------------------------------------------------------------------
@@ -126,4 +216,4 @@ def save_best(run_dir: str | Path, model: torch.nn.Module, copy_files: list[str]
                 shutil.copy2(src, tmp / name)
 
 
-__all__ = ["STATE_VERSION", "rng_state", "set_rng_state", "recover", "save_last", "load_state", "save_best"]
+__all__ = ["STATE_VERSION", "Progress", "pack_state", "restore_state", "keep_precision", "load_start_weights", "rng_state", "set_rng_state", "recover", "save_last", "load_state", "save_best"]

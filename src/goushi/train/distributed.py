@@ -15,6 +15,7 @@ back into the sharded one. So a run saved with --fsdp resumes without it, or wit
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from goushi.errors import GoushiError
+from goushi.precision import Plan
 
 
 @dataclass
@@ -83,6 +85,10 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
+    def describe(self, fsdp: bool) -> str:
+        """How many processes, and how they share the model (for the log)."""
+        return f"{self.world} process(es){' (FSDP)' if fsdp else ' (DDP)' if self.enabled else ''}"
+
     def close(self) -> None:
         if self.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
@@ -117,6 +123,14 @@ def setup(device_name: str, fsdp: bool = False) -> tuple[Dist, str]:
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
         here = True
     return Dist(rank=rank, world=world, local_rank=local_rank, initialized_here=here), device_name
+
+
+def agree_precision(plan: Plan, dist: Dist, device: torch.device) -> None:
+    """On CPUs the precision is chosen by timing, which may differ between ranks: rank 0's choice holds for all."""
+    mine = [float(plan.dtype == torch.bfloat16), float(plan.attn_dtype == torch.float32)]
+    bf16, attn32 = dist.sum(mine if dist.is_main else [0.0, 0.0], device)
+    plan.dtype = torch.bfloat16 if bf16 else torch.float32
+    plan.attn_dtype = torch.float32 if attn32 else None
 
 
 # ---- FSDP ------------------------------------------------------------------------------------------
@@ -154,6 +168,37 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     return get_model_state_dict(model, options=_full_options())
+
+
+class WholeModel:
+    """The model with full weights, for writing and sampling: the model itself, or under FSDP (`sharded`) a
+    collective (every rank calls it) that gathers the weights into an unsharded CPU copy on rank 0, made once by
+    `blank`; the other ranks get None."""
+
+    def __init__(self, model: nn.Module, dist: Dist, sharded: bool, blank: Callable[[], nn.Module]):
+        self.model, self.dist, self.sharded, self.blank = model, dist, sharded, blank
+        self.copy: nn.Module | None = None
+
+    def __call__(self) -> nn.Module | None:
+        if not self.sharded:
+            return self.model
+        weights = full_model_state(self.model)
+        if not self.dist.is_main:
+            return None
+        if self.copy is None:
+            with torch.random.fork_rng(devices=[]):  # its random init must not move the run's RNG
+                self.copy = self.blank()
+        self.copy.load_state_dict(weights, strict=True)
+        return self.copy
+
+
+def even_batches(batches: Iterable[tuple[torch.Tensor, Any]], dist: Dist, device: torch.device) -> list:
+    """Validation batches for a sharded model: each forward gathers weights from every rank, so every rank runs as
+    many; a rank with fewer batches runs the others' extra ones on one token, with None for targets (no loss)."""
+    batches = list(batches)
+    rounds = int(dist.max(float(len(batches)), device))
+    pad = torch.zeros((1, 1), dtype=torch.long)
+    return batches + [(pad, None)] * (rounds - len(batches))
 
 
 def full_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -198,5 +243,5 @@ def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: di
     set_optimizer_state_dict(model, opt, osd, options=StateDictOptions(full_state_dict=True))
 
 
-__all__ = ["Dist", "setup", "shard", "set_gradient_sync", "full_model_state", "full_optimizer_state",
+__all__ = ["Dist", "setup", "agree_precision", "shard", "set_gradient_sync", "WholeModel", "even_batches", "full_model_state", "full_optimizer_state",
            "load_optimizer_state"]

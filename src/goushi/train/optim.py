@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules.
+"""Optimisers, their step (gradient clipping, the fp16 loss scaler) and learning-rate schedules.
 
 The model says which parameter is which (GPT.param_groups, checked to hold each trainable one exactly once).
 AdamW: weight decay only on the hidden matrices of the blocks; norms, biases and embeddings keep theirs
@@ -10,6 +10,7 @@ head, norms and biases stay on AdamW, as Muon's authors recommend.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -53,6 +54,43 @@ def build_optimizers(model: GPT, *, name: str, lr: float, weight_decay: float, b
     return opts
 
 
+def grad_scaler(dtype: torch.dtype, device: torch.device, *, fsdp: bool, asked: str,
+                log: Callable[[str], None]) -> tuple[torch.amp.GradScaler | None, torch.dtype]:
+    """(loss scaler, the dtype to train in): fp16 gradients underflow without loss scaling (the NaNs older-GPU
+    users hit), so float16 gets a scaler, or float32 with a note where this device has none; others need none."""
+    if dtype != torch.float16:
+        return None, dtype
+    if fsdp:
+        raise GoushiError(f"--fsdp does not support float16 (its gradient scaler is not FSDP-aware) and float16 is "
+                          f"what --dtype {asked} gives on {device}; use --dtype bfloat16 or --dtype float32, "
+                          f"or drop --fsdp")
+    try:
+        return torch.amp.GradScaler(device.type), dtype
+    except (RuntimeError, ValueError) as e:
+        log(f"note: no gradient scaler for fp16 on {device.type} ({e}); training in float32")
+        return None, torch.float32
+
+
+def optimizer_step(opts: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler | None,
+                   parameters: Iterable[torch.nn.Parameter], clip: float) -> None:
+    """Clip the gradient norm (when clip > 0; unscaled first under a loss scaler), step every optimiser, and
+    clear the gradients for the next step."""
+    if clip > 0:
+        if scaler:
+            for o in opts:
+                scaler.unscale_(o)
+        torch.nn.utils.clip_grad_norm_(parameters, clip)
+    for o in opts:
+        if scaler:
+            scaler.step(o)
+        else:
+            o.step()
+    if scaler:
+        scaler.update()
+    for o in opts:
+        o.zero_grad(set_to_none=True)
+
+
 def set_lr(opts: list[torch.optim.Optimizer], multiplier: float) -> float:
     for opt in opts:
         for group in opt.param_groups:
@@ -87,4 +125,4 @@ def lr_multiplier(step: int, *, total: int | None, warmup: int, schedule: str, m
     raise GoushiError(f"schedule {schedule!r} is not one of cosine, wsd")
 
 
-__all__ = ["build_optimizers", "set_lr", "lr_multiplier"]
+__all__ = ["build_optimizers", "grad_scaler", "optimizer_step", "set_lr", "lr_multiplier"]
