@@ -23,8 +23,8 @@ SOURCES = {
 }
 
 
-def build(path: Path, docs: list[tuple[str, str]], sources=SOURCES) -> Path:
-    w = TextIndexWriter(path)
+def build(path: Path, docs: list[tuple[str, str]], sources=SOURCES, **kw) -> Path:
+    w = TextIndexWriter(path, **kw)
     for text, sid in docs:
         w.add(text, sid)
     w.close(sources)
@@ -112,9 +112,9 @@ def test_maximal_spans_agree_with_brute_force(tmp_path):
 def test_int64_suffix_array_gives_the_same_answers(tmp_path):
     d = build(tmp_path, [(KFC, "kfc"), (POEM, "poems")])
     before = TextIndex.load(d).find_copied_spans("看：" + POEM[3:15], 8)
-    sa = np.load(d / "provenance" / "sa.npy")
-    assert sa.dtype == np.int32  # small corpora use the compact type
-    np.save(d / "provenance" / "sa.npy", sa.astype(np.int64))  # as written for corpora over 2 GiB
+    sa = np.load(d / "provenance" / "sa-00000.npy")
+    assert sa.dtype == np.int32  # small pieces use the compact type
+    np.save(d / "provenance" / "sa-00000.npy", sa.astype(np.int64))  # as written for a piece over 2 GiB
     after = TextIndex.load(d).find_copied_spans("看：" + POEM[3:15], 8)
     assert before == after and len(after) == 1
 
