@@ -10,7 +10,9 @@ the CJK compatibility ideographs), and the fold then maps full-width Latin lette
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -110,17 +112,158 @@ def text_key(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
+def _mix(keys: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads any 64-bit keys evenly over the low bits that pick a slot."""
+    x = keys.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+class KeyTable:
+    """A set of 64-bit keys, each with an optional int32 value, in two numpy arrays (open addressing).
+
+    About 20 bytes a key (at most 60 % full), where a Python set of ints spends ~70 and a dict of
+    tuples ~200: the de-duplication state of a 100 M-character corpus is its largest per-document
+    memory. Used a batch at a time, because per-key numpy calls cost more than the work. Key 0 marks an
+    empty slot, so a key of 0 is stored as 1 (a 2**-64 event for a hash).
+    """
+
+    MAX_LOAD = 0.6
+
+    def __init__(self, expected: int = 0, *, values: bool = False) -> None:
+        cap = 1 << 10
+        while cap * self.MAX_LOAD < expected:
+            cap <<= 1
+        self._keys = np.zeros(cap, dtype=np.uint64)
+        self._vals = np.zeros(cap, dtype=np.int32) if values else None
+        self._used = 0
+
+    def __len__(self) -> int:
+        return self._used
+
+    @staticmethod
+    def _clean(keys: np.ndarray) -> np.ndarray:
+        keys = np.asarray(keys, dtype=np.uint64)
+        return np.where(keys == 0, np.uint64(1), keys)
+
+    def _probe(self, keys: np.ndarray) -> np.ndarray:
+        """Per key, the slot holding it or the empty slot where its probe sequence ends."""
+        table, mask = self._keys, len(self._keys) - 1
+        pos = (_mix(keys) & np.uint64(mask)).astype(np.int64)
+        out = np.empty(len(keys), dtype=np.int64)
+        todo = np.arange(len(keys))
+        while todo.size:
+            p = pos[todo]
+            k = table[p]
+            done = (k == 0) | (k == keys[todo])
+            out[todo[done]] = p[done]
+            todo = todo[~done]
+            pos[todo] = (pos[todo] + 1) & mask
+        return out
+
+    def get(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's value, -1 where the key is absent (a table without values answers 0 for present keys)."""
+        keys = self._clean(keys)
+        slots = self._probe(keys)
+        found = self._keys[slots] == keys
+        vals = self._vals[slots] if self._vals is not None else np.zeros(len(keys), dtype=np.int32)
+        return np.where(found, vals, -1)
+
+    def add(self, keys: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """Insert the keys not yet present (for a key repeated in the batch, its first occurrence's value);
+        returns, per key, whether it was there before: in the table or earlier in this batch."""
+        keys = self._clean(keys)
+        seen = np.ones(len(keys), dtype=bool)
+        if not len(keys):
+            return seen
+        _, first = np.unique(keys, return_index=True)
+        first.sort()
+        new = first[self._keys[self._probe(keys[first])] != keys[first]]
+        seen[new] = False
+        self._reserve(len(new))
+        self._place(keys[new], None if values is None else np.asarray(values, dtype=np.int32)[new])
+        return seen
+
+    def _place(self, keys: np.ndarray, vals: np.ndarray | None) -> None:
+        """Store distinct keys known to be absent; where several want one empty slot, one wins per round."""
+        while len(keys):
+            slots = self._probe(keys)
+            _, win = np.unique(slots, return_index=True)
+            self._keys[slots[win]] = keys[win]
+            if self._vals is not None and vals is not None:
+                self._vals[slots[win]] = vals[win]
+            self._used += len(win)
+            lose = np.ones(len(keys), dtype=bool)
+            lose[win] = False
+            keys = keys[lose]
+            vals = vals[lose] if vals is not None else None
+
+    def _reserve(self, more: int) -> None:
+        if self._used + more <= len(self._keys) * self.MAX_LOAD:
+            return
+        cap = len(self._keys)
+        while cap * self.MAX_LOAD < self._used + more:
+            cap <<= 1
+        full = self._keys != 0
+        keys = self._keys[full]
+        vals = self._vals[full] if self._vals is not None else None
+        self._keys = np.zeros(cap, dtype=np.uint64)
+        self._vals = np.zeros(cap, dtype=np.int32) if vals is not None else None
+        self._used = 0
+        self._place(keys, vals)
+
+
+class _Signatures:
+    """The kept documents' MinHash signatures in order, in a temporary file when given a folder: they are only
+    read back for the rare candidate pairs, so they need not take 256 bytes of memory per document."""
+
+    def __init__(self, width: int, spill_dir: str | os.PathLike | None = None) -> None:
+        self._row = width * 4
+        self._width = width
+        self._n = 0
+        # Anonymous (unlinked at once), so an interrupted build leaves nothing behind.
+        self._file = tempfile.TemporaryFile(prefix=".goushi-minhash.", dir=spill_dir, buffering=0) \
+            if spill_dir is not None else None
+        self._mem = bytearray()
+
+    def append(self, sigs: np.ndarray) -> None:
+        data = np.ascontiguousarray(sigs, dtype=np.uint32).tobytes()
+        if self._file is not None:
+            self._file.write(data)
+        else:
+            self._mem += data
+        self._n += len(sigs)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._file is not None:
+            data = os.pread(self._file.fileno(), self._row, i * self._row)
+            return np.frombuffer(data, dtype=np.uint32)
+        return np.frombuffer(self._mem, dtype=np.uint32, count=self._width, offset=i * self._row)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._mem = bytearray()
+
+
 class NearDuplicates:
     """MinHash over character n-grams with LSH banding, streaming.
 
-    Memory is about 1 KB per kept document (its signature and band keys), whatever its length.
+    Memory is about 150 bytes per kept document (its band keys in a KeyTable), whatever its length;
+    signatures go to a temporary file in `spill_dir` when one is given (else memory, 256 bytes each).
     A document is a near-duplicate when the estimated Jaccard similarity of its n-gram set with an
     earlier document is at least `threshold`; the earlier one (manifest order) is kept.
     """
 
     _PRIME = np.uint64(1099511628211)
 
-    def __init__(self, threshold: float = 0.85, num_perm: int = 64, ngram: int = 5, seed: int = 0) -> None:
+    def __init__(self, threshold: float = 0.85, num_perm: int = 64, ngram: int = 5, seed: int = 0, *,
+                 expected_docs: int = 0, spill_dir: str | os.PathLike | None = None) -> None:
         self.threshold, self.ngram = threshold, ngram
         rng = np.random.default_rng(seed)
         self._a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)
@@ -130,8 +273,11 @@ class NearDuplicates:
         best = min(((b, num_perm // b) for b in range(1, num_perm + 1)),
                    key=lambda br: (abs((1 / br[0]) ** (1 / br[1]) - (threshold - 0.05)), -br[0]))
         self.bands, self.rows = best
-        self._buckets: dict[tuple[int, bytes], int] = {}
-        self._sigs = np.zeros((1024, num_perm), dtype=np.uint32)
+        # A band's rows hash to one 64-bit key, salted per band so equal rows in two bands differ. Two
+        # different bands colliding only adds a candidate, which the full-signature check then rejects.
+        self._salt = np.random.default_rng(seed + 1).integers(1, 2**63, size=self.bands, dtype=np.uint64)
+        self._buckets = KeyTable(expected_docs * self.bands, values=True)  # band key -> first kept doc with it
+        self._sigs = _Signatures(num_perm, spill_dir)
         self._n = 0
 
     def signatures(self, texts: list[str]) -> np.ndarray:
@@ -169,24 +315,62 @@ class NearDuplicates:
     def signature(self, text: str) -> np.ndarray:
         return self.signatures([text])[0]
 
-    def seen(self, text: str, sig: np.ndarray | None = None) -> bool:
+    def band_keys(self, sigs: np.ndarray) -> np.ndarray:
+        """(len(sigs), bands) 64-bit keys, one per band of rows."""
+        rows = sigs[:, :self.bands * self.rows].reshape(len(sigs), self.bands, self.rows).astype(np.uint64)
+        h = np.broadcast_to(self._salt, (len(sigs), self.bands)).copy()
+        with np.errstate(over="ignore"):
+            for r in range(self.rows):
+                h = _mix(h * self._PRIME + rows[:, :, r])
+        return h
+
+    def duplicates(self, texts: list[str]) -> list[bool]:
+        """Per text, in order: does it nearly repeat an earlier document (before this batch, or earlier in it)?
+        Texts that do not are remembered. Texts shorter than `ngram` are never near-duplicates (too short to
+        have n-grams; exact de-duplication covers them)."""
+        out = [False] * len(texts)
+        rows = [i for i, t in enumerate(texts) if len(t) >= self.ngram]
+        if not rows:
+            return out
+        sigs = self.signatures([texts[i] for i in rows])
+        keys = self.band_keys(sigs)
+        owners = self._buckets.get(keys.ravel()).reshape(keys.shape).tolist()
+        key_list = keys.tolist()
+        local: dict[int, int] = {}  # band key -> first document kept earlier in this batch with it
+        kept: list[int] = []  # rows kept in this batch; document number self._n + position
+        for r, i in enumerate(rows):
+            sig = sigs[r]
+            candidates = set()
+            for o, k in zip(owners[r], key_list[r], strict=True):
+                c = o if o >= 0 else local.get(k, -1)
+                if c >= 0:
+                    candidates.add(c)
+            if any(float(np.mean(self._sig(c, sigs, kept) == sig)) >= self.threshold for c in candidates):
+                out[i] = True
+                continue
+            doc = self._n + len(kept)
+            kept.append(r)
+            for o, k in zip(owners[r], key_list[r], strict=True):
+                if o < 0:
+                    local.setdefault(k, doc)
+        if kept:
+            nums = np.repeat(np.arange(self._n, self._n + len(kept), dtype=np.int32), self.bands)
+            self._buckets.add(keys[kept].ravel(), nums)
+            self._sigs.append(sigs[kept])
+            self._n += len(kept)
+        return out
+
+    def _sig(self, doc: int, batch: np.ndarray, kept: list[int]) -> np.ndarray:
+        return batch[kept[doc - self._n]] if doc >= self._n else self._sigs[doc]
+
+    def seen(self, text: str) -> bool:
         """True if `text` nearly repeats an earlier document; otherwise remember it and return False."""
-        if len(text) < self.ngram:
-            return False  # too short to have n-grams; exact de-duplication covers it
-        if sig is None:
-            sig = self.signature(text)
-        keys = [(b, sig[b * self.rows:(b + 1) * self.rows].tobytes()) for b in range(self.bands)]
-        candidates = {self._buckets[k] for k in keys if k in self._buckets}
-        for c in candidates:
-            if float(np.mean(self._sigs[c] == sig)) >= self.threshold:
-                return True
-        if self._n == len(self._sigs):
-            self._sigs = np.concatenate([self._sigs, np.zeros_like(self._sigs)])
-        self._sigs[self._n] = sig
-        for k in keys:
-            self._buckets.setdefault(k, self._n)
-        self._n += 1
-        return False
+        return self.duplicates([text])[0]
+
+    def close(self) -> None:
+        """Free the state (and the signatures' file); nothing can be checked afterwards."""
+        self._sigs.close()
+        self._buckets = KeyTable(0, values=True)
 
 
 @dataclass
@@ -215,16 +399,29 @@ REASONS = {
 
 
 class Cleaner:
-    """Cleans and de-duplicates documents source by source, across the whole corpus."""
+    """Cleans and de-duplicates documents source by source, across the whole corpus.
 
-    def __init__(self, opts: CleanOptions | None = None, *, seed: int = 0) -> None:
+    De-duplication keeps hashes, not text: a 64-bit key per distinct document (exact) and a MinHash
+    band key per band (near), in KeyTables sized for `expected_docs` up front so they need not grow
+    (growing briefly holds the old and the new table). `spill_dir` takes the near-duplicate signatures
+    out of memory. `close()` frees all of it once the last source is read; the reports stay.
+    """
+
+    BATCH = 1024  # documents checked together: the tables and signatures work a batch at a time
+
+    def __init__(self, opts: CleanOptions | None = None, *, seed: int = 0, expected_docs: int = 0,
+                 spill_dir: str | os.PathLike | None = None) -> None:
         self.opts = (opts or CleanOptions()).validate()
         self.reports: dict[str, SourceReport] = {}
-        self._exact: set[int] = set()
-        self._near = NearDuplicates(self.opts.near_dup_threshold, seed=seed) if self.opts.near_dup_threshold > 0 else None
+        self._exact = KeyTable(expected_docs) if self.opts.dedup else None
+        self._near = NearDuplicates(self.opts.near_dup_threshold, seed=seed, expected_docs=expected_docs,
+                                    spill_dir=spill_dir) if self.opts.near_dup_threshold > 0 else None
         self._t2s: Callable[[str], str] | None = None
+        self._closed = False
 
     def clean(self, source_id: str, docs: Iterable[str], *, t2s: bool = False) -> Iterator[str]:
+        if self._closed:
+            raise GoushiError("Cleaner: clean() after close(); make a new Cleaner")
         rep = self.reports.setdefault(source_id, SourceReport())
         conv = None
         if t2s or self.opts.t2s:
@@ -232,7 +429,7 @@ class Cleaner:
                 self._t2s = t2s_converter()
             conv = self._t2s
         o = self.opts
-        pending: list[str] = []  # passed the cheap checks; waiting for batched near-duplicate signatures
+        pending: list[str] = []  # passed the cheap checks; waiting for the batched duplicate checks
 
         def drop(reason: str, text: str) -> None:
             rep.dropped[reason] += 1
@@ -240,16 +437,23 @@ class Cleaner:
                 rep.examples[reason] = text[:80] + ("…" if len(text) > 80 else "")
 
         def settle() -> Iterator[str]:
-            near = self._near
-            long_ = [t for t in pending if near is not None and len(t) >= near.ngram]
-            sigs = iter(near.signatures(long_)) if near is not None and long_ else iter(())
-            for text in pending:
-                if near is not None and len(text) >= near.ngram and near.seen(text, next(sigs)):
+            # Exact first, in order: a document repeating an earlier one (earlier in this batch included) goes,
+            # and every other document's key is remembered, even if it then goes as a near-duplicate.
+            if self._exact is not None:
+                exact = self._exact.add(np.array([text_key(t) for t in pending], dtype=np.uint64)).tolist()
+            else:
+                exact = [False] * len(pending)
+            unique = [t for t, dup in zip(pending, exact, strict=True) if not dup]
+            near = iter(self._near.duplicates(unique) if self._near is not None else [False] * len(unique))
+            for text, dup in zip(pending, exact, strict=True):
+                if dup:
+                    drop("exact_duplicate", text)
+                elif next(near):
                     drop("near_duplicate", text)
-                    continue
-                rep.docs_kept += 1
-                rep.chars_kept += len(text)
-                yield text
+                else:
+                    rep.docs_kept += 1
+                    rep.chars_kept += len(text)
+                    yield text
             pending.clear()
 
         for raw in docs:
@@ -263,23 +467,26 @@ class Cleaner:
                 reason = "too_short"
             elif o.max_chars and len(text) > o.max_chars:
                 reason = "too_long"
-            elif o.dedup:
-                key = text_key(text)
-                if key in self._exact:
-                    reason = "exact_duplicate"
-                else:
-                    self._exact.add(key)
             if reason:
                 drop(reason, text)
                 continue
             pending.append(text)
-            if len(pending) >= 512:
+            if len(pending) >= self.BATCH:
                 yield from settle()
-        yield from settle()
+        if pending:
+            yield from settle()
+
+    def close(self) -> None:
+        """Free the de-duplication state (the reports stay); call once every source has been read."""
+        self._closed = True
+        self._exact = None
+        if self._near is not None:
+            self._near.close()
+            self._near = None
 
     def report(self) -> dict:
         return {"options": asdict(self.opts), "reasons": REASONS,
                 "sources": {k: v.to_dict() for k, v in self.reports.items()}}
 
 
-__all__ = ["CleanOptions", "Cleaner", "NearDuplicates", "SourceReport", "clean_text", "t2s_converter", "REASONS"]
+__all__ = ["CleanOptions", "Cleaner", "KeyTable", "NearDuplicates", "SourceReport", "clean_text", "t2s_converter", "REASONS"]
