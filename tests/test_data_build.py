@@ -5,6 +5,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from goushi.data import build as build_mod
+from goushi.data import textindex
 from goushi.data.build import BuildOptions, build_dataset
 from goushi.data.clean import CleanOptions
 from goushi.errors import GoushiError
@@ -170,3 +171,63 @@ def test_provenance_index_is_built(corpus, tmp_path):
     index = json.loads((out / "provenance" / "index.json").read_text(encoding="utf-8"))
     assert index["docs"] == meta["train_docs"]
     assert index["sources"]["poems"]["license"] == "MIT"
+
+
+def test_provenance_in_pieces_answers_as_one_piece(corpus, tmp_path, monkeypatch):
+    one = tmp_path / "one"
+    build_dataset(corpus / "sources.toml", one, options=BuildOptions())
+    monkeypatch.setattr(textindex, "PIECE_BYTES", 300)  # a few documents per suffix array
+    many = tmp_path / "many"
+    build_dataset(corpus / "sources.toml", many, options=BuildOptions())
+    for name in ("train.bin", "val.bin", "val.jsonl", "tokenizer.json", "provenance/corpus.bin", "provenance/docs.npy"):
+        assert (one / name).read_bytes() == (many / name).read_bytes(), name
+    a, b = textindex.TextIndex.load(one), textindex.TextIndex.load(many)
+    assert len(a.meta["pieces"]) == 1 and len(b.meta["pieces"]) > 5
+    for text in ["我想起" + POEMS[3][4:30] + "和" + JOKES[7][:12], REVIEWS[2] + POEMS[9], "车到山前必有路，船到桥头"]:
+        spans = b.find_copied_spans(text, 4)
+        assert spans and spans == a.find_copied_spans(text, 4)
+        assert all(s.source_id in ("poems", "jokes", "reviews") for s in spans)
+
+
+def test_interrupted_index_build_leaves_nothing_behind(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    build_dataset(corpus / "sources.toml", out, options=fast())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = textindex._build_suffix_array, []
+
+    def boom(*a, **k):  # the second piece's sort is interrupted
+        calls.append(a)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(textindex, "_build_suffix_array", boom)
+    monkeypatch.setattr(textindex, "PIECE_BYTES", 300)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(corpus / "sources.toml", out, force=True, options=BuildOptions(seed=99))
+    assert len(calls) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_progress_bars_only_when_asked_or_on_a_terminal(corpus, tmp_path, capsys):
+    build_dataset(corpus / "sources.toml", tmp_path / "a", options=BuildOptions())  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""
+    build_dataset(corpus / "sources.toml", tmp_path / "b", options=BuildOptions(), progress=False)
+    assert capsys.readouterr().err == ""
+    lines = []
+    build_dataset(corpus / "sources.toml", tmp_path / "c", options=BuildOptions(), progress=True, log=lines.append)
+    err = capsys.readouterr().err
+    for stage in ("scanning", "reading", "tokenizer", "encoding", "provenance index"):
+        assert f"{stage}:" in err, stage
+    assert lines[-1].startswith("wrote ")
+    assert (tmp_path / "b" / "train.bin").read_bytes() == (tmp_path / "c" / "train.bin").read_bytes()
+
+
+def test_cli_build_takes_no_progress(corpus, tmp_path, capsys):
+    from goushi.cli import main
+
+    assert main(["data", "build", "--sources", str(corpus / "sources.toml"), "--out", str(tmp_path / "d"),
+                 "--no-progress", "--no-provenance"]) == 0
+    out = capsys.readouterr()
+    assert "data card:" in out.out and out.err == ""

@@ -84,6 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--t2s", action="store_true", help="convert traditional to simplified characters (needs OpenCC)")
     b.add_argument("--keep-spaces", action="store_true", help="do not collapse runs of spaces or strip lines")
     b.add_argument("--no-provenance", action="store_true", help="skip the verbatim-copy index (provenance/)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars (they are shown on stderr only when "
+                   "it is a terminal)")
     b.set_defaults(func=run_build)
 
     g = dsub.add_parser("get", help="fetch a public corpus with its credits: reviews, reviews-chat, poetry, copypasta, "
@@ -145,7 +147,8 @@ def run_build(args: argparse.Namespace) -> int:
                         max_vocab=args.max_vocab, val_fraction=args.val_fraction, seed=args.seed,
                         encoding=args.encoding, provenance=not args.no_provenance, clean=clean,
                         tokenizer_from=args.tokenizer_from or "", split_docs=args.split_docs)
-    meta = build_dataset(args.sources, args.out, force=args.force, options=opts, log=lambda m: print(m, flush=True))
+    meta = build_dataset(args.sources, args.out, force=args.force, options=opts, log=lambda m: print(m, flush=True),
+                         progress=False if args.no_progress else None)
     print(f"{meta['train_docs']:,} train / {meta['val_docs']:,} val documents, {meta['train_tokens']:,} train tokens, "
           f"vocab {meta['vocab_size']:,} ({meta['tokenizer_kind']}), {meta['chars_per_token']} chars/token, "
           f"{meta['unk_rate']:.3%} of tokens spell rarer characters in bytes (nothing is lost)")

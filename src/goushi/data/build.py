@@ -1,7 +1,10 @@
 """`build_dataset`: sources.toml -> DATA_DIR (token shards, tokenizer, meta, data card, provenance index).
 
 Three streaming passes over one cleaned copy of the corpus kept on disk, so memory holds at most one
-chunk of documents, a few bytes per document, and the tokenizer's bounded training state:
+chunk of documents, the tokenizer's bounded training state, one piece of the provenance index while
+its suffix array is sorted (goushi.data.textindex.PIECE_BYTES), and per document only hashes and
+counters: ~20 bytes for the split, ~200 for de-duplication while reading (freed before the tokenizer
+is trained), 12 for the provenance index. A 100 M-character corpus (1.2 M documents) stays under 1 GB.
 
 0. plan every file (format, and how a text file is cut into documents: goushi.data.readers) and
    refuse a corpus of fewer than 2 documents, which cannot hold out a validation split;
@@ -11,6 +14,10 @@ chunk of documents, a few bytes per document, and the tokenizer's bounded traini
 2. train the tokenizer on the training documents;
 3. tokenise in chunks (`encode_batch` runs on every core) and write train.bin, val.bin, val.jsonl
    and the provenance index.
+
+Each pass shows a progress bar with an ETA on a terminal (tqdm on stderr; silent when stderr is not
+a terminal, or with `progress=False`): input bytes while planning and reading, documents while training
+the tokenizer and encoding, text bytes while sorting the index.
 
 The split is by document and depends only on the seed and the documents' text: the validation set
 is the `val_fraction` of documents with the smallest seeded hashes.
@@ -34,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from goushi.data import layout
 from goushi.data.clean import REASONS, Cleaner, CleanOptions
@@ -120,14 +128,20 @@ def _iter_corpus(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, options: BuildOptions | None = None,
-                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  log: Callable[[str], None] | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Build DATA_DIR `out` from the manifest `sources`; returns meta.json's content.
 
     Refuses an existing `out` unless `force`; the old folder stays intact until the new one is complete.
     A corpus too small to hold out a validation split is refused before anything is written.
+    `progress`: progress bars on stderr; None (the default) shows them only when stderr is a terminal.
     """
     opts = (options or BuildOptions()).validate()
-    say = log or (lambda _msg: None)
+    user_log = log or (lambda _msg: None)
+
+    def say(msg: str) -> None:
+        with tqdm.external_write_mode():  # lift any progress bar off the terminal while the line is printed
+            user_log(msg)
+
     manifest = Path(sources)
     if manifest.is_dir():
         manifest = manifest / layout.SOURCES
@@ -142,7 +156,10 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
     if out.exists() and not force:
         raise GoushiError(f"{out}: already exists; choose another --out or pass --force to replace it")
     t0 = time.perf_counter()
-    plans = {s.id: plan_source(s, opts.encoding, opts.split_docs) for s in srcs}
+    total_bytes = sum(f.stat().st_size for s in srcs for f in s.files())
+    with _bar(progress, total_bytes, "scanning", "B") as bar:
+        plans = {s.id: plan_source(s, opts.encoding, opts.split_docs, on_file=lambda p: bar.update(p.stat().st_size))
+                 for s in srcs}
     _check_enough_documents(manifest, srcs, plans, opts)
     warnings: list[str] = []
     if opts.val_fraction == 0:
@@ -150,12 +167,14 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
                         "(fine for other uses); build with --val-fraction 0.05 to train on it")
         say(f"warning: {warnings[-1]}")
     with _scratch_file(out, _CORPUS) as corpus:
-        cleaner = Cleaner(opts.clean, seed=opts.seed)
+        expected = sum(p.expected_docs() or 0 for ps in plans.values() for p in ps)
+        # The near-duplicate signatures go to an anonymous file beside the output: disk, not memory.
+        cleaner = Cleaner(opts.clean, seed=opts.seed, expected_docs=expected, spill_dir=out.parent)
         keys = array("Q")
-        src_of = array("H")
         lengths = array("Q")
         bytes_in = 0
-        with open(corpus, "w", encoding="utf-8") as f:
+        with open(corpus, "w", encoding="utf-8") as f, _bar(progress, total_bytes, "reading", "B") as bar:
+            reading = _ReadProgress(bar)
             for si, src in enumerate(srcs):
 
                 def raw_docs(src: Source = src) -> Iterator[str]:
@@ -163,16 +182,20 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
                     last = None
                     for path, doc in read_source(src, plans=plans[src.id]):
                         if path != last:
-                            bytes_in += path.stat().st_size
+                            size = path.stat().st_size
+                            bytes_in += size
+                            reading.next_file(size)
                             last = path
+                        reading.doc(doc)
                         yield doc
+                    reading.next_file(0)
 
                 for text in cleaner.clean(src.id, raw_docs(), t2s=src.t2s):
                     f.write(json.dumps({"s": si, "t": text}, ensure_ascii=False) + "\n")
                     keys.append(_split_key(opts.seed, text))
-                    src_of.append(si)
                     lengths.append(len(text))
                 say(f"read {src.id}: {cleaner.reports[src.id].docs_kept} documents kept{_split_summary(plans[src.id])}")
+        cleaner.close()  # the de-duplication tables are the largest per-document state: gone before the next pass
         n_docs = len(keys)
         if n_docs < 2:
             read = sum(r.docs_in for r in cleaner.reports.values())
@@ -201,9 +224,12 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
             corpus_in = tmp / _CORPUS
 
             def train_texts() -> Iterator[str]:
-                for i, (_, text) in enumerate(_iter_corpus(corpus_in)):
-                    if not is_val[i]:
-                        yield text
+                with _bar(progress, n_docs, "tokenizer", "doc") as bar:
+                    for i, (_, text) in enumerate(_iter_corpus(corpus_in)):
+                        if not i & 255:
+                            bar.update(min(256, n_docs - i))
+                        if not is_val[i]:
+                            yield text
 
             if opts.tokenizer_from:
                 tok = Tokenizer.from_file(opts.tokenizer_from)
@@ -217,7 +243,7 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
             say(f"tokenizer: {tok.kind}, {tok.vocab_size} tokens"
                 + (f" (from {opts.tokenizer_from})" if opts.tokenizer_from else ""))
             t2 = time.perf_counter()
-            stats = _write_shards(tmp, corpus_in, srcs, tok, is_val, key_arr, opts)
+            stats = _write_shards(tmp, corpus_in, srcs, tok, is_val, key_arr, opts, progress)
             corpus_in.unlink()
             t3 = time.perf_counter()
             meta = _meta(srcs, tok, stats, opts, manifest, plans)
@@ -249,6 +275,35 @@ def _scratch_file(out: Path, name: str) -> Iterator[Path]:
         yield path
     finally:
         path.unlink(missing_ok=True)
+
+
+def _bar(enabled: bool | None, total: int, desc: str, unit: str) -> tqdm:
+    """A progress bar with an ETA on stderr; `enabled=None` shows it only on a terminal (tqdm's own test)."""
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
+                disable=None if enabled is None else not enabled, leave=False, dynamic_ncols=True, mininterval=0.5,
+                smoothing=0.05)
+
+
+class _ReadProgress:
+    """Input bytes read, for the bar: inside a file estimated from the documents' UTF-8 size (the readers do
+    not say where they are), set to the file's real size when the next file starts."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+        self.size = self.est = 0
+        self._pending = 0
+
+    def next_file(self, size: int) -> None:
+        self.bar.update(self.size - self.est + self._pending)
+        self.size, self.est, self._pending = size, 0, 0
+
+    def doc(self, text: str) -> None:
+        step = min(len(text.encode("utf-8", "surrogatepass")) + 1, self.size - self.est)
+        self.est += step
+        self._pending += step
+        if self._pending > 1 << 20:  # tqdm.update costs more than a document's worth of reading
+            self.bar.update(self._pending)
+            self._pending = 0
 
 
 def _check_enough_documents(manifest: Path, srcs: list[Source], plans: dict[str, list[FilePlan]],
@@ -311,7 +366,7 @@ def _split_kind(plan: FilePlan) -> str:
 
 
 def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, is_val: np.ndarray,
-                  keys: np.ndarray, opts: BuildOptions) -> dict[str, Any]:
+                  keys: np.ndarray, opts: BuildOptions, progress: bool | None = None) -> dict[str, Any]:
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
     per = {s.id: dict(train_docs=0, val_docs=0, chars=0, train_chars=0, val_chars=0, tokens=0, train_tokens=0,
                       val_tokens=0, repeats=0) for s in srcs}
@@ -323,7 +378,8 @@ def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, i
         index = TextIndexWriter(tmp)
     try:
         with open(tmp / layout.TRAIN_BIN, "wb") as ftrain, open(tmp / layout.VAL_BIN, "wb") as fval, \
-                open(tmp / layout.VAL_JSONL, "w", encoding="utf-8") as fjson:
+                open(tmp / layout.VAL_JSONL, "w", encoding="utf-8") as fjson, \
+                _bar(progress, len(is_val), "encoding", "doc") as bar:
             batch: list[tuple[int, int, str]] = []
 
             def flush() -> None:
@@ -364,6 +420,7 @@ def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, i
                         totals["train_tokens"] += reps * len(arr)
                         if index is not None:
                             index.add(text, src.id)
+                bar.update(len(batch))
                 batch.clear()
 
             for i, (si, text) in enumerate(_iter_corpus(corpus)):
@@ -373,7 +430,8 @@ def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, i
             if batch:
                 flush()
         if index is not None:
-            index.close({s.id: s.credit() for s in srcs})
+            with _bar(progress, index.bytes, "provenance index", "B") as bar:
+                index.close({s.id: s.credit() for s in srcs}, progress=bar.update)
     except BaseException:
         if index is not None:
             index.abort()

@@ -26,7 +26,7 @@ import codecs
 import csv
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -370,16 +370,23 @@ def read_file(path: Path, *, format: str = "auto", separator: str = "auto", fiel
     return read_plan(plan_file(path, format=fmt, separator=separator, encoding=encoding), field=field, column=column)
 
 
-def plan_source(src: Source, encoding: str | None = None, split_docs: str | None = None) -> list[FilePlan]:
+def plan_source(src: Source, encoding: str | None = None, split_docs: str | None = None, *,
+                on_file: Callable[[Path], None] | None = None) -> list[FilePlan]:
     """A plan for every file of a source. `encoding` and `split_docs` (auto|blank|line|file) override the
-    manifest's `encoding` and `separator` for every file."""
+    manifest's `encoding` and `separator` for every file. `on_file(path)` is called as each file is planned
+    (for a progress bar: a text file is read through once here)."""
     if split_docs is not None and split_docs not in SPLITS:
         raise GoushiError(f"--split-docs {split_docs!r}: choose one of {', '.join(SPLITS)}")
     sep = split_docs or src.separator
     by = "--split-docs" if split_docs and split_docs != "auto" else ("auto" if sep == "auto" else "manifest")
     paths = src.files()
-    return [plan_file(p, format=src.format, separator=sep, encoding=encoding or src.encoding, chosen_by=by,
-                      files=len(paths)) for p in paths]
+    plans = []
+    for p in paths:
+        plans.append(plan_file(p, format=src.format, separator=sep, encoding=encoding or src.encoding, chosen_by=by,
+                               files=len(paths)))
+        if on_file is not None:
+            on_file(p)
+    return plans
 
 
 def count_docs(plan: FilePlan, src: Source, limit: int) -> int:
