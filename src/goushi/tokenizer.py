@@ -6,9 +6,15 @@ Both kinds are plain Hugging Face `tokenizers` objects, so `tokenizers.Tokenizer
 - char: a BPE model with *no merges*. Its vocabulary is the special tokens, the 256 byte tokens
   `<0x00>`..`<0xFF>` and the characters seen in training. A character outside the vocabulary is
   spelled as its UTF-8 bytes (byte fallback), so no text is ever lost and `<|unk|>` is never produced.
-- bpe: byte-level BPE whose pre-tokenizer cuts Chinese into short runs of characters, because
-  GPT-style regexes treat a whole Chinese clause as one "word" and a small vocabulary then spends
-  itself on memorised clauses.
+- bpe: byte-level BPE behind one of two pre-tokenizers (`BPE_PRES`), which the tokenizer.json records
+  by its `pre_tokenizer` itself (`Tokenizer.pre` recognises it):
+  - "deepseek-v3": llama.cpp's built-in pre-tokenizer of that name (`tokenizer.ggml.pre`), reproduced
+    exactly: digits in runs of at most 3, then runs of CJK (U+4E00-U+9FA5 and kana) apart from everything
+    else, then a GPT-4-like split of the rest. A GGUF export splits prompts exactly as we do.
+  - "han2": Han in runs of at most 2 characters ("the two-character rule"), GPT-4 style for the rest,
+    because GPT-style regexes treat a whole Chinese clause as one "word" and a small vocabulary might
+    spend itself on memorised clauses. llama.cpp has no such pre-tokenizer, so its GGUF is approximate.
+  docs/recipe.md compares the two in bits per character.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|unk|>", "<|im_start|>", "<|im_end|>", "<|s
 EOT, UNK = SPECIAL_TOKENS[0], SPECIAL_TOKENS[1]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 KINDS = ("char", "bpe")
+BPE_PRES = ("deepseek-v3", "han2")
+DEFAULT_BPE_PRE = "han2"
 DEFAULT_MAX_SAMPLE_CHARS = 20_000_000  # ~60 MB of UTF-8: BPE training memory stays far below a GB
 
 # Every character is its own piece; `[\s\S]` because `.` would skip newlines.
@@ -52,6 +60,49 @@ def bpe_split_pattern(cjk_run: int = 2) -> str:
         r"\s+(?!\S)",
         r"\s+",
     ])
+
+
+# llama.cpp's LLAMA_VOCAB_PRE_TYPE_DEEPSEEK3_LLM (src/llama-vocab.cpp), applied one after another to each piece
+# the previous one left, as a Sequence of isolating Splits does; none has a custom implementation in llama.cpp
+# (unicode_regex_split_custom), so all three run through its general regex path. Its \r and \n are literal
+# CR/LF there, which means the same in a character class. CJK here is U+4E00-U+9FA5 (一-龥) and the kana blocks.
+_DEEPSEEK_V3 = (
+    r"\p{N}{1,3}",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+
+
+def bpe_pre_tokenizer(pre: str, cjk_run: int = 2) -> pre_tokenizers.PreTokenizer:
+    """The BPE pre-tokenizer called `pre` (one of BPE_PRES): isolating regex splits, then GPT-2's byte mapping
+    without its regex (as llama.cpp's byte-level BPE does). `cjk_run` is han2's run length; other than 2 it
+    makes a pre-tokenizer no name stands for."""
+    if pre == "deepseek-v3":
+        splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _DEEPSEEK_V3]
+    elif pre == "han2":
+        if cjk_run < 1:
+            raise GoushiError(f"cjk_run={cjk_run}: must be at least 1")
+        splits = [pre_tokenizers.Split(Regex(bpe_split_pattern(cjk_run)), behavior="isolated")]
+    else:
+        raise GoushiError(f"--bpe-pre {pre!r}: choose one of {', '.join(BPE_PRES)}")
+    return pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def _pre_spec(pre_tokenizer: pre_tokenizers.PreTokenizer) -> dict:
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizer
+    return json.loads(hf.to_str())["pre_tokenizer"]
+
+
+_PRE_SPECS: dict[str, dict] = {}
+
+
+def detect_bpe_pre(spec: dict) -> str | None:
+    """Which of BPE_PRES a tokenizer.json's `pre_tokenizer` is, exactly (regexes, order, flags), else None."""
+    if not _PRE_SPECS:
+        _PRE_SPECS.update({name: _pre_spec(bpe_pre_tokenizer(name)) for name in BPE_PRES})
+    return next((name for name, want in _PRE_SPECS.items() if spec == want), None)
 
 
 def _hex_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
@@ -108,6 +159,8 @@ class Tokenizer:
     def __init__(self, hf: HFTokenizer, kind: str | None = None, *, source: str = "tokenizer") -> None:
         self.hf = hf
         self.kind = kind or _detect_kind(hf, source)
+        # BPE only: which named pre-tokenizer (BPE_PRES) the file holds, None for any other
+        self.pre = detect_bpe_pre(json.loads(hf.to_str()).get("pre_tokenizer")) if self.kind == "bpe" else None
         for i, tok in enumerate(SPECIAL_TOKENS):
             if hf.token_to_id(tok) != i:
                 raise GoushiError(f"{source}: special token {tok} should have id {i}; "
@@ -156,20 +209,17 @@ class Tokenizer:
     @classmethod
     def train_bpe(cls, texts: Iterable[str], *, vocab_size: int = 8192,
                   max_sample_chars: int = DEFAULT_MAX_SAMPLE_CHARS, min_frequency: int = 2,
-                  cjk_run: int = 2) -> Tokenizer:
-        """Byte-level BPE on a bounded sample of `texts` (at most `max_sample_chars` characters)."""
+                  pre: str = DEFAULT_BPE_PRE, cjk_run: int = 2) -> Tokenizer:
+        """Byte-level BPE behind the pre-tokenizer `pre` (BPE_PRES) on a bounded sample of `texts` (at most
+        `max_sample_chars` characters)."""
         floor = len(SPECIAL_TOKENS) + 256
         if vocab_size <= floor:
             raise GoushiError(f"--vocab-size {vocab_size}: must be more than {floor} "
                               f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
-        if cjk_run < 1:
-            raise GoushiError(f"cjk_run={cjk_run}: must be at least 1")
+        pre_tokenizer = bpe_pre_tokenizer(pre, cjk_run)  # refuses a bad name before reading any text
         sample = _sample_texts(texts, max_sample_chars)
         hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(bpe_split_pattern(cjk_run)), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        hf.pre_tokenizer = pre_tokenizer
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
@@ -241,7 +291,8 @@ class Tokenizer:
         return self.vocab_size
 
     def __repr__(self) -> str:
-        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+        pre = f", pre={self.pre!r}" if self.kind == "bpe" else ""
+        return f"Tokenizer(kind={self.kind!r}{pre}, vocab_size={self.vocab_size})"
 
     # ---- internals -----------------------------------------------------------------------------
     def _bytes_of(self, tok: str | None) -> bytes:
@@ -269,4 +320,5 @@ def _detect_kind(hf: HFTokenizer, source: str) -> str:
                       "train one with `goushi tokenizer train`")
 
 
-__all__ = ["SPECIAL_TOKENS", "KINDS", "Tokenizer", "bpe_split_pattern"]
+__all__ = ["SPECIAL_TOKENS", "KINDS", "BPE_PRES", "DEFAULT_BPE_PRE", "Tokenizer", "bpe_pre_tokenizer",
+           "bpe_split_pattern", "detect_bpe_pre"]

@@ -12,6 +12,7 @@ from goushi.data.clean import CleanOptions
 from goushi.data.corpora import COPYPASTA_PARTS, get_corpus
 from goushi.data.sources import FORMATS, SPLITS, add_source, load_manifest
 from goushi.errors import GoushiError
+from goushi.tokenizer import BPE_PRES, DEFAULT_BPE_PRE
 
 
 def _fraction(s: str) -> float:
@@ -63,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "a tokenizer.json, or a RUN_DIR / DATA_DIR holding one (to train on with `goushi train --init-from`)")
     b.add_argument("--vocab-size", type=int, default=4096, help="bpe: vocabulary size (default: 4096, which beat 8192 "
                    "for the tiny model, docs/recipe.md)")
+    b.add_argument("--bpe-pre", choices=BPE_PRES, default=DEFAULT_BPE_PRE, help="bpe: its pre-tokenizer (default: "
+                   f"{DEFAULT_BPE_PRE}): deepseek-v3 is llama.cpp's own, so a GGUF export splits prompts exactly as "
+                   "goushi; han2 cuts Chinese into runs of at most 2 characters, which llama.cpp cannot (GGUF export "
+                   "then needs --approximate-tokenizer); bits per character of each in docs/recipe.md")
     b.add_argument("--min-frequency", type=int, help="fewest occurrences for a character (char, default 1) "
                    "or a merge (bpe, default 2)")
     b.add_argument("--max-vocab", type=int, help="char: cap on the whole vocabulary; rarer characters fall back to bytes")
@@ -143,7 +148,8 @@ def run_build(args: argparse.Namespace) -> int:
     clean = CleanOptions(normalize=args.normalize, t2s=args.t2s, min_chars=args.min_chars, max_chars=args.max_chars,
                          dedup=not args.no_dedup, near_dup_threshold=0.0 if args.no_dedup else args.near_dup_threshold,
                          collapse_spaces=not args.keep_spaces)
-    opts = BuildOptions(tokenizer=args.tokenizer, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+    opts = BuildOptions(tokenizer=args.tokenizer, vocab_size=args.vocab_size, bpe_pre=args.bpe_pre,
+                        min_frequency=args.min_frequency,
                         max_vocab=args.max_vocab, val_fraction=args.val_fraction, seed=args.seed,
                         encoding=args.encoding, provenance=not args.no_provenance, clean=clean,
                         tokenizer_from=args.tokenizer_from or "", split_docs=args.split_docs)

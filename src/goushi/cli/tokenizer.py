@@ -11,7 +11,7 @@ from goushi.config import PRESETS, param_counts, preset_config
 from goushi.data.readers import iter_text, read_file, read_source
 from goushi.data.sources import load_manifest
 from goushi.errors import GoushiError
-from goushi.tokenizer import Tokenizer
+from goushi.tokenizer import BPE_PRES, DEFAULT_BPE_PRE, Tokenizer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--kind", choices=("char", "bpe"), default="bpe", help="tokenizer kind (default: bpe, as "
                    "`goushi data build`)")
     t.add_argument("--vocab-size", type=int, default=4096, help="bpe: vocabulary size (default: 4096)")
+    t.add_argument("--bpe-pre", choices=BPE_PRES, default=DEFAULT_BPE_PRE, help="bpe: its pre-tokenizer (default: "
+                   f"{DEFAULT_BPE_PRE}; see `goushi data build --help`)")
     t.add_argument("--min-frequency", type=int, help="char: fewest occurrences to keep a character (default 1); "
                    "bpe: for a merge (default 2)")
     t.add_argument("--max-vocab", type=int, help="char: cap on the whole vocabulary")
@@ -79,11 +81,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.kind == "char":
         tok = Tokenizer.train_char(texts, min_frequency=args.min_frequency or 1, max_vocab=args.max_vocab)
     else:
-        tok = Tokenizer.train_bpe(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency or 2)
+        tok = Tokenizer.train_bpe(texts, vocab_size=args.vocab_size, min_frequency=args.min_frequency or 2,
+                                  pre=args.bpe_pre)
     if tok.vocab_size <= 263 and tok.kind == "char":
         raise GoushiError("the inputs hold no text; nothing to train on")
     tok.save(out)
-    print(f"wrote {out}: {tok.kind}, {tok.vocab_size:,} tokens")
+    print(f"wrote {out}: {tok.kind}{f' (pre-tokenizer {tok.pre})' if tok.pre else ''}, {tok.vocab_size:,} tokens")
     return 0
 
 

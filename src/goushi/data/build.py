@@ -50,7 +50,7 @@ from goushi.data.sources import SPLITS, Source, load_manifest
 from goushi.data.textindex import TextIndexWriter
 from goushi.errors import GoushiError
 from goushi.fsutil import atomic_dir
-from goushi.tokenizer import DEFAULT_MAX_SAMPLE_CHARS, KINDS, Tokenizer
+from goushi.tokenizer import BPE_PRES, DEFAULT_BPE_PRE, DEFAULT_MAX_SAMPLE_CHARS, KINDS, Tokenizer
 
 META_VERSION = 1
 CHUNK_DOCS = 2048
@@ -65,6 +65,7 @@ MIN_VAL_CHARS = 300
 class BuildOptions:
     tokenizer: str = "char"
     vocab_size: int = 4096  # bpe only
+    bpe_pre: str = DEFAULT_BPE_PRE  # bpe only: its pre-tokenizer, one of BPE_PRES (goushi.tokenizer)
     min_frequency: int | None = None  # char: 1, bpe: 2
     max_vocab: int | None = None  # char only: cap on the whole vocabulary
     val_fraction: float = 0.05
@@ -81,6 +82,8 @@ class BuildOptions:
             Tokenizer.from_file(self.tokenizer_from)  # refuse a bad path before any work
         if self.tokenizer not in KINDS:
             raise GoushiError(f"--tokenizer {self.tokenizer!r}: choose one of {', '.join(KINDS)}")
+        if self.bpe_pre not in BPE_PRES:
+            raise GoushiError(f"--bpe-pre {self.bpe_pre!r}: choose one of {', '.join(BPE_PRES)}")
         if self.max_vocab is not None and self.tokenizer != "char" and not self.tokenizer_from:
             raise GoushiError(f"--max-vocab {self.max_vocab}: only for --tokenizer char (bpe is sized by --vocab-size)")
         if not (isinstance(self.val_fraction, int | float) and 0.0 <= self.val_fraction < 1.0):
@@ -237,10 +240,10 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
                 tok = Tokenizer.train_char(train_texts(), min_frequency=opts.min_frequency or 1,
                                            max_vocab=opts.max_vocab)
             else:
-                tok = Tokenizer.train_bpe(train_texts(), vocab_size=opts.vocab_size,
+                tok = Tokenizer.train_bpe(train_texts(), vocab_size=opts.vocab_size, pre=opts.bpe_pre,
                                           min_frequency=opts.min_frequency or 2, max_sample_chars=opts.max_sample_chars)
             (tmp / layout.TOKENIZER).write_text(tok.hf.to_str(pretty=True), encoding="utf-8")
-            say(f"tokenizer: {tok.kind}, {tok.vocab_size} tokens"
+            say(f"tokenizer: {tok.kind}{f' (pre-tokenizer {tok.pre})' if tok.pre else ''}, {tok.vocab_size} tokens"
                 + (f" (from {opts.tokenizer_from})" if opts.tokenizer_from else ""))
             t2 = time.perf_counter()
             stats = _write_shards(tmp, corpus_in, srcs, tok, is_val, key_arr, opts, progress)
