@@ -40,8 +40,10 @@ TINY_TEXTS = [
 ] * 20
 
 
-def build_run(run_dir: Path, *, kind: str = "char", family: str = "gpt2", seed: int = 0, **model_overrides) -> Path:
-    """A complete run directory (weights, config.json, tokenizer.json) with a random tiny model."""
+def build_run(run_dir: Path, *, kind: str = "char", family: str = "gpt2", seed: int = 0, bpe_pre: str | None = None,
+              **model_overrides) -> Path:
+    """A complete run directory (weights, config.json, tokenizer.json) with a random tiny model; a BPE one
+    behind the pre-tokenizer `bpe_pre` (default: goushi's default)."""
     import torch
 
     from goushi.checkpoint import save_weights
@@ -50,7 +52,8 @@ def build_run(run_dir: Path, *, kind: str = "char", family: str = "gpt2", seed: 
     from goushi.rundir import write_config
     from goushi.tokenizer import Tokenizer
 
-    tok = Tokenizer.train_char(TINY_TEXTS) if kind == "char" else Tokenizer.train_bpe(TINY_TEXTS, vocab_size=400)
+    pre = {"pre": bpe_pre} if bpe_pre else {}
+    tok = Tokenizer.train_char(TINY_TEXTS) if kind == "char" else Tokenizer.train_bpe(TINY_TEXTS, vocab_size=400, **pre)
     shape = dict(n_layer=2, n_head=4, n_embd=64, context_length=64)
     shape.update(model_overrides)
     cfg = preset_config("tiny", family, vocab_size=tok.vocab_size, **shape)

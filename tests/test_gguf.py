@@ -1,10 +1,13 @@
 """`goushi export --format gguf`: llama.cpp (through llama-cpp-python, built from its package) loads the file
-for both families and both tokenizer kinds and gives our logits, our top-1 next tokens wherever they are clear,
-and our greedy text; the Modelfile, the BPE refusal, --force and interrupted exports."""
+for both families and every tokenizer (char; BPE behind deepseek-v3, exact; BPE behind the two-character rule,
+approximate) and gives our logits, our top-1 next tokens wherever they are clear, and our greedy text; llama.cpp
+tokenizes text exactly as we do where the export is exact; the Modelfile, the han2 BPE refusal, --force and
+interrupted exports."""
 
 from __future__ import annotations
 
 import os
+import random
 
 import numpy as np
 import pytest
@@ -19,10 +22,21 @@ from goushi.cli import main
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
 from goushi.export import export_gguf
+from goushi.tokenizer import Tokenizer
 
 pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
 PROMPTS = ["今天我终于", "床前明月光", "好评！物流"]
+# Kinds of run: char, and BPE behind each pre-tokenizer; only "bpe-han2" (the two-character rule) is approximate.
+KINDS = ["char", "bpe-deepseek-v3", "bpe-han2"]
+EXACT = ("char", "bpe-deepseek-v3")
+# What prompts contain: Chinese with its punctuation, digits, Latin, spaces of every kind, newlines, emoji, kana,
+# rare and very new characters (outside deepseek-v3's CJK range U+4E00-U+9FA5), combining marks, control bytes.
+TEXTS = ["  两个空格\n\n换行  ", " 前导空格 Hello, World!", "生僻字龘靐齉😀", "V我50，今天疯狂星期四",
+         "全角标点：，。！？「」『』（）【】《》……——、；", "数字0123456789、３.１４和1,234.56元", "中文English中文123中文",
+         "line one\nline two\r\n\n\n后面\t\t制表符   ", "\u3000\u3000全角空格\u00a0不换行空格\u200b零宽",
+         "emoji 😀🎉👨\u200d👩\u200d👧 旗 🇨🇳", "ひらがなカタカナ漢字ｶﾀｶﾅ", "扩展A㐀䶵 扩展B𠀀𪚥 新字鿰鿿 々〇",
+         "It's don't I'M café naïve e\u0301", "#话题 @用户 http://x.cn/a?b=1&c=2", "“你好，”他说：“OK吧？”"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +46,8 @@ def runs(tmp_path_factory):
 
     def get(kind: str, family: str):
         if (kind, family) not in built:
-            built[kind, family] = trained_run(root, kind, family)
+            base, _, pre = kind.partition("-")
+            built[kind, family] = trained_run(root / kind, base, family, **({"bpe_pre": pre} if pre else {}))
         return built[kind, family]
 
     return get
@@ -94,10 +109,10 @@ def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("kind", ["char", "bpe"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_llama_cpp_gives_our_logits_top1_tokens_and_greedy_text(runs, tmp_path, kind, family):
     run_dir = runs(kind, family)
-    out, modelfile = export_gguf(run_dir, tmp_path / "m.gguf", approximate_tokenizer=kind == "bpe")
+    out, modelfile = export_gguf(run_dir, tmp_path / "m.gguf", approximate_tokenizer=kind not in EXACT)
     assert modelfile == tmp_path / "m.Modelfile" and modelfile.is_file()
     engine = Engine.load(run_dir)
     llm = load_gguf(out)
@@ -106,7 +121,7 @@ def test_llama_cpp_gives_our_logits_top1_tokens_and_greedy_text(runs, tmp_path, 
         worst = 0.0
         for prompt in PROMPTS:
             ids = [0] + engine.tokenizer.encode(prompt)
-            if kind == "char":  # llama.cpp tokenizes char runs exactly like us (BOS included)
+            if kind in EXACT:  # llama.cpp tokenizes these runs exactly like us (BOS included)
                 assert llm.tokenize(prompt.encode(), add_bos=True, special=False) == ids
             ours = raw_greedy(engine.model, ids, 24)
             diff, ties = teacher_forced(llm, engine.model, ids + ours)
@@ -151,13 +166,16 @@ def test_smaller_types_load_and_mostly_agree(runs, tmp_path, gtype):
 
 
 @pytest.mark.slow
-def test_char_tokenizer_matches_on_spaces_rare_characters_and_chat_markers(runs, tmp_path):
-    run_dir = as_chat_run(runs("char", "gpt2"), tmp_path / "chat")
+@pytest.mark.parametrize("kind", EXACT)
+def test_tokenizer_matches_on_spaces_rare_characters_and_chat_markers(runs, tmp_path, kind):
+    run_dir = as_chat_run(runs(kind, "gpt2"), tmp_path / "chat")
     out, modelfile = export_gguf(run_dir, tmp_path / "c.gguf")
     tok = load_run(run_dir).tokenizer
     llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
     try:
-        for text in ["  两个空格\n\n换行  ", " 前导空格 Hello, World!", "生僻字龘靐齉😀", "V我50，今天疯狂星期四"]:
+        if kind != "char":
+            assert llm.metadata["tokenizer.ggml.pre"] == "deepseek-v3"
+        for text in TEXTS:
             got = llm.tokenize(text.encode(), add_bos=False, special=False)
             assert got == tok.encode(text)
             assert llm.detokenize(got).decode("utf-8") == text
@@ -174,10 +192,32 @@ def test_char_tokenizer_matches_on_spaces_rare_characters_and_chat_markers(runs,
     assert "{{ $m.Role }}" in text and "poems: CC0-1.0 (https://example.com/poems)" in text
 
 
-def test_bpe_is_refused_unless_approximation_is_accepted(make_run, tmp_path):
-    with pytest.raises(GoushiError, match=r"BPE tokenizer.*cannot reproduce.*--approximate-tokenizer"):
-        export_gguf(make_run("bpe", "gpt2"), tmp_path / "m.gguf")
+def test_two_character_rule_bpe_is_refused_unless_approximation_is_accepted(make_run, tmp_path):
+    with pytest.raises(GoushiError, match=r"BPE tokenizer splits Chinese into runs of at most 2 characters \(pre-"
+                       r"tokenizer han2\), which llama.cpp cannot reproduce.*--approximate-tokenizer.*--bpe-pre deepseek-v3"):
+        export_gguf(make_run("bpe", "gpt2", bpe_pre="han2"), tmp_path / "m.gguf")
     assert not list(tmp_path.iterdir())
+
+
+def test_deepseek_v3_bpe_tokenizes_like_llama_cpp_on_random_text(make_run, tmp_path):
+    """Seeded random strings over every kind of character the pre-tokenizer's regexes tell apart (letters, marks,
+    numbers of every category, punctuation, symbols, each kind of space and control, CJK in and out of its range):
+    llama.cpp's ids are ours on all of them."""
+    run_dir = make_run("bpe", "gpt2", bpe_pre="deepseek-v3")
+    out, _ = export_gguf(run_dir, tmp_path / "m.gguf")
+    tok = Tokenizer.from_file(run_dir)
+    pools = ["".join(map(chr, range(0x20, 0x7F))), "\t\n\r\x0b\x0c\x1c\x1f\x85\xa0\u3000\u2028\u200b\u200d\ufeff",
+             "床前明月光疑是地上霜举头望低思故乡今天我终于学会了做饭", "\u9fa5\u9fa6\u9fff\u3400\u3005\u3007\u2e80\uf900\U00020000",
+             "，。！？、；：“”‘’（）《》【】…—·", "".join(map(chr, range(0xFF01, 0xFF5F))), "ぁあかがアカガ・ー゛",
+             "😀🎉🇨🇳\ufe0f\u0301", "".join(map(chr, range(0xC0, 0x180))), "٠١٢Ⅰⅱ①⑳½²", "αβγДжש"]
+    rng = random.Random(0)
+    llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    try:
+        for _ in range(1000):
+            text = "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 30)))
+            assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text), repr(text)
+    finally:
+        llm.close()
 
 
 def test_options_llama_cpp_cannot_express_are_refused_by_name(tmp_path):

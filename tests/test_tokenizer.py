@@ -5,7 +5,15 @@ import tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from goushi.errors import GoushiError
-from goushi.tokenizer import SPECIAL_TOKENS, Tokenizer, _sample_texts
+from goushi.tokenizer import (
+    _UNICODE_TO_BYTE,
+    BPE_PRES,
+    SPECIAL_TOKENS,
+    Tokenizer,
+    _sample_texts,
+    bpe_pre_tokenizer,
+    bpe_split_pattern,
+)
 
 TRAIN = [
     "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。",
@@ -34,9 +42,12 @@ UNSEEN = [
 ]
 
 
-@pytest.fixture(scope="module", params=["char", "bpe"])
+@pytest.fixture(scope="module", params=["char", "bpe-han2", "bpe-deepseek-v3"])
 def tok(request, tmp_path_factory):
-    t = Tokenizer.train_char(TRAIN) if request.param == "char" else Tokenizer.train_bpe(TRAIN, vocab_size=500)
+    if request.param == "char":
+        t = Tokenizer.train_char(TRAIN)
+    else:
+        t = Tokenizer.train_bpe(TRAIN, vocab_size=500, pre=request.param.split("-", 1)[1])
     path = tmp_path_factory.mktemp(request.param) / "tokenizer.json"
     t.save(path)
     return Tokenizer.from_file(path), path
@@ -87,6 +98,53 @@ def test_kind_detected_from_file(tok):
     t, path = tok
     assert Tokenizer.from_file(path).kind == t.kind
     assert Tokenizer.from_file(path.parent).kind == t.kind  # a directory holding tokenizer.json
+    assert Tokenizer.from_file(path).pre == t.pre  # which named BPE pre-tokenizer: read from the file itself
+    assert (t.pre in BPE_PRES) if t.kind == "bpe" else t.pre is None
+
+
+def test_a_file_from_before_named_pre_tokenizers_is_han2(tmp_path):
+    """A tokenizer.json written before BPE_PRES existed (its pre-tokenizer built as goushi built it then) is
+    recognised as han2, so it loads, encodes and exports exactly as before."""
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE())
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(bpe_split_pattern(2)), behavior="isolated"),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    hf.decoder = tokenizers.decoders.ByteLevel()
+    hf.train_from_iterator(TRAIN, tokenizers.trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    old = Tokenizer.from_file(tmp_path)
+    assert old.kind == "bpe" and old.pre == "han2"
+    assert old.encode(TRAIN[0]) == hf.encode(TRAIN[0]).ids
+    # another run length is no named pre-tokenizer (GGUF export then refuses without --approximate-tokenizer)
+    assert Tokenizer.train_bpe(TRAIN, vocab_size=400, pre="han2", cjk_run=3).pre is None
+
+
+def _split(pre: str, text: str) -> list[str]:
+    return [bytes(_UNICODE_TO_BYTE[c] for c in piece).decode("utf-8")
+            for piece, _ in bpe_pre_tokenizer(pre).pre_tokenize_str(text)]
+
+
+@pytest.mark.parametrize("text, pieces", [
+    # CJK runs stay whole and apart from Latin, digits (at most 3) and punctuation
+    ("今天疯狂星期四，V我50！", ["今天疯狂星期四", "，", "V", "我", "50", "！"]),
+    ("Hello, 世界 2024年12345", ["Hello", ",", " ", "世界", " ", "202", "4", "年", "123", "45"]),
+    ("床前明月光，\n\n疑是地上霜。", ["床前明月光", "，\n\n", "疑是地上霜", "。"]),
+    ("“你好”他说：OK吧", ["“", "你好", "”", "他说", "：", "OK", "吧"]),
+])
+def test_deepseek_v3_split(text, pieces):
+    assert _split("deepseek-v3", text) == pieces
+
+
+def test_han2_split_keeps_the_two_character_rule():
+    assert _split("han2", "今天疯狂星期四，V我50！") == ["今天", "疯狂", "星期", "四", "，V", "我", "50", "！"]
+
+
+def test_unknown_pre_tokenizer_is_refused_by_name():
+    with pytest.raises(GoushiError, match=r"--bpe-pre 'gpt4': choose one of " + ", ".join(BPE_PRES)):
+        Tokenizer.train_bpe(TRAIN, vocab_size=400, pre="gpt4")
 
 
 def test_char_vocab_is_specials_bytes_then_chars_by_frequency():
@@ -120,7 +178,7 @@ def test_bpe_bad_vocab_size():
 
 
 def test_bpe_never_glues_whole_chinese_clauses(tmp_path):
-    t = Tokenizer.train_bpe(["我今天真的非常开心，我今天真的非常开心。"] * 200, vocab_size=400, cjk_run=2)
+    t = Tokenizer.train_bpe(["我今天真的非常开心，我今天真的非常开心。"] * 200, vocab_size=400, pre="han2", cjk_run=2)
     han = re.compile(r"[\u4e00-\u9fff]")
     longest = max(len(han.findall(t.id_to_piece(i))) for i in range(t.vocab_size))
     assert longest == 2

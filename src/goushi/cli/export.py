@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--type", dest="gguf_type", choices=GGUF_TYPES, default=None,
                    help="gguf: how weights are stored (default f32; f16 halves the file, q8_0 quarters it)")
     p.add_argument("--approximate-tokenizer", action="store_true",
-                   help="gguf, BPE runs: export although llama.cpp splits prompts with 3+ Chinese characters in a row "
-                   "differently from goushi (the model runs; prompts read slightly differently)")
+                   help="gguf, BPE runs with the two-character rule (--bpe-pre han2): export although llama.cpp splits "
+                   "prompts with 3+ Chinese characters in a row differently from goushi (the model runs; prompts read "
+                   "slightly differently); --bpe-pre deepseek-v3 runs export exactly without it")
     p.add_argument("--force", action="store_true", help="replace an existing --out (and its Modelfile)")
     p.set_defaults(func=run)
 

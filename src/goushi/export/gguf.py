@@ -7,12 +7,15 @@ Ollama, LM Studio, llama-cpp-python) loads unpatched, plus an Ollama Modelfile b
 - char tokenizer -> llama.cpp's SentencePiece tokenizer ("llama"): one token per character, `<0xXX>` byte
   tokens for byte fallback, the space written as "▁" (llama.cpp escapes spaces), no space prefix. SPM merges
   adjacent pieces only into tokens that exist; the char vocabulary has no multi-character piece, so none.
-- bpe tokenizer -> llama.cpp's byte-level BPE ("gpt2") with our merges. llama.cpp has a fixed list of
-  pre-tokenizers and none splits Chinese into runs of at most 2 characters as ours does, so a prompt with 3+
-  Chinese characters in a row is often split into other (valid) tokens than ours: only 227 of 2,000 review
-  texts tokenized identically with the best candidates ("llama-bpe", "kimi-k2"). The model still runs and
-  the text it generates decodes exactly, but prompts read differently, so this is refused unless the user
-  accepts it (`approximate_tokenizer`). "llama-bpe" is used: every llama.cpp build (and Ollama's) knows it.
+- bpe tokenizer -> llama.cpp's byte-level BPE ("gpt2") with our merges, and as `tokenizer.ggml.pre` the
+  pre-tokenizer the tokenizer.json holds (goushi.tokenizer.BPE_PRES): "deepseek-v3" is llama.cpp's own, so
+  prompts split exactly as ours (tests/test_gguf.py checks ids on varied text). The two-character rule
+  ("han2") is not: llama.cpp has a fixed list of pre-tokenizers and none splits Chinese into runs of at most
+  2 characters, so a prompt with 3+ Chinese characters in a row is often split into other (valid) tokens than
+  ours: only 227 of 2,000 review texts tokenized identically with the best candidates ("llama-bpe",
+  "kimi-k2"). The model still runs and the text it generates decodes exactly, but prompts read differently,
+  so this is refused unless the user accepts it (`approximate_tokenizer`); "llama-bpe" is then written:
+  every llama.cpp build (and Ollama's) knows it.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from goushi.export.common import all_sources, check_out, hf_license
 from goushi.export.tokenizer_files import chat_jinja, ollama_template, stop_ids
 from goushi.fsutil import atomic_path, atomic_write_text
 from goushi.hf import hf_family
-from goushi.tokenizer import BYTE_TOKENS, SPECIAL_TOKENS, Tokenizer
+from goushi.tokenizer import BPE_PRES, BYTE_TOKENS, SPECIAL_TOKENS, Tokenizer
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
-BPE_PRE = "llama-bpe"
+BPE_PRE = "llama-bpe"  # for a BPE whose pre-tokenizer llama.cpp lacks (with approximate_tokenizer)
+# our BPE pre-tokenizers llama.cpp has built in -> its name for them (tokenizer.ggml.pre)
+EXACT_PRES = {"deepseek-v3": "deepseek-v3"}
 _SPACE = "\u2581"  # how SentencePiece (and llama.cpp's SPM tokenizer) spells a space
 
 
@@ -161,7 +166,7 @@ def _write_tokenizer(w: Any, gguf: Any, run: Run) -> None:
     else:
         tokens, types, merges = _bpe_vocab(tok, n_rows, gguf)
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(BPE_PRE)
+        w.add_tokenizer_pre(EXACT_PRES.get(tok.pre or "", BPE_PRE))
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
@@ -240,11 +245,14 @@ def export_gguf(run_dir: str | Path, out: str | Path, *, kind: str = "f32", forc
     gguf = _gguf()
     run = load_run(run_dir)
     arch = hf_family(run.config)  # refuses options llama.cpp's gpt2/llama graphs cannot express, by name
-    if run.tokenizer.kind == "bpe" and not approximate_tokenizer:
-        raise GoushiError(f"{Path(run_dir) / 'tokenizer.json'}: a BPE tokenizer splits Chinese into runs of at most 2 "
-                          "characters, which llama.cpp cannot reproduce, so prompts with 3+ Chinese characters in a row "
-                          "would be tokenized differently (generated text still decodes exactly); pass "
-                          "--approximate-tokenizer to export anyway, or use a char tokenizer for an exact GGUF")
+    tok = run.tokenizer
+    if tok.kind == "bpe" and tok.pre not in EXACT_PRES and not approximate_tokenizer:
+        what = ("splits Chinese into runs of at most 2 characters (pre-tokenizer han2)" if tok.pre == "han2"
+                else "has a pre-tokenizer that is none of " + ", ".join(BPE_PRES))
+        raise GoushiError(f"{Path(run_dir) / 'tokenizer.json'}: this BPE tokenizer {what}, which llama.cpp cannot "
+                          "reproduce, so prompts would be tokenized differently (generated text still decodes "
+                          "exactly); pass --approximate-tokenizer to export anyway, or rebuild the data with "
+                          "`goushi data build --bpe-pre deepseek-v3` (or --tokenizer char) and retrain for an exact GGUF")
     tensors = {name: t.numpy() for name, t in gguf_tensors(run).items()}
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
@@ -261,4 +269,5 @@ def export_gguf(run_dir: str | Path, out: str | Path, *, kind: str = "f32", forc
     return out, modelfile
 
 
-__all__ = ["GGUF_TYPES", "BPE_PRE", "export_gguf", "gguf_tensors", "modelfile_text", "modelfile_path", "permute_rope"]
+__all__ = ["GGUF_TYPES", "BPE_PRE", "EXACT_PRES", "export_gguf", "gguf_tensors", "modelfile_text", "modelfile_path",
+           "permute_rope"]
