@@ -82,6 +82,25 @@ def test_batch_boundaries_do_not_change_decisions(monkeypatch):
     assert runs[0] == runs[1] == runs[2]
 
 
+def test_signatures_are_the_minimum_of_each_permutation_over_each_documents_ngrams():
+    nd = NearDuplicates(seed=3)
+    rng = random.Random(4)
+    texts = ["".join(rng.choice("甲乙丙丁戊己庚辛") for _ in range(rng.randint(5, 3000))) for _ in range(40)]
+    got = nd.signatures(texts)
+    prime = int(NearDuplicates._PRIME)
+    for text, sig in zip(texts, got, strict=True):
+        grams = []
+        for i in range(len(text) - nd.ngram + 1):
+            h = 0
+            for ch in text[i:i + nd.ngram]:
+                h = (h * prime + ord(ch)) % 2**64
+            grams.append(h)
+        g = np.array(grams, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            want = ((g[:, None] * nd._a[None, :] + nd._b[None, :]).min(axis=0) >> np.uint64(32)).astype(np.uint32)
+        assert (sig == want).all()
+
+
 def test_key_table_matches_a_dict_through_growth():
     rng = np.random.default_rng(0)
     t = KeyTable(0, values=True)

@@ -300,15 +300,16 @@ class NearDuplicates:
             h = h[idx]
             offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
             sig = np.empty((len(texts), len(self._a)), dtype=np.uint32)
-            block = 16384  # n-grams per step: the (n-grams x permutations) uint64 matrix stays near 8 MB
+            block = 16384  # n-grams per step: the (permutations x n-grams) uint64 matrix stays near 8 MB
             lo = 0
             while lo < len(texts):
                 hi = lo
                 while hi < len(texts) and (offsets[hi] - offsets[lo] < block or hi == lo):
                     hi += 1
                 a, b = offsets[lo], (offsets[hi] if hi < len(texts) else len(h))
-                mixed = h[a:b, None] * self._a[None, :] + self._b[None, :]
-                sig[lo:hi] = (np.minimum.reduceat(mixed, offsets[lo:hi] - a, axis=0) >> np.uint64(32)).astype(np.uint32)
+                # Permutations as rows: reduceat along the contiguous axis is ~3x faster than down the columns.
+                mixed = self._a[:, None] * h[None, a:b] + self._b[:, None]
+                sig[lo:hi] = (np.minimum.reduceat(mixed, offsets[lo:hi] - a, axis=1).T >> np.uint64(32)).astype(np.uint32)
                 lo = hi
         return sig
 
@@ -334,24 +335,32 @@ class NearDuplicates:
             return out
         sigs = self.signatures([texts[i] for i in rows])
         keys = self.band_keys(sigs)
-        owners = self._buckets.get(keys.ravel()).reshape(keys.shape).tolist()
-        key_list = keys.tolist()
-        local: dict[int, int] = {}  # band key -> first document kept earlier in this batch with it
+        owners_arr = self._buckets.get(keys.ravel()).reshape(keys.shape)
+        # Most documents share no band key with any earlier one: they are kept without a look. Only rows
+        # with a key in the table or in an earlier row of this batch need the one-by-one check below.
+        _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
+        inverse = inverse.reshape(keys.shape)
+        earlier = (first // self.bands)[inverse] < np.arange(len(rows))[:, None]
+        shared = (np.bincount(inverse.ravel(), minlength=len(first))[inverse] > 1).tolist()
+        check = ((owners_arr >= 0) | earlier).any(axis=1).tolist()
+        owners, key_list = owners_arr.tolist(), keys.tolist()
+        local: dict[int, int] = {}  # band key shared in this batch -> first document kept with it
         kept: list[int] = []  # rows kept in this batch; document number self._n + position
         for r, i in enumerate(rows):
-            sig = sigs[r]
-            candidates = set()
-            for o, k in zip(owners[r], key_list[r], strict=True):
-                c = o if o >= 0 else local.get(k, -1)
-                if c >= 0:
-                    candidates.add(c)
-            if any(float(np.mean(self._sig(c, sigs, kept) == sig)) >= self.threshold for c in candidates):
-                out[i] = True
-                continue
+            if check[r]:
+                sig = sigs[r]
+                candidates = set()
+                for o, k in zip(owners[r], key_list[r], strict=True):
+                    c = o if o >= 0 else local.get(k, -1)
+                    if c >= 0:
+                        candidates.add(c)
+                if any(float(np.mean(self._sig(c, sigs, kept) == sig)) >= self.threshold for c in candidates):
+                    out[i] = True
+                    continue
             doc = self._n + len(kept)
             kept.append(r)
-            for o, k in zip(owners[r], key_list[r], strict=True):
-                if o < 0:
+            for o, k, sh in zip(owners[r], key_list[r], shared[r], strict=True):
+                if sh and o < 0:
                     local.setdefault(k, doc)
         if kept:
             nums = np.repeat(np.arange(self._n, self._n + len(kept), dtype=np.int32), self.bands)
