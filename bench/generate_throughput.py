@@ -126,12 +126,11 @@ def first_token(engine: Engine, hf, tok: Tokenizer, cfg, repeats: int) -> dict:
 
 def bpc_check(run_dir: str, n_chars: int) -> None:
     """fp32 against int8 layers on a trained run: bits per character on its validation text, and decode speed."""
-    from goushi import rundir
     from goushi.data.layout import VAL_JSONL
 
     fp = Engine.load(run_dir, device="cpu", dtype="float32")
     q8 = Engine.load(run_dir, device="cpu", dtype="float32", quantize="int8")
-    data_dir = Path(str(rundir.data_section(fp.info).get("dir") or ""))
+    data_dir = Path(fp.record.data.dir or "") if fp.record is not None else Path()
     val = data_dir / VAL_JSONL
     if not val.is_file():
         print(f"  int8 bpc: {val} not found; skipped")

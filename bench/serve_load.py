@@ -44,7 +44,8 @@ from goushi.checkpoint import save_weights  # noqa: E402
 from goushi.config import preset_config  # noqa: E402
 from goushi.engine import Engine, SampleConfig  # noqa: E402
 from goushi.model import GPT  # noqa: E402
-from goushi.rundir import write_config  # noqa: E402
+from goushi.run_record import RunRecord  # noqa: E402
+from goushi.rundir import write_run  # noqa: E402
 from goushi.tokenizer import Tokenizer  # noqa: E402
 
 MAX_CLIENTS = 256
@@ -80,7 +81,7 @@ def tiny_run(out: Path) -> Path:
     model = GPT(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out / "model.safetensors", model)
-    write_config(out, {"model": cfg.to_dict()})
+    write_run(out, RunRecord(model=cfg))
     tok.save(out / "tokenizer.json")
     return out
 

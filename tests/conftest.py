@@ -49,7 +49,8 @@ def build_run(run_dir: Path, *, kind: str = "char", family: str = "gpt2", seed: 
     from goushi.checkpoint import save_weights
     from goushi.config import preset_config
     from goushi.model import GPT
-    from goushi.rundir import write_config
+    from goushi.run_record import RunRecord
+    from goushi.rundir import write_run
     from goushi.tokenizer import Tokenizer
 
     pre = {"pre": bpe_pre} if bpe_pre else {}
@@ -61,7 +62,7 @@ def build_run(run_dir: Path, *, kind: str = "char", family: str = "gpt2", seed: 
     model = GPT(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_weights(run_dir / "model.safetensors", model)
-    write_config(run_dir, {"model": cfg.to_dict()})
+    write_run(run_dir, RunRecord(model=cfg))
     tok.save(run_dir / "tokenizer.json")
     return run_dir
 

@@ -13,6 +13,7 @@ import torch
 from conftest import TINY_TEXTS, build_run
 from goushi import rundir
 from goushi.checkpoint import load_run, save_weights
+from run_files import read_config, write_config
 
 SOURCES = {"poems": {"docs": 3, "chars": 120, "share": 1.0, "license": "CC0-1.0", "author": "李白",
                      "url": "https://example.com/poems"}}
@@ -47,19 +48,19 @@ def trained_run(root: Path, kind: str, family: str, **overrides) -> Path:
     """A run with a trained tiny model whose config.json credits a source."""
     run_dir = build_run(root / f"{kind}_{family}", kind=kind, family=family, **overrides)
     train_briefly(run_dir)
-    info = rundir.read_config(run_dir)
+    info = read_config(run_dir)
     info["data"] = {"meta": {"sources": SOURCES, "tokenizer_kind": kind}}
-    rundir.write_config(run_dir, info)
+    write_config(run_dir, info)
     return run_dir
 
 
 def as_chat_run(run_dir: Path, out: Path) -> Path:
     """A copy of `run_dir` marked as chat fine-tuned (what `goushi sft` writes into config.json)."""
     shutil.copytree(run_dir, out)
-    info = rundir.read_config(out)
+    info = read_config(out)
     info["sft"] = {"data": "chat.jsonl"}
     info["chat_template"] = {"turn_start": "<|im_start|>", "role_sep": "\n", "turn_end": "<|im_end|>", "turn_sep": "\n"}
-    rundir.write_config(out, info)
+    write_config(out, info)
     return out
 
 

@@ -7,12 +7,13 @@ import shutil
 
 import pytest
 
-from goushi.chat import CHATML, ROLES, ChatTemplate, is_chat_run, normalize_messages
+from goushi.chat import CHATML, ROLES, ChatTemplate, normalize_messages
 from goushi.checkpoint import load_run
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
 from goushi.export.gguf import modelfile_text
 from goushi.export.tokenizer_files import stop_ids
+from goushi.run_record import RunRecord, SftRecord
 from goushi.tokenizer import Tokenizer
 from test_engine import ScriptedLM
 
@@ -93,22 +94,27 @@ def test_chatml_renders_the_exact_text():
     assert CHATML.stops == ("<|im_end|>", "<|im_start|>")  # the end of the turn, or a next turn opened
 
 
+def record(**sections) -> RunRecord:
+    return RunRecord.from_dict({"model": {}, **sections})
+
+
 def test_template_from_config_json():
-    assert ChatTemplate.from_info({}) == CHATML == ChatTemplate.from_info({"chat_template": None})
+    assert record().template == CHATML == record(chat_template=None).template
     custom = {"turn_start": "### ", "role_sep": ":\n", "turn_end": "\n###", "turn_sep": "\n\n"}
-    tpl = ChatTemplate.from_info({"sft": True, "chat_template": custom})
-    assert tpl.to_dict() == custom and ChatTemplate.from_info({"chat_template": tpl.to_dict()}) == tpl
+    tpl = record(sft={"data": "chat.jsonl"}, chat_template=custom).template
+    assert tpl.to_dict() == custom and record(chat_template=tpl.to_dict()).template == tpl
     assert tpl.render(CONVO[1:2]) == "### user:\n你好\n###\n\n### assistant:\n" and tpl.stops == ("\n###", "### ")
-    assert ChatTemplate.from_info({"chat_template": {"turn_end": "<|end|>"}}) == ChatTemplate(turn_end="<|end|>")
+    assert record(chat_template={"turn_end": "<|end|>"}).template == ChatTemplate(turn_end="<|end|>")
     with pytest.raises(GoushiError, match="unknown key.*stop"):
-        ChatTemplate.from_info({"chat_template": {"turn_end": "<|im_end|>", "stop": "<|im_end|>"}})
-    with pytest.raises(GoushiError, match="must be an object"):
-        ChatTemplate.from_info({"chat_template": "chatml"})
+        record(chat_template={"turn_end": "<|im_end|>", "stop": "<|im_end|>"})
+    with pytest.raises(GoushiError, match="chat_template: must be a JSON object"):
+        record(chat_template="chatml")
     with pytest.raises(GoushiError, match="turn_end: must not be empty"):
-        ChatTemplate.from_info({"chat_template": {"turn_end": ""}})
+        record(chat_template={"turn_end": ""})
     with pytest.raises(GoushiError, match="role_sep: must be a string"):
-        ChatTemplate.from_info({"chat_template": {"role_sep": 1}})
-    assert is_chat_run({"sft": {"steps": 10}}) and not is_chat_run({"sft": False}) and not is_chat_run({})
+        record(chat_template={"role_sep": 1})
+    assert record(sft={"data": "c.jsonl", "rows": 10}).is_chat and not record(sft=None).is_chat
+    assert not record().is_chat
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
@@ -171,16 +177,18 @@ def test_encode_with_a_custom_text_template(tokenizers):
 ANSWER = "好的，今天疯狂星期四"
 
 
-def chat_engine(tok: Tokenizer, messages, after: str, *, info=None) -> tuple[Engine, list[int]]:
+def chat_engine(tok: Tokenizer, messages, after: str, *, template=None) -> tuple[Engine, list[int]]:
     """An engine whose model answers `messages` with ANSWER followed by the token ids of `after` (one id for a
     special token, else its text's tokens), then <|endoftext|>."""
-    tpl = ChatTemplate.from_info(info or {})
+    tpl = ChatTemplate.from_dict(template) if template else CHATML
     prompt, _ = tpl.encode(tok, messages, add_generation_prompt=True)
     special = tok.token_to_id(after)
     tail = [special] if after.startswith("<|") and special is not None else tok.encode(after)
     answer = tok.encode(ANSWER) + tail + tok.encode("\n") + [tok.token_to_id("<|im_start|>")] + tok.encode("user")
     script = [0] * (len(prompt) - 1) + answer + [tok.eot_id]
-    return Engine(ScriptedLM(script, tok.vocab_size, context_length=len(script) + 8), tok, info=info), prompt
+    lm = ScriptedLM(script, tok.vocab_size, context_length=len(script) + 8)
+    rec = RunRecord(model=lm.config, sft=SftRecord(data="chat.jsonl"), chat_template=tpl) if template else None
+    return Engine(lm, tok, record=rec), prompt
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
@@ -207,9 +215,8 @@ def test_chat_also_stops_when_the_model_opens_the_next_turn_itself(tokenizers):
 
 def test_chat_uses_the_runs_template(tokenizers):
     tok = tokenizers["char"]
-    info = {"sft": True, "chat_template": {"turn_start": "### ", "role_sep": ":\n", "turn_end": "\n###",
-                                           "turn_sep": "\n"}}
-    eng, _ = chat_engine(tok, CONVO, "\n###", info=info)
+    template = {"turn_start": "### ", "role_sep": ":\n", "turn_end": "\n###", "turn_sep": "\n"}
+    eng, _ = chat_engine(tok, CONVO, "\n###", template=template)
     assert eng.is_chat and eng.chat_template.stops == ("\n###", "### ")
     g = eng.chat(CONVO, SampleConfig(strategy="greedy", max_new_tokens=60))[0]
     assert (g.text, g.finish_reason) == (ANSWER, "stop")
@@ -230,9 +237,9 @@ def test_chat_samples_and_a_loaded_chat_run(make_run, tmp_path):
     run = tmp_path / "chat_run"
     shutil.copytree(make_run("bpe"), run)
     info = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    (run / "config.json").write_text(json.dumps({**info, "sft": True}), encoding="utf-8")
+    (run / "config.json").write_text(json.dumps({**info, "sft": {"data": "chat.jsonl"}}), encoding="utf-8")
     eng = Engine.load(run, device="cpu")
-    assert eng.is_chat and eng.info["sft"] is True and eng.chat_template == CHATML
+    assert eng.is_chat and eng.record.sft.data == "chat.jsonl" and eng.chat_template == CHATML
     cfg = SampleConfig(temperature=1.0, max_new_tokens=20, num_samples=3, seed=9)
     gens = eng.chat(CONVO, cfg)
     assert [g.seed for g in gens] == [9, 10, 11] and all(g.prompt == RENDERED for g in gens)
@@ -251,10 +258,10 @@ def test_the_exports_stop_where_the_engine_ends_an_answer(make_run, tmp_path, ki
     base = make_run(kind)
     chat = shutil.copytree(base, tmp_path / "chat")
     info = json.loads((chat / "config.json").read_text(encoding="utf-8"))
-    (chat / "config.json").write_text(json.dumps({**info, "sft": True}), encoding="utf-8")
+    (chat / "config.json").write_text(json.dumps({**info, "sft": {"data": "chat.jsonl"}}), encoding="utf-8")
     for run_dir, markers in ((base, []), (chat, ["<|im_end|>", "<|im_start|>"])):
         run = load_run(run_dir)
-        assert [run.tokenizer.id_to_piece(i) for i in stop_ids(run.tokenizer, run.info)] == ["<|endoftext|>", *markers]
+        assert [run.tokenizer.id_to_piece(i) for i in stop_ids(run.tokenizer, run.record)] == ["<|endoftext|>", *markers]
         stops = [line for line in modelfile_text(run, "m.gguf").splitlines() if line.startswith("PARAMETER stop ")]
         assert stops == [f'PARAMETER stop "{m}"' for m in [*markers, "<|endoftext|>"]]
     assert list(CHATML.stops) == ["<|im_end|>", "<|im_start|>"]

@@ -27,7 +27,7 @@ from goushi.checkpoint import load_run, save_weights
 from goushi.cli import main
 from goushi.cli.chat import ChatSession, conversation_tokens
 from goushi.engine import Engine, Generation, SampleConfig, StreamEvent
-from goushi.rundir import read_config, write_config
+from run_files import read_config, write_config
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 # The CLI's defaults (the web page's chat settings), with short answers for speed.

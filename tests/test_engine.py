@@ -16,6 +16,7 @@ from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
 from goushi.generation.utf8 import INVALID, advance
 from goushi.model import KVCache
+from goushi.run_record import RunRecord, SftRecord
 from goushi.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 PROMPTS = ["今天我终于", "床前明月光，疑是地上霜。举头望明月", "", "好"]
@@ -424,5 +425,5 @@ def test_special_tokens_the_model_never_trained_on_are_never_generated(tokenizer
     cfg = SampleConfig(strategy=strategy, max_new_tokens=2, temperature=0.05, num_beams=2, seed=0)
     assert Engine(lm, tok).generate("", cfg)[0].token_ids == [good]
     # a chat fine-tuned run was trained on its markers; <|unk|> stays banned (unknown text is spelled as bytes)
-    chat = Engine(lm, tok, info={"sft": {"pairs": 1}})
+    chat = Engine(lm, tok, record=RunRecord(model=lm.config, sft=SftRecord(data="chat.jsonl")))
     assert chat.generate("", cfg)[0].token_ids[0] == user

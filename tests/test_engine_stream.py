@@ -149,6 +149,6 @@ def test_prompt_tokens_count_the_leading_endoftext_and_ignore_the_context_window
 def test_an_engine_built_in_memory_has_no_run_info(make_run):
     loaded = Engine.load(make_run("char"), device="cpu")
     eng = Engine(loaded.model, loaded.tokenizer)
-    assert eng.info == {} and not eng.is_chat and eng.chat_template == ChatTemplate()
+    assert eng.record is None and not eng.is_chat and eng.chat_template == ChatTemplate()
     assert eng.run_dir is None and eng.context_length == loaded.config.context_length
-    assert loaded.info["model"]["context_length"] == loaded.context_length  # config.json, kept on the engine
+    assert loaded.record.model.context_length == loaded.context_length  # config.json, kept on the engine

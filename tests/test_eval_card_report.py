@@ -17,9 +17,10 @@ from goushi.errors import GoushiError
 from goushi.eval.report import markdown_to_html, write_report
 from goushi.model import GPT
 from goushi.model_card import license_class, refresh_model_card, write_model_card
-from goushi.rundir import read_metrics, write_config
+from goushi.rundir import read_metrics
 from goushi.rundir import save_eval as save_eval_results
 from goushi.tokenizer import Tokenizer
+from run_files import write_config
 
 DOCS = ["疯狂星期四，谁请我吃肯德基？v我50。", "床前明月光，疑是地上霜。举头望明月，低头思故乡。"]
 META = {

@@ -13,7 +13,6 @@ import torch
 from conftest import build_run
 from export_fixtures import as_chat_run, raw_greedy, trained_run
 from goushi import rundir
-from goushi.chat import ChatTemplate
 from goushi.checkpoint import load_run, save_weights
 from goushi.cli import main
 from goushi.engine import Engine, SampleConfig
@@ -78,7 +77,7 @@ def test_chat_template_renders_and_tokenizes_like_ours(runs, tmp_path, kind):
     out = export_hf(run_dir, tmp_path / "hf_chat")
     tok = transformers.AutoTokenizer.from_pretrained(out)
     ours = load_run(run_dir).tokenizer
-    tpl = ChatTemplate.from_info(rundir.read_config(run_dir))
+    tpl = rundir.read_run(run_dir).template
     conversations = [
         [{"role": "user", "content": "写一条好评"}],
         [{"role": "system", "content": "你是段子手"}, {"role": "user", "content": "讲个笑话"},

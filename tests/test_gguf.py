@@ -16,7 +16,6 @@ import torch
 from conftest import build_run
 from export_fixtures import as_chat_run, load_gguf, raw_greedy, trained_run
 from goushi import rundir
-from goushi.chat import ChatTemplate
 from goushi.checkpoint import load_run
 from goushi.cli import main
 from goushi.engine import Engine, SampleConfig
@@ -179,7 +178,7 @@ def test_tokenizer_matches_on_spaces_rare_characters_and_chat_markers(runs, tmp_
             got = llm.tokenize(text.encode(), add_bos=False, special=False)
             assert got == tok.encode(text)
             assert llm.detokenize(got).decode("utf-8") == text
-        tpl = ChatTemplate.from_info(rundir.read_config(run_dir))
+        tpl = rundir.read_run(run_dir).template
         messages = [{"role": "system", "content": "你是段子手"}, {"role": "user", "content": "讲个 笑话"}]
         rendered = tpl.render(messages, add_generation_prompt=True)
         ids = llm.tokenize(rendered.encode(), add_bos=True, special=True)

@@ -20,6 +20,7 @@ from goushi.errors import GoushiError
 from goushi.export import export_hf, import_hf
 from goushi.tokenizer import Tokenizer
 from goushi.train import train
+from run_files import read_config, write_config
 from test_train import cfg_for, quiet, random_docs
 
 transformers = pytest.importorskip("transformers")
@@ -30,7 +31,7 @@ def _same_logits(hf_dir, run_dir) -> float:
     """Largest |logit difference| between the HF model and the imported run over TEXTS, on the tokens both have."""
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     run = load_run(run_dir)
-    info = rundir.read_config(run_dir)
+    info = read_config(run_dir)
     doc = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
     old_doc = next(a["id"] for a in doc["added_tokens"] if a["content"] == info["imported"]["document_token"])
     worst = 0.0
@@ -54,7 +55,7 @@ def _old_to_new(hf_dir, run) -> dict[int, int]:
     spec = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
     old = {i: t for t, i in spec["model"]["vocab"].items()}
     old.update({a["id"]: a["content"] for a in spec["added_tokens"]})
-    doc = rundir.read_config(run.run_dir)["imported"]["document_token"]
+    doc = read_config(run.run_dir)["imported"]["document_token"]
     out = {}
     for i, t in old.items():
         new = run.tokenizer.token_to_id("<|endoftext|>" if t == doc else t)
@@ -70,7 +71,7 @@ def test_gpt2_import_gives_the_hf_logits_and_samples(tmp_path, capsys):
     run_dir = tmp_path / "run"
     diff = _same_logits(hf_dir, run_dir)
     assert diff <= 1e-4, diff
-    info = rundir.read_config(run_dir)
+    info = read_config(run_dir)
     assert info["model"]["family"] == "gpt2" and info["imported"]["document_token"] == "<|endoftext|>"
     assert info["model"]["vocab_size"] == json.loads((hf_dir / "config.json").read_text())["vocab_size"] + 6
     card = (run_dir / rundir.MODEL_CARD).read_text(encoding="utf-8")
@@ -108,11 +109,11 @@ def test_imported_run_trains_on_with_init_from(tmp_path):
 
 def test_our_export_imports_back_unchanged(make_run, tmp_path):
     run_dir = make_run("bpe", "llama")
-    info = rundir.read_config(run_dir)
+    info = read_config(run_dir)
     info["sft"], info["data"] = {"data": "c.jsonl"}, {"meta": {"sources": {"s": {"license": "MIT"}}}}
     chat = tmp_path / "chat"
     shutil.copytree(run_dir, chat)
-    rundir.write_config(chat, info)
+    write_config(chat, info)
     export_hf(chat, tmp_path / "hf")
     back, notes = import_hf(tmp_path / "hf", tmp_path / "back")
     assert notes == []
@@ -120,14 +121,14 @@ def test_our_export_imports_back_unchanged(make_run, tmp_path):
     assert a.tokenizer.hash() == b.tokenizer.hash()
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k
-    got = rundir.read_config(back)
-    assert got["sft"] == info["sft"] and got["data"]["meta"]["sources"] == {"s": {"license": "MIT"}}
+    got = read_config(back)
+    assert got["sft"]["data"] == "c.jsonl" and got["data"]["meta"]["sources"] == {"s": {"license": "MIT"}}
 
 
 def test_gelu_new_is_imported_with_a_note(tmp_path):
     _, notes = import_hf(hf_gpt2_dir(tmp_path / "hf", activation="gelu_new"), tmp_path / "run")
     assert any("gelu_new" in n and "exact GELU" in n for n in notes)
-    assert any("gelu_new" in n for n in rundir.read_config(tmp_path / "run")["imported"]["notes"])
+    assert any("gelu_new" in n for n in read_config(tmp_path / "run")["imported"]["notes"])
 
 
 def test_what_we_cannot_hold_is_refused_by_name(tmp_path):

@@ -38,10 +38,10 @@ httpx = pytest.importorskip("httpx")
 from goushi.cli import main  # noqa: E402
 from goushi.engine import Engine, SampleConfig  # noqa: E402
 from goushi.generation.options import SEED_LIMIT  # noqa: E402
-from goushi.rundir import read_config, write_config  # noqa: E402
 from goushi.serve.app import POLL_SECONDS, build_app  # noqa: E402
 from goushi.serve.limits import Limits  # noqa: E402
 from goushi.serve.server import start_background  # noqa: E402
+from run_files import read_config, write_config  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LIMITS = Limits(max_body_bytes=20_000, max_prompt_chars=2_000, max_prompts=4, max_tokens=64, max_n=4, concurrency=2,
@@ -65,7 +65,7 @@ def runs(make_run, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve_runs")
     tiny = Path(shutil.copytree(make_run("char"), root / "tiny"))
     chat = Path(shutil.copytree(make_run("char"), root / "tiny-chat"))
-    write_config(chat, {**read_config(chat), "sft": {"steps": 1}})
+    write_config(chat, {**read_config(chat), "sft": {"data": "chat.jsonl"}})
     return {"tiny": tiny, "tiny-chat": chat}
 
 
@@ -449,7 +449,7 @@ class RecordingEngine(Engine):
     server let a generation run."""
 
     def __init__(self, base: Engine):
-        super().__init__(base.model, base.tokenizer, info=base.info)
+        super().__init__(base.model, base.tokenizer, record=base.record)
         self.calls: list[Call] = []
 
     def stream(self, prompts, cfg=None):

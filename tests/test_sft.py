@@ -22,6 +22,7 @@ from goushi.sft.data import ChatData, fit_context, pack
 from goushi.sft.run import load_chat_file
 from goushi.tokenizer import Tokenizer
 from goushi.train import IGNORE_INDEX, BatchSource, train
+from run_files import read_config
 from test_train import cfg_for, losses, make_data_dir, quiet, random_docs
 
 PAIRS = [("讲个笑话", "今天我终于吃到了烤鸭"), ("写一条好评", "服务很好下次还来！"), ("写一条差评", "味道一般。")]
@@ -202,7 +203,7 @@ def test_sft_teaches_a_tiny_model_to_answer(tmp_path, base_run, pairs_file):
     for prompt, answer in PAIRS:
         got = engine.chat([{"role": "user", "content": prompt}], greedy)[0]
         assert got.text == answer and got.finish_reason == "stop"
-    info = rundir.read_config(out)
+    info = read_config(out)
     assert info["chat_template"] == CHATML.to_dict() and info["sft"]["rows"] == 90
     assert info["base"]["run_dir"] == str(base_run.resolve())
     card = (out / rundir.MODEL_CARD).read_text(encoding="utf-8")
@@ -239,7 +240,7 @@ def test_sft_resumes_exactly_and_saves_a_plain_run(tmp_path, base_run, pairs_fil
 def _source(opts: SftOptions) -> ChatData:
     chat, base, template = load_chat_file(opts, quiet)
     return ChatData(chat, base.tokenizer, template, context=CTX, val_fraction=opts.val_fraction, seed=1337,
-                    base_data_dir=rundir.data_section(base.info).get("dir"))
+                    base_data_dir=base.record.data.dir)
 
 
 def test_cli_trains_and_resumes_a_chat_run(tmp_path, base_run, pairs_file, capsys):

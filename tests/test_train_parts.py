@@ -18,6 +18,7 @@ from goushi.train import IGNORE_INDEX, BatchSource, TrainConfig, train
 from goushi.train.budget import DEFAULT_STEPS, PLAN_AFTER, Budget, plan_steps
 from goushi.train.data import TokenData, new_generator
 from goushi.train.metrics import MetricsLog, Throughput
+from run_files import read_config, write_config
 from test_train import cfg_for, losses, make_data_dir, quiet, random_docs
 
 
@@ -128,7 +129,7 @@ def test_token_shards_are_a_batch_source(data_dir):
     assert src.count_tokens(y) == 8 * 16
     val = list(src.val_batches(2, 4, 16))
     assert len(val) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(val, src.val_batches(2, 4, 16), strict=True))
-    assert src.run_info()["tokenizer_hash"] == src.tokenizer.hash()
+    assert src.data_record().tokenizer_hash == src.tokenizer.hash()
     assert src.sample_prompt() and src.data_card() == data_dir / "DATA_CARD.md"
 
 
@@ -141,10 +142,10 @@ class MaskedSource:
         self.vocab_size = self.inner.vocab_size
         self.tokens_per_char = self.inner.tokens_per_char
         self.check_context = self.inner.check_context
-        self.run_info = self.inner.run_info
+        self.data_record = self.inner.data_record
         self.data_card = self.inner.data_card
         self.sample_prompt = self.inner.sample_prompt
-        self.config_entries = self.inner.config_entries
+        self.record_fields = self.inner.record_fields
         self.state_dict = self.inner.state_dict
         self.load_state_dict = self.inner.load_state_dict
 
@@ -185,7 +186,7 @@ def test_init_from_continues_from_the_weights_and_credits_the_base(tmp_path, dat
     s = train(cfg_for(data_dir, child, max_steps=2, eval_every=1, sample_tokens=0, lr=1e-9, min_lr=0.0,
                       init_from=str(base), preset="small", model={"dropout": 0.1}), progress=False, log=quiet)
     assert s["steps"] == 2
-    info = rundir.read_config(child)
+    info = read_config(child)
     assert info["model"]["n_embd"] == 32 and info["model"]["dropout"] == 0.1  # the base's shape, not the preset's
     assert info["train"]["init_from"] == str(base.resolve()) and info["base"]["run_dir"] == str(base.resolve())
     # With a learning rate of ~0, the child is the base: same validation loss at step 0.
@@ -248,11 +249,12 @@ def test_check_and_read_a_run_directory(tmp_path):
     with pytest.raises(GoushiError, match="missing model.safetensors, tokenizer.json"):
         rundir.check_run_dir(tmp_path)
     with pytest.raises(GoushiError, match="not valid JSON"):
-        rundir.read_config(tmp_path)
-    rundir.write_config(tmp_path, {"model": {"n_layer": 0}})
+        rundir.read_run(tmp_path)
+    write_config(tmp_path, {"model": {"n_layer": 0}})
     with pytest.raises(ConfigError, match="n_layer=0"):
-        rundir.model_config(rundir.read_config(tmp_path), tmp_path)
+        rundir.read_run(tmp_path)
     assert rundir.looks_like_run(tmp_path) and not rundir.looks_like_run(tmp_path / "missing")
+    write_config(tmp_path, {"model": {}})
     assert rundir.data_dir_for_run(tmp_path) is None
 
 

@@ -180,8 +180,8 @@ def test_handlers_use_the_loaded_engine_not_config_json(ui_runs, monkeypatch):
     def no_reading(*a, **k):
         raise AssertionError("config.json read again")
 
-    monkeypatch.setattr("goushi.rundir.read_config", no_reading)
-    monkeypatch.setattr("goushi.ui.models.read_config", no_reading)
+    monkeypatch.setattr("goushi.rundir.read_run", no_reading)
+    monkeypatch.setattr("goushi.ui.models.read_run", no_reading)
     out = handlers.select_model(reg, "chatty")
     assert "chatty" in out[0] and "上下文 context 64" in out[0] and "对话微调 chat fine-tuned" in out[5]
     assert handlers.chat_availability(reg, "chatty")[0]["value"] == handlers.CHAT_NOTE
@@ -192,12 +192,15 @@ def test_handlers_use_the_loaded_engine_not_config_json(ui_runs, monkeypatch):
 
 
 def test_model_card_reads_the_run_files(ui_runs):
-    summary = card.summary_markdown(ui_runs / "alpha", Engine.load(ui_runs / "alpha", device="cpu").info)
+    summary = card.summary_markdown(ui_runs / "alpha", Engine.load(ui_runs / "alpha", device="cpu").record)
     assert "训练步数 steps | 149" in summary and "最后的训练损失 last train loss" in summary
     assert card.loss_image(ui_runs / "alpha").size[0] > 100  # drawn from metrics.jsonl: no loss.png here
     assert "Model card: alpha" in card.model_card_markdown(ui_runs / "alpha")
     assert "this run has no MODEL_CARD.md" in card.model_card_markdown(ui_runs / "nowhere")
-    assert "bad model config" in card.summary_markdown(ui_runs / "alpha", {"model": {"n_layer": -1}})
+    bad = GoushiError("config.json: n_layer=-1 must be at least 1")
+    assert "bad config.json" in card.summary_markdown(ui_runs / "alpha", bad) and "n_layer=-1" in card.summary_markdown(
+        ui_runs / "alpha", bad)
+    assert '"model"' in card.config_json(ui_runs / "alpha", bad)  # the file's own text, to see what is wrong
 
 
 def test_server_side_validation_names_the_bad_setting():

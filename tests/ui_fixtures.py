@@ -25,8 +25,8 @@ from goushi.checkpoint import save_weights  # noqa: E402
 from goushi.config import ModelConfig  # noqa: E402
 from goushi.data.textindex import TextIndexWriter  # noqa: E402
 from goushi.model import GPT  # noqa: E402
-from goushi.rundir import write_config  # noqa: E402
 from goushi.tokenizer import Tokenizer  # noqa: E402
+from run_files import write_config  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -122,7 +122,7 @@ def _make_run(out: Path, *, seed: int, steps: int, n_layer: int, n_head: int, n_
         w.close({"reviews": {"author": "ui tests", "url": "", "license": "CC0-1.0"}})
         info["data"] = {"dir": str(data.resolve()), "meta": {"tokenizer_kind": "char"}}
     if sft:
-        info["sft"] = True
+        info["sft"] = {"data": "chat.jsonl"}
     write_config(out, info)
     (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics), encoding="utf-8")
     (out / "MODEL_CARD.md").write_text(f"# Model card: {out.name}\n\nTrained for the UI tests on "

@@ -2,7 +2,7 @@
 the engine (and through it the web page and an API server) alike. Torch-free.
 
     messages = [{"role": "system", "content": "你是段子手"}, {"role": "user", "content": "讲个笑话"}]
-    tpl = ChatTemplate.from_info(info)               # config.json["chat_template"], ChatML when absent
+    tpl = record.template                            # a run's (goushi.run_record), ChatML when it has none
     tpl.render(messages)                             # "<|im_start|>system\\n你是段子手<|im_end|>\\n<|im_start|>user\\n..."
     ids, mask = tpl.encode(tokenizer, messages)      # mask[i]: ids[i] is a training target (assistant text)
 
@@ -55,11 +55,6 @@ def normalize_messages(messages: Any, *, for_prompt: bool = False) -> list[dict[
     return out
 
 
-def is_chat_run(info: dict[str, Any]) -> bool:
-    """A run answers chats only after chat fine-tuning, which marks config.json with a truthy "sft"."""
-    return bool(info.get("sft"))
-
-
 @dataclass(frozen=True)
 class ChatTemplate:
     """How turns are written. turn_sep goes after turn_end between two turns and is never a target."""
@@ -79,11 +74,8 @@ class ChatTemplate:
                 raise GoushiError(f"chat_template.{name}: must not be empty (it marks where a turn {name[5:]}s)")
 
     @classmethod
-    def from_info(cls, info: dict[str, Any]) -> ChatTemplate:
-        """The template in a run's config.json ("chat_template"), ChatML when there is none."""
-        raw = info.get("chat_template")
-        if raw is None:
-            return cls()
+    def from_dict(cls, raw: dict[str, Any]) -> ChatTemplate:
+        """A template as config.json's "chat_template" holds it (goushi.run_record reads it), checked."""
         known = [f.name for f in dataclasses.fields(cls)]
         if not isinstance(raw, dict):
             raise GoushiError(f"config.json chat_template: must be an object with keys {', '.join(known)}")
@@ -143,4 +135,4 @@ class ChatTemplate:
 
 CHATML = ChatTemplate()
 
-__all__ = ["ROLES", "ChatTemplate", "CHATML", "normalize_messages", "is_chat_run"]
+__all__ = ["ROLES", "ChatTemplate", "CHATML", "normalize_messages"]

@@ -7,9 +7,8 @@ tied LM head out; loads are strict. The directory's other files belong to goushi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +20,7 @@ from goushi.errors import GoushiError
 from goushi.fsutil import atomic_path
 from goushi.lora import plain_state_dict
 from goushi.model import GPT
+from goushi.run_record import RunRecord
 from goushi.tokenizer import Tokenizer
 
 _PREFIXES = ("_orig_mod.", "module.")
@@ -78,7 +78,7 @@ class RunFiles:
     """What a run directory says about its model before any weights are read."""
 
     run_dir: Path
-    info: dict[str, Any]  # config.json
+    record: RunRecord  # config.json
     config: ModelConfig
     tokenizer: Tokenizer
 
@@ -91,13 +91,13 @@ def open_run(run_dir: str | Path, *, role: str = "") -> RunFiles:
         raise GoushiError(f"{role} {path}: not a run directory (no {rundir.CONFIG}); give a run written by "
                           "`goushi train`")
     path = rundir.check_run_dir(path)
-    info = rundir.read_config(path)
-    cfg = rundir.model_config(info, path)
+    record = rundir.read_run(path)
+    cfg = record.model
     tok = Tokenizer.from_file(path / rundir.TOKENIZER)
     if tok.vocab_size > cfg.vocab_size:
         raise GoushiError(f"{path / rundir.TOKENIZER}: {tok.vocab_size} tokens but the model has "
                           f"vocab_size={cfg.vocab_size}")
-    return RunFiles(run_dir=path, info=info, config=cfg, tokenizer=tok)
+    return RunFiles(run_dir=path, record=record, config=cfg, tokenizer=tok)
 
 
 @dataclass
@@ -106,7 +106,7 @@ class Run:
     config: ModelConfig
     tokenizer: Tokenizer
     run_dir: Path
-    info: dict[str, Any] = field(default_factory=dict)  # config.json
+    record: RunRecord | None = None  # config.json; None for a model built in memory
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Run:
@@ -118,4 +118,4 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", dtype: tor
     if dtype is not None:
         model.to(dtype=dtype)
     model.eval()
-    return Run(model=model, config=files.config, tokenizer=files.tokenizer, run_dir=files.run_dir, info=files.info)
+    return Run(model=model, config=files.config, tokenizer=files.tokenizer, run_dir=files.run_dir, record=files.record)

@@ -26,12 +26,11 @@ import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from goushi import rundir
-from goushi.chat import ChatTemplate, is_chat_run
+from goushi.chat import ChatTemplate
 from goushi.checkpoint import load_run
 from goushi.config import ModelConfig
 from goushi.data.textindex import Span, TextIndex
@@ -42,6 +41,7 @@ from goushi.generation.options import MAX_TOP_N, Generation, SampleConfig, Strea
 from goushi.generation.sampling import RowSpec, Vocab, decode
 from goushi.generation.utf8 import Utf8Guard
 from goushi.precision import Plan, inference_plan, int8_shapes
+from goushi.run_record import RunRecord
 from goushi.tokenizer import EOT, SPECIAL_TOKENS, UNK, Tokenizer
 
 # Rows (prompts x samples) decoded together; more are done in turns so memory stays bounded
@@ -55,15 +55,15 @@ Prompt = tuple[str, list[int]]
 
 class Engine:
     def __init__(self, model, tokenizer: Tokenizer, *, run_dir: str | Path | None = None,
-                 info: dict[str, Any] | None = None, data_dir: str | Path | None = None, quantize: str | None = None):
-        """`info`: the run's config.json ({} for a model built in memory). `data_dir`: where the training
+                 record: RunRecord | None = None, data_dir: str | Path | None = None, quantize: str | None = None):
+        """`record`: the run's config.json (None for a model built in memory). `data_dir`: where the training
         data's verbatim-copy index is, overriding the run's record (`--data`). `quantize="int8"`: the linears
         that measure faster as int8 on this CPU run as int8 layers (the model's own weights stay fp32)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config: ModelConfig = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.info: dict[str, Any] = dict(info or {})
+        self.record = record
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.plan: Plan | None = None  # set by load(): the precision and threads measured for this model
         self._text_index: TextIndex | None = None
@@ -106,7 +106,7 @@ class Engine:
         plan = inference_plan(run.config, dev, name or (dtype if isinstance(dtype, str) else None), threads=threads)
         if plan.dtype != torch.float32:
             run.model.to(dtype=plan.dtype)
-        engine = cls(run.model, run.tokenizer, run_dir=run.run_dir, info=run.info, data_dir=data_dir,
+        engine = cls(run.model, run.tokenizer, run_dir=run.run_dir, record=run.record, data_dir=data_dir,
                      quantize=quantize)
         engine.plan = plan
         return engine
@@ -137,13 +137,13 @@ class Engine:
 
     @property
     def is_chat(self) -> bool:
-        """Chat fine-tuned (config.json has a truthy "sft"): only then does `chat` give answers."""
-        return is_chat_run(self.info)
+        """Chat fine-tuned (the run's record has "sft"): only then does `chat` give answers."""
+        return self.record is not None and self.record.is_chat
 
     @property
     def chat_template(self) -> ChatTemplate:
-        """The template the run was tuned with (config.json "chat_template"), ChatML by default."""
-        return ChatTemplate.from_info(self.info)
+        """The template the run was tuned with, ChatML by default."""
+        return self.record.template if self.record is not None else ChatTemplate()
 
     def count_prompt_tokens(self, text: str) -> int:
         """Ids the model is fed for prompt `text`: its tokens plus the leading <|endoftext|>
@@ -159,7 +159,7 @@ class Engine:
         with self._text_index_lock:
             if self._text_index is None:
                 self._text_index = TextIndex.load(rundir.provenance_index_dir(self.run_dir, self.data_dir,
-                                                                                 info=self.info or None))
+                                                                                 record=self.record))
             return self._text_index
 
     # ---- generation ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from goushi.config import ModelConfig, param_counts
 from goushi.data import layout as data_layout
 from goushi.errors import GoushiError
 from goushi.fsutil import atomic_write_json, atomic_write_text, json_safe
+from goushi.run_record import RunRecord
 
 # Licence families, matched on the upper-cased licence string. Order matters: the first match wins,
 # so the restrictive families are tried before the permissive ones ("CC-BY-SA" before "CC-BY").
@@ -271,16 +272,21 @@ def refresh_model_card(run_dir: str | Path) -> Path | None:
     else:
         if not (run_dir / rundir.CONFIG).exists():
             return None
-        info = rundir.read_config(run_dir)
-        meta = rundir.data_section(info).get("meta")
-        meta = meta if isinstance(meta, dict) else {}
-        data_dir = rundir.data_dir_for_run(run_dir, info)
-        if not meta and data_dir and data_layout.is_data_dir(data_dir):
-            meta = data_layout.read_meta(data_dir)
-        summary = info.get("summary") if isinstance(info.get("summary"), dict) else {}
-        inputs = {"model_config": info["model"], "train_summary": summary, "data_meta": meta}
+        inputs = record_card_inputs(run_dir, rundir.read_run(run_dir))
     return write_model_card(run_dir, model_config=inputs["model_config"], train_summary=inputs.get("train_summary") or {},
                             data_meta=inputs.get("data_meta") or {})
 
 
-__all__ = ["license_class", "license_warnings", "render_model_card", "write_model_card", "refresh_model_card"]
+def record_card_inputs(run_dir: Path, record: RunRecord) -> dict[str, Any]:
+    """The card's inputs for a run that has no model_card.json, from its record: the model, no training summary
+    (only the trainer has one), and the data's credit with the base runs' (the data directory's meta when the
+    record has none)."""
+    meta = record.card_data()
+    data_dir = rundir.data_dir_for_run(run_dir, record)
+    if not record.data.meta and data_dir and data_layout.is_data_dir(data_dir):
+        meta = {**data_layout.read_meta(data_dir), **meta}
+    return {"model_config": record.model.to_dict(), "train_summary": {}, "data_meta": meta}
+
+
+__all__ = ["license_class", "license_warnings", "render_model_card", "write_model_card", "refresh_model_card",
+           "record_card_inputs"]

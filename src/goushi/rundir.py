@@ -4,8 +4,8 @@ and the report read runs through it without loading a model.
 
     RUN_DIR/
       model.safetensors   weights (goushi.checkpoint writes and loads them)
-      config.json         {"model": ModelConfig, "train": TrainConfig, "data": {"dir", "tokenizer_hash", "meta"},
-                           "goushi_version"}; chat runs add "sft" and "chat_template"
+      config.json         the run's record: model, training settings, data, base run, chat tuning
+                          (goushi.run_record, its one reader and writer; read_run / write_run here)
       tokenizer.json      the tokenizer the model was trained with
       trainer_state.pt    optimiser, schedule, data order and RNG states (goushi.train.checkpoint)
       metrics.jsonl       one JSON object per logged step and per evaluation
@@ -24,15 +24,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from goushi.config import ModelConfig
 from goushi.data import layout as data_layout
 from goushi.errors import GoushiError
 from goushi.fsutil import atomic_write_json, atomic_write_text, json_safe
+from goushi.run_record import RunRecord
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = data_layout.TOKENIZER  # a run keeps the tokenizer and the data card of its data, by the same names
 STATE = "trainer_state.pt"
+LAST_WEIGHTS = "last.safetensors"  # the last step's weights while model.safetensors serves best/'s (--serve best)
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 TENSORBOARD = "tb"
@@ -45,7 +46,7 @@ BEST = "best"
 SAVING = ".saving"
 REQUIRED = (CONFIG, WEIGHTS, TOKENIZER)
 # What a previous run leaves in RUN_DIR; `--force` removes exactly these and nothing else.
-RUN_FILES = (WEIGHTS, CONFIG, TOKENIZER, STATE, METRICS, LOSS_PLOT, DATA_CARD, MODEL_CARD, CARD_INPUTS, EVAL,
+RUN_FILES = (WEIGHTS, LAST_WEIGHTS, CONFIG, TOKENIZER, STATE, METRICS, LOSS_PLOT, DATA_CARD, MODEL_CARD, CARD_INPUTS, EVAL,
              HTML_REPORT)
 RUN_DIRS = (BEST, TENSORBOARD, SAVING)
 
@@ -90,41 +91,30 @@ def prepare_out_dir(out: str | Path, *, resume: bool, force: bool) -> Path:
     return out
 
 
-# ---- config.json -----------------------------------------------------------------------------------
-def read_config(run_dir: str | Path) -> dict[str, Any]:
+# ---- config.json: the run's record (goushi.run_record types it) ------------------------------------
+def read_run(run_dir: str | Path) -> RunRecord:
+    """RUN_DIR/config.json as a RunRecord; errors name the file and say what to do."""
     path = Path(run_dir) / CONFIG
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GoushiError(f"{path}: missing; {run_dir} is not a run directory (train one with `goushi train`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GoushiError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(info, dict) or "model" not in info:
-        raise GoushiError(f"{path}: has no \"model\" section; not a goushi run directory")
-    return info
+    return RunRecord.from_dict(raw, source=str(path))
 
 
-def write_config(run_dir: str | Path, info: dict[str, Any]) -> None:
-    atomic_write_json(Path(run_dir) / CONFIG, info)
-
-
-def model_config(info: dict[str, Any], run_dir: str | Path) -> ModelConfig:
-    """The ModelConfig in a run's config.json, checked field by field (errors name the file)."""
-    return ModelConfig.from_dict(info.get("model"), source=str(Path(run_dir) / CONFIG))
-
-
-def data_section(info: dict[str, Any]) -> dict[str, Any]:
-    data = info.get("data")
-    return data if isinstance(data, dict) else {}
+def write_run(run_dir: str | Path, record: RunRecord) -> None:
+    atomic_write_json(Path(run_dir) / CONFIG, json_safe(record.to_dict()))
 
 
 # ---- where the data is -------------------------------------------------------------------------------
-def data_dir_for_run(run_dir: str | Path, info: dict[str, Any] | None = None) -> Path | None:
+def data_dir_for_run(run_dir: str | Path, record: RunRecord | None = None) -> Path | None:
     """The DATA_DIR a run was trained on (config.json data.dir: absolute, or relative to the current
     directory or to RUN_DIR), or None if none is recorded. A recorded directory that is gone is returned
     as recorded, so the caller can name it."""
     run_dir = Path(run_dir)
-    recorded = data_section(info if info is not None else read_config(run_dir)).get("dir")
+    recorded = (record if record is not None else read_run(run_dir)).data.dir
     if not recorded:
         return None
     for cand in (Path(recorded), run_dir / recorded):
@@ -141,11 +131,11 @@ def _index_in(path: Path) -> Path | None:
 
 
 def provenance_index_dir(run_dir: str | Path | None, data_dir: str | Path | None = None, *,
-                         info: dict[str, Any] | None = None) -> Path:
+                         record: RunRecord | None = None) -> Path:
     """Where the verbatim-copy index for a run is. The index lives with the data (many runs share one
     DATA_DIR), so: an explicit `data_dir` (`--data`) wins; else the run's recorded data directory; else
     RUN_DIR/provenance/ (a run packed with its index). `run_dir` may also be a DATA_DIR or an index.
-    `info`: the run's config.json when the caller already holds it."""
+    `record`: the run's record when the caller already holds it."""
     if data_dir is not None:
         p = Path(data_dir)
         found = _index_in(p)
@@ -162,7 +152,7 @@ def provenance_index_dir(run_dir: str | Path | None, data_dir: str | Path | None
             raise GoushiError(f"{run_dir}: neither a run directory (no {CONFIG}) nor a data directory with a "
                               "provenance index; pass a RUN_DIR from `goushi train` or a DATA_DIR from `goushi data build`")
         return found
-    recorded = data_dir_for_run(run_dir, info)
+    recorded = data_dir_for_run(run_dir, record)
     if recorded is not None and (recorded / data_layout.PROVENANCE / data_layout.PROVENANCE_INDEX).is_file():
         return recorded / data_layout.PROVENANCE
     if (run_dir / data_layout.PROVENANCE / data_layout.PROVENANCE_INDEX).is_file():
@@ -246,9 +236,8 @@ def save_eval(run_dir: str | Path, section: str, results: dict[str, Any]) -> Pat
 
 
 __all__ = [
-    "WEIGHTS", "CONFIG", "TOKENIZER", "STATE", "METRICS", "LOSS_PLOT", "TENSORBOARD", "DATA_CARD", "MODEL_CARD",
+    "WEIGHTS", "LAST_WEIGHTS", "CONFIG", "TOKENIZER", "STATE", "METRICS", "LOSS_PLOT", "TENSORBOARD", "DATA_CARD", "MODEL_CARD",
     "CARD_INPUTS", "EVAL", "HTML_REPORT", "BEST", "SAVING", "REQUIRED", "RUN_FILES", "RUN_DIRS",
-    "looks_like_run", "check_run_dir", "prepare_out_dir", "read_config", "write_config", "model_config",
-    "data_section", "data_dir_for_run", "provenance_index_dir", "val_jsonl_for_run", "read_metrics",
+    "looks_like_run", "check_run_dir", "prepare_out_dir", "read_run", "write_run", "data_dir_for_run", "provenance_index_dir", "val_jsonl_for_run", "read_metrics",
     "append_metrics", "truncate_metrics", "last_value", "read_eval", "save_eval",
 ]

@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from goushi import rundir
-from goushi.chat import is_chat_run
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
 from goushi.generation.options import MAX_NEW_TOKENS
@@ -72,7 +71,7 @@ def _config(args: argparse.Namespace) -> SampleConfig:
 def run(args: argparse.Namespace) -> int:
     cfg = _config(args)  # refuse bad options before spending seconds loading the model
     run_dir = rundir.check_run_dir(args.run_dir)
-    if not is_chat_run(rundir.read_config(run_dir)):  # what Engine.is_chat asks, without loading the weights
+    if not rundir.read_run(run_dir).is_chat:  # what Engine.is_chat asks, without loading the weights
         raise GoushiError(NOT_CHAT.format(run=args.run_dir))
     engine = Engine.load(run_dir, device=args.device)
     session = ChatSession(engine, cfg)

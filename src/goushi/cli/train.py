@@ -13,6 +13,7 @@ from goushi.config import FAMILY_DEFAULTS, MLPS, NORMS, POS_ENCODINGS, PRESETS, 
 from goushi.data import layout as data_layout
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
+from goushi.run_record import RunRecord
 from goushi.train import BatchSource, train
 from goushi.train import recipe as recipes
 from goushi.train.config import TrainConfig, init_model_config, resolve_model_config, resolve_run_config
@@ -152,7 +153,7 @@ def _vocab_for_print(cfg: TrainConfig) -> int:
 
 def _model_for_print(cfg: TrainConfig) -> ModelConfig:
     if cfg.init_from:
-        base = rundir.model_config(rundir.read_config(cfg.init_from), cfg.init_from)
+        base = rundir.read_run(cfg.init_from).model
         vocab = _vocab_for_print(cfg) if (cfg.data or cfg.model.get("vocab_size")) else base.vocab_size
         return init_model_config(cfg, base, vocab)
     return resolve_model_config(cfg, _vocab_for_print(cfg))
@@ -201,7 +202,8 @@ def sample_line(model: nn.Module, source: BatchSource, max_new_tokens: int, seed
     engine (its own random generator: samples never change the run)."""
     prompt = source.sample_prompt()
     sc = SampleConfig(strategy="sample", temperature=0.8, max_new_tokens=max_new_tokens, seed=seed)
-    engine = Engine(model, source.tokenizer, info=source.config_entries())
+    fields = source.record_fields()  # a chat source's: the samples are answers in its template
+    engine = Engine(model, source.tokenizer, record=RunRecord(model=model.config, **fields) if fields else None)
     if isinstance(prompt, str):
         text = engine.generate([prompt], sc)[0].text
     else:

@@ -5,12 +5,12 @@ to load the exported files)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import goushi
 from goushi import rundir
 from goushi.errors import GoushiError
-from goushi.model_card import render_model_card
+from goushi.model_card import record_card_inputs, render_model_card
+from goushi.run_record import RunRecord
 
 # Hugging Face licence identifiers for the licences our sources most often carry.
 _HF_LICENSES = {"MIT": "mit", "APACHE-2.0": "apache-2.0", "CC0-1.0": "cc0-1.0", "CC-BY-4.0": "cc-by-4.0",
@@ -28,47 +28,30 @@ def check_out(out: Path, *, force: bool, kind: str) -> None:
         raise GoushiError(f"--out {out}: is a directory; give a file name such as {out / 'model.gguf'}")
 
 
-def all_sources(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every source the weights learned from: the run's data and, down the --init-from chain, its bases'."""
-    meta = rundir.data_section(info).get("meta")
-    out = dict((meta or {}).get("sources") or {}) if isinstance(meta, dict) else {}
-    base = info.get("base")
-    while isinstance(base, dict):
-        for sid, s in (base.get("sources") or {}).items():
-            out.setdefault(f"{sid} (base)", s)
-        base = base.get("base")
-    return out
-
-
-def hf_license(info: dict[str, Any]) -> str:
+def hf_license(record: RunRecord) -> str:
     """One licence identifier when every source shares one Hugging Face knows, else "other" (see the card)."""
-    found = {str(s.get("license") or "unknown").strip().upper() for s in all_sources(info).values()}
+    found = {str(s.get("license") or "unknown").strip().upper() for s in record.all_sources().values()}
     if len(found) == 1:
         return _HF_LICENSES.get(found.pop(), "other")
     return "other"
 
 
-def run_card(run_dir: Path, info: dict[str, Any]) -> str:
-    """The run's own MODEL_CARD.md, or one rendered from config.json when the run has none."""
+def run_card(run_dir: Path, record: RunRecord) -> str:
+    """The run's own MODEL_CARD.md, or one rendered from its record when the run has none."""
     card = run_dir / rundir.MODEL_CARD
     if card.is_file():
         return card.read_text(encoding="utf-8")
-    meta = rundir.data_section(info).get("meta")
-    meta = dict(meta) if isinstance(meta, dict) else {}
-    if isinstance(info.get("base"), dict):
-        meta["base"] = info["base"]
-    summary = info.get("summary") if isinstance(info.get("summary"), dict) else {}
-    return render_model_card(run_dir.resolve().name, model_config=info["model"], train_summary=summary, data_meta=meta)
+    return render_model_card(run_dir.resolve().name, **record_card_inputs(run_dir, record))
 
 
-def export_card(run_dir: Path, info: dict[str, Any], *, family: str, how_to_use: list[str]) -> str:
+def export_card(run_dir: Path, record: RunRecord, *, family: str, how_to_use: list[str]) -> str:
     """README.md for an export: YAML header, the run's card, and how to load this export."""
-    header = ["---", "language:", "- zh", f"license: {hf_license(info)}", "library_name: transformers",
+    header = ["---", "language:", "- zh", f"license: {hf_license(record)}", "library_name: transformers",
               "pipeline_tag: text-generation", "tags:", "- goushi", f"- {family}", "---", ""]
     note = ["", "## This export", "",
             f"Exported by goushi {goushi.__version__} from the run `{run_dir.resolve().name}`. The sources and "
             "licences above travel with the weights: keep this card beside them when you share the model.", ""]
-    return "\n".join(header) + run_card(run_dir, info).rstrip("\n") + "\n" + "\n".join(note + how_to_use) + "\n"
+    return "\n".join(header) + run_card(run_dir, record).rstrip("\n") + "\n" + "\n".join(note + how_to_use) + "\n"
 
 
-__all__ = ["check_out", "all_sources", "hf_license", "run_card", "export_card"]
+__all__ = ["check_out", "hf_license", "run_card", "export_card"]

@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from goushi.chat import ChatTemplate, is_chat_run
 from goushi.checkpoint import Run, load_run
 from goushi.errors import GoushiError
-from goushi.export.common import all_sources, check_out, hf_license
+from goushi.export.common import check_out, hf_license
 from goushi.export.tokenizer_files import chat_jinja, ollama_template, stop_ids
 from goushi.fsutil import atomic_path, atomic_write_text
 from goushi.hf import hf_family
@@ -154,7 +153,7 @@ def _bpe_vocab(tok: Tokenizer, n_rows: int, gguf: Any) -> tuple[list[str], list[
 
 
 def _write_tokenizer(w: Any, gguf: Any, run: Run) -> None:
-    tok, info = run.tokenizer, run.info
+    tok, record = run.tokenizer, run.record
     n_rows = run.config.vocab_size
     if tok.kind == "char":
         tokens, types = _char_vocab(tok, n_rows, gguf)
@@ -177,8 +176,8 @@ def _write_tokenizer(w: Any, gguf: Any, run: Run) -> None:
     w.add_unk_token_id(1)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    if is_chat_run(info):
-        tpl = ChatTemplate.from_info(info)
+    if record.is_chat:
+        tpl = record.template
         end = tok.token_to_id(tpl.turn_end)  # GGUF's end-of-turn token: llama.cpp stops there as at EOS
         if end is not None and end != tok.eot_id:
             w.add_eot_token_id(end)
@@ -188,7 +187,7 @@ def _write_tokenizer(w: Any, gguf: Any, run: Run) -> None:
 def _write_hparams(w: Any, gguf: Any, run: Run, kind: str) -> None:
     cfg = run.config
     w.add_name(run.run_dir.resolve().name)
-    w.add_license(hf_license(run.info))
+    w.add_license(hf_license(run.record))
     w.add_context_length(cfg.context_length)
     w.add_embedding_length(cfg.n_embd)
     w.add_feed_forward_length(cfg.hidden)
@@ -209,18 +208,18 @@ def _write_hparams(w: Any, gguf: Any, run: Run, kind: str) -> None:
 
 def modelfile_text(run: Run, gguf_name: str) -> str:
     """An Ollama Modelfile for the GGUF file beside it."""
-    tok, info = run.tokenizer, run.info
+    tok, record = run.tokenizer, run.record
     lines = [f"# Ollama: ollama create NAME -f {Path(gguf_name).with_suffix('.Modelfile').name}", f"FROM ./{gguf_name}"]
-    if is_chat_run(info):
-        lines.append(f'TEMPLATE """{ollama_template(ChatTemplate.from_info(info))}"""')
+    if record.is_chat:
+        lines.append(f'TEMPLATE """{ollama_template(record.template)}"""')
     else:  # a base model continues the text it is given
         lines.append('TEMPLATE """{{ .Prompt }}"""')
-    eot, *markers = stop_ids(tok, info)
+    eot, *markers = stop_ids(tok, record)
     for i in [*markers, eot]:  # the chat's markers first, <|endoftext|> last
         lines.append(f"PARAMETER stop {json.dumps(tok.hf.id_to_token(i), ensure_ascii=False)}")
     lines.append(f"PARAMETER num_ctx {run.config.context_length}")
     credits = [f"{sid}: {s.get('license') or 'unknown'}" + (f" ({s['url']})" if s.get("url") else "")
-               for sid, s in all_sources(info).items()]
+               for sid, s in record.all_sources().items()]
     lines.append('LICENSE """Trained with goushi on these sources (source: licence):\n'
                  + ("\n".join(credits) if credits else "no sources recorded") + '\n"""')
     return "\n".join(lines) + "\n"

@@ -43,18 +43,18 @@ def export_hf(run_dir: str | Path, out: str | Path, *, force: bool = False) -> P
     check_out(out, force=force, kind="directory")
     run = load_run(run_dir)
     family = hf_family(run.config)  # refuse before any file is written
-    stops = stop_ids(run.tokenizer, run.info)
+    stops = stop_ids(run.tokenizer, run.record)
     hf = to_hf(run.model, run.tokenizer.eot_id, stops)
-    chat = "chat_template" in hf_tokenizer_config(run.tokenizer, run.info, run.config.context_length)
+    chat = run.record.is_chat
     with atomic_dir(out, force=force) as tmp:
         hf.save_pretrained(tmp)
         hf.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
         hf.generation_config.save_pretrained(tmp)
         (tmp / "tokenizer.json").write_text(hf_tokenizer_json(run.tokenizer), encoding="utf-8")
         atomic_write_json(tmp / "tokenizer_config.json",
-                          hf_tokenizer_config(run.tokenizer, run.info, run.config.context_length))
-        atomic_write_json(tmp / GOUSHI_RUN, run.info)
-        card = export_card(run.run_dir, run.info, family=family,
+                          hf_tokenizer_config(run.tokenizer, run.record, run.config.context_length))
+        atomic_write_json(tmp / GOUSHI_RUN, run.record.to_dict())
+        card = export_card(run.run_dir, run.record, family=family,
                            how_to_use=[f"Load it with `transformers` ({HF_CLASSES[family]}, no custom code):", "",
                                        *_usage(out, chat)])
         (tmp / "README.md").write_text(card, encoding="utf-8")

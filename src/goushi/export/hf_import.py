@@ -28,6 +28,7 @@ from goushi.fsutil import atomic_dir, json_safe
 from goushi.hf import from_hf_state_dict
 from goushi.model import GPT
 from goushi.model_card import render_model_card
+from goushi.run_record import DataRecord, ImportRecord, RunRecord
 
 SUPPORTED = "gpt2 (GPT2LMHeadModel) and llama (LlamaForCausalLM)"
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -130,30 +131,28 @@ def _readme_license(hf_dir: Path) -> str:
     return "unknown"
 
 
-def _info(hf_dir: Path, raw: dict[str, Any], cfg: ModelConfig, vm: VocabMap, notes: list[str]) -> dict[str, Any]:
-    """config.json of the imported run; a goushi export brings back the run it came from (sources, chat)."""
-    origin: dict[str, Any] = {}
-    if (hf_dir / GOUSHI_RUN).is_file():
+def _record(hf_dir: Path, raw: dict[str, Any], cfg: ModelConfig, vm: VocabMap, notes: list[str]) -> RunRecord:
+    """The imported run's record; a goushi export brings back the run it came from (sources, chat, base)."""
+    origin: RunRecord | None = None
+    path = hf_dir / GOUSHI_RUN
+    if path.is_file():
         try:
-            origin = json.loads((hf_dir / GOUSHI_RUN).read_text(encoding="utf-8"))
+            origin = RunRecord.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise GoushiError(f"{hf_dir / GOUSHI_RUN}: not valid JSON ({e}); delete it to import without it") from None
+            raise GoushiError(f"{path}: not valid JSON ({e}); delete it to import without it") from None
+        except GoushiError as e:
+            raise GoushiError(f"{e}; delete {path} to import without it") from None
     name = str(raw.get("_name_or_path") or hf_dir.resolve().name)
-    data = dict(rundir.data_section(origin))
-    meta = dict(data.get("meta") or {})
+    meta = dict(origin.data.meta) if origin is not None else {}
     if not meta.get("sources"):
         meta["sources"] = {hf_dir.resolve().name: {"license": _readme_license(hf_dir), "author": None, "url": None,
                                                    "note": f"pretrained weights imported from {name}"}}
     meta["tokenizer_kind"] = vm.tokenizer.kind
-    info: dict[str, Any] = {"model": cfg.to_dict(), "data": {"tokenizer_hash": vm.tokenizer.hash(), "meta": meta},
-                            "imported": {"from": str(hf_dir.resolve()), "model_type": raw.get("model_type"),
-                                         "architectures": raw.get("architectures"), "document_token": vm.doc_token,
-                                         "notes": notes + vm.notes},
-                            "goushi_version": goushi.__version__}
-    for key in ("sft", "chat_template", "base"):
-        if key in origin:
-            info[key] = origin[key]
-    return info
+    imported = ImportRecord(source=str(hf_dir.resolve()), model_type=raw.get("model_type"),
+                            architectures=raw.get("architectures"), document_token=vm.doc_token, notes=notes + vm.notes)
+    return RunRecord(model=cfg, data=DataRecord(tokenizer_hash=vm.tokenizer.hash(), meta=meta), imported=imported,
+                     sft=origin.sft if origin else None, chat_template=origin.chat_template if origin else None,
+                     base=origin.base if origin else None, goushi_version=goushi.__version__)
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, context: int | None = None) -> tuple[Path, list[str]]:
@@ -178,20 +177,19 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, force: bool = False, conte
         sd["wpe.weight"] = sd["wpe.weight"][: ours.context_length]
     model = GPT(ours)
     model.load_state_dict(sd, strict=True)
-    info = _info(hf_dir, raw, ours, vm, notes)
+    record = _record(hf_dir, raw, ours, vm, notes)
     with atomic_dir(out, force=force) as tmp:
         save_weights(tmp / rundir.WEIGHTS, model)
-        rundir.write_config(tmp, info)
+        rundir.write_run(tmp, record)
         vm.tokenizer.save(tmp / rundir.TOKENIZER)
-        _write_card(tmp, out.name, ours, info)
+        _write_card(tmp, out.name, record)
     return out, notes + vm.notes
 
 
-def _write_card(tmp: Path, name: str, cfg: ModelConfig, info: dict[str, Any]) -> None:
-    summary = {"imported_from": info["imported"]["from"]}
-    meta = dict(info["data"]["meta"])
-    if isinstance(info.get("base"), dict):
-        meta["base"] = info["base"]
+def _write_card(tmp: Path, name: str, record: RunRecord) -> None:
+    cfg = record.model
+    summary = {"imported_from": record.imported.source if record.imported else ""}
+    meta = record.card_data()
     text = render_model_card(name, model_config=cfg, train_summary=summary, data_meta=meta)
     (tmp / rundir.MODEL_CARD).write_text(text, encoding="utf-8")
     (tmp / rundir.CARD_INPUTS).write_text(json.dumps(json_safe({"model_config": cfg.to_dict(), "train_summary": summary,

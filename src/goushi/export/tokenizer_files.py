@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from goushi.chat import ChatTemplate, is_chat_run
+from goushi.chat import ChatTemplate
+from goushi.run_record import RunRecord
 from goushi.tokenizer import EOT, UNK, Tokenizer
 
 
@@ -51,7 +52,7 @@ def hf_tokenizer_json(tok: Tokenizer) -> str:
     return json.dumps(spec, ensure_ascii=False, indent=2) + "\n"
 
 
-def hf_tokenizer_config(tok: Tokenizer, info: dict[str, Any], context_length: int) -> dict[str, Any]:
+def hf_tokenizer_config(tok: Tokenizer, record: RunRecord, context_length: int) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": EOT, "eos_token": EOT, "pad_token": EOT, "unk_token": UNK,
@@ -60,17 +61,17 @@ def hf_tokenizer_config(tok: Tokenizer, info: dict[str, Any], context_length: in
         "clean_up_tokenization_spaces": False,
         "goushi_tokenizer_kind": tok.kind,
     }
-    if is_chat_run(info):
-        cfg["chat_template"] = chat_jinja(ChatTemplate.from_info(info))
+    if record.is_chat:
+        cfg["chat_template"] = chat_jinja(record.template)
     return cfg
 
 
-def stop_ids(tok: Tokenizer, info: dict[str, Any]) -> list[int]:
+def stop_ids(tok: Tokenizer, record: RunRecord) -> list[int]:
     """Token ids that end a generation: <|endoftext|>, and for chat runs each of the template's stop markers
     (ChatTemplate.stops, where the engine ends an answer) that is one token, in the template's order."""
     ids = [tok.eot_id]
-    if is_chat_run(info):
-        for marker in ChatTemplate.from_info(info).stops:
+    if record.is_chat:
+        for marker in record.template.stops:
             i = tok.token_to_id(marker)
             if i is not None and i not in ids:
                 ids.append(i)

@@ -31,6 +31,7 @@ import torch
 from goushi.chat import ChatTemplate, normalize_messages
 from goushi.errors import GoushiError
 from goushi.model import IGNORE_INDEX
+from goushi.run_record import DataRecord, SftRecord
 from goushi.tokenizer import Tokenizer
 from goushi.train.source import Batch
 
@@ -280,20 +281,19 @@ class ChatData:
                     "url": self.credit.get("url") or "", "note": self.credit.get("note") or ""}
                 for s in sorted(counts, key=lambda s: -counts[s])}
 
-    def run_info(self) -> dict[str, Any]:
+    def data_record(self) -> DataRecord:
         meta = {"tokenizer_kind": self.tokenizer.kind, "train_docs": len(self.train_rows), "val_docs": len(self.val_rows),
                 "train_tokens": self.trained_tokens, "sources": self.sources()}
         # The verbatim-copy index stays the base run's: most of what a chat model writes comes from pre-training.
-        return {"dir": self.base_data_dir, "file": str(self.chat.path.resolve()),
-                "tokenizer_hash": self.tokenizer.hash(), "meta": meta}
+        return DataRecord(dir=self.base_data_dir, file=str(self.chat.path.resolve()),
+                          tokenizer_hash=self.tokenizer.hash(), meta=meta)
 
-    def config_entries(self) -> dict[str, Any]:
-        return {"sft": {"data": str(self.chat.path.resolve()), "rows": len(self.chat.rows),
-                        "train_rows": len(self.train_rows), "val_rows": len(self.val_rows),
-                        "skipped_rows": len(self.chat.problems), "truncated_rows": self.chat.truncated,
-                        "trained_tokens": self.trained_tokens, "val_fraction": self.val_fraction, "seed": self.seed,
-                        "credit": self.credit},
-                "chat_template": self.template.to_dict()}
+    def record_fields(self) -> dict[str, Any]:
+        sft = SftRecord(data=str(self.chat.path.resolve()), rows=len(self.chat.rows), train_rows=len(self.train_rows),
+                        val_rows=len(self.val_rows), skipped_rows=len(self.chat.problems),
+                        truncated_rows=self.chat.truncated, trained_tokens=self.trained_tokens,
+                        val_fraction=self.val_fraction, seed=self.seed, credit=self.credit)
+        return {"sft": sft, "chat_template": self.template}
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "cursor": self.cursor}

@@ -54,14 +54,14 @@ def sft_train_config(base: str, out: str, overrides: dict[str, Any]) -> TrainCon
 
 def resume_settings(out: str) -> tuple[SftOptions, dict[str, Any]]:
     """What a chat run recorded about itself: its SFT options and its TrainConfig (for --resume)."""
-    info = rundir.read_config(out)
-    sft = info.get("sft")
-    if not isinstance(sft, dict):
+    record = rundir.read_run(out)
+    if record.sft is None:
         raise GoushiError(f"--resume: {out} is not a chat fine-tuning run (no \"sft\" in {rundir.CONFIG}); continue "
                           "it with `goushi train --out ... --resume`")
-    train = dict(info.get("train") or {})
-    opts = SftOptions(base=str(train.get("init_from") or ""), data=str(sft.get("data") or ""),
-                      val_fraction=float(sft.get("val_fraction", 0.05)), credit=dict(sft.get("credit") or {}))
+    train = dict(record.train)
+    base = merge_dict(TrainConfig(), train, source=f"{out}/{rundir.CONFIG}").init_from
+    opts = SftOptions(base=base, data=record.sft.data, val_fraction=record.sft.val_fraction,
+                      credit=dict(record.sft.credit))
     for k in ("out", "data", "init_from"):
         train.pop(k, None)
     return opts, train
@@ -72,7 +72,7 @@ def load_chat_file(opts: SftOptions, log: Callable[[str], None]) -> tuple[ChatFi
     reported)."""
     base = open_run(opts.base, role="BASE_RUN")
     context = base.config.context_length
-    template = ChatTemplate.from_info(base.info)  # a chat run tuned again keeps its template; else ChatML
+    template = base.record.template  # a chat run tuned again keeps its template; else ChatML
     chat = read_chat_file(opts.data, base.tokenizer, template, context, strict=opts.strict)
     for problem in chat.problems[:MAX_REPORTED]:
         log(f"skipped {problem}")
@@ -98,7 +98,7 @@ def run_sft(opts: SftOptions, cfg: TrainConfig, *, sampler: Sampler | None = Non
     chat, base, template = load_chat_file(opts, log)
     source = ChatData(chat, base.tokenizer, template, context=base.config.context_length,
                       val_fraction=opts.val_fraction, seed=cfg.seed, credit=opts.credit,
-                      base_data_dir=rundir.data_section(base.info).get("dir"),
+                      base_data_dir=base.record.data.dir,
                       base_data_card=base.run_dir / rundir.DATA_CARD)
     if not cfg.max_steps:  # --epochs; a token or time budget still ends the run first if it is shorter
         cfg = dataclasses.replace(cfg, max_steps=source.steps_for_epochs(opts.epochs, cfg.batch_size))

@@ -18,6 +18,7 @@ from goushi.device import describe_hardware
 from goushi.fsutil import atomic_path, atomic_write_bytes
 from goushi.model_card import write_model_card
 from goushi.plots import loss_plot_png
+from goushi.run_record import BaseRecord, RunRecord
 from goushi.train.config import TrainConfig
 from goushi.train.source import BatchSource
 
@@ -25,27 +26,24 @@ from goushi.train.source import BatchSource
 BEST_COPIES = (rundir.CONFIG, rundir.TOKENIZER, rundir.DATA_CARD, rundir.MODEL_CARD)
 
 
-def config_info(cfg: TrainConfig, model_config: ModelConfig, source: BatchSource, out: Path,
-                base: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_record(cfg: TrainConfig, model_config: ModelConfig, source: BatchSource, out: Path,
+               base: BaseRecord | None = None) -> RunRecord:
     """RUN_DIR/config.json: the model, the settings that `--resume` starts from, the data it learned from,
     and (with init_from) the run it started from with that run's data."""
     train = cfg.to_dict()
-    data = source.run_info()
-    train["data"] = data.get("dir", train["data"])
+    data = source.data_record()
+    train["data"] = data.dir if data.dir is not None else train["data"]
     train["out"] = str(out.resolve())
     if cfg.init_from:
         train["init_from"] = str(Path(cfg.init_from).resolve())
     for k in ("resume", "force"):
         train.pop(k)
-    info: dict[str, Any] = {"model": model_config.to_dict(), "train": train, "data": data,
-                            **source.config_entries(), "goushi_version": goushi.__version__}
-    if base is not None:
-        info["base"] = base
-    return info
+    return RunRecord(model=model_config, train=train, data=data, base=base, goushi_version=goushi.__version__,
+                     **source.record_fields())
 
 
-def write_start(out: Path, info: dict[str, Any], source: BatchSource) -> None:
-    rundir.write_config(out, info)
+def write_start(out: Path, record: RunRecord, source: BatchSource) -> None:
+    rundir.write_run(out, record)
     source.tokenizer.save(out / rundir.TOKENIZER)
     card = source.data_card()
     if card is not None:
@@ -54,15 +52,13 @@ def write_start(out: Path, info: dict[str, Any], source: BatchSource) -> None:
 
 
 def write_end(out: Path, *, model_config: ModelConfig, summary: dict[str, Any], source: BatchSource,
-              base: dict[str, Any] | None) -> None:
+              base: BaseRecord | None) -> None:
     """loss.png, MODEL_CARD.md (crediting the data's sources and, with init_from, the `base` run's), and the
     up-to-date card, config and tokenizer into best/."""
     png = loss_plot_png(rundir.read_metrics(out))
     if png is not None:
         atomic_write_bytes(out / rundir.LOSS_PLOT, png)
-    data_meta = dict(source.run_info().get("meta") or {})
-    if base is not None:
-        data_meta["base"] = base
+    data_meta = RunRecord(model=model_config, data=source.data_record(), base=base).card_data()
     card_summary = {k: v for k, v in summary.items() if k != "run_dir" and v is not None}
     write_model_card(out, model_config=model_config, train_summary=card_summary, data_meta=data_meta)
     best = out / rundir.BEST
@@ -101,7 +97,7 @@ def opening_lines(cfg: TrainConfig, mc: ModelConfig, *, trainable: int, plan_lin
 def run_summary(cfg: TrainConfig, mc: ModelConfig, *, out: Path, step: int, planned_steps: int | None, tokens: int,
                 seconds: float, stop_reason: str, device: torch.device, dtype: torch.dtype, processes: int,
                 fsdp: bool, trainable: int, last_loss: float, last_eval: dict[str, Any], best_val: float,
-                best_step: int, tokens_per_s: float | None) -> dict[str, Any]:
+                best_step: int, tokens_per_s: float | None, served_best: bool = False) -> dict[str, Any]:
     """What `train` returns, and the model card's training section: where the run got to, on what, how well."""
     return {
         "run_dir": str(out), "steps": step, "planned_steps": planned_steps, "tokens": tokens,
@@ -115,6 +111,8 @@ def run_summary(cfg: TrainConfig, mc: ModelConfig, *, out: Path, step: int, plan
         "final_val_ppl": last_eval.get("val_ppl"), "final_val_bpc": last_eval.get("val_bpc"),
         "best_val_loss": best_val if math.isfinite(best_val) else None,
         "best_step": best_step if best_step >= 0 else None, "tokens_per_s": tokens_per_s,
+        # model.safetensors holds the best validation loss's weights, not the last step's (--serve best)
+        "served": "best" if served_best else "last",
     }
 
 
@@ -124,9 +122,15 @@ def closing_lines(summary: dict[str, Any], out: Path) -> list[str]:
     if summary["stop_reason"] == "interrupted":
         return [f"stopped at step {summary['steps']}; checkpoint saved. Continue with: goushi train --out {out} "
                 f"--resume"]
+    why = " (early stop: validation loss stopped improving)" if summary["stop_reason"] == "early stop" else ""
+    done = f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.0f}s{why}; run " \
+           f"directory {out}"
+    if summary.get("served") == "best":
+        return [done, f"serving the best weights: step {summary['best_step']}, validation loss "
+                f"{summary['best_val_loss']:.4f} ({summary['final_val_loss']:.4f} at the end); {out / rundir.WEIGHTS} "
+                f"holds them, the last step's wait in {out / rundir.LAST_WEIGHTS} for --resume"]
     hint = overfit_hint(summary, out)
-    return [f"done: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.0f}s; run "
-            f"directory {out}"] + ([hint] if hint else [])
+    return [done] + ([hint] if hint else [])
 
 
 # A final validation loss this much (nats) above the best one is past noise: the model has started to learn its
@@ -146,5 +150,5 @@ def overfit_hint(summary: dict[str, Any], out: Path) -> str | None:
             f"step (goushi sample {out / rundir.BEST}); more text or a shorter run would do better")
 
 
-__all__ = ["BEST_COPIES", "config_info", "write_start", "write_end", "opening_lines", "run_summary", "closing_lines",
+__all__ = ["BEST_COPIES", "run_record", "write_start", "write_end", "opening_lines", "run_summary", "closing_lines",
            "overfit_hint", "OVERFIT_NATS"]

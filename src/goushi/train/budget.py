@@ -80,6 +80,16 @@ class Budget:
         # Never restart a warmup already under way (a time budget is planned a few steps in).
         self.warmup = capped if capped >= step else step
 
+    def patience_out(self, step: int, best_step: int) -> bool:
+        """Early stopping: `patience` evaluations in a row since the best validation loss (counted from the
+        steps, so a resumed run counts on exactly)."""
+        p, every = self.cfg.patience, self.cfg.eval_every
+        return bool(p and every and best_step >= 0 and step - best_step >= p * every)
+
+    def serves_best(self, step: int, best_step: int) -> bool:
+        """--serve best, and the best validation loss was not the last step's."""
+        return self.cfg.serve == "best" and best_step >= 0 and best_step != step
+
     def time_up(self, elapsed: float) -> bool:
         return self.seconds is not None and elapsed >= self.seconds
 

@@ -29,10 +29,10 @@ from goushi import lora
 from goushi.checkpoint import load_weights, save_weights
 from goushi.device import DTYPES
 from goushi.errors import GoushiError
-from goushi.fsutil import atomic_dir, fsync_dir
+from goushi.fsutil import atomic_dir, atomic_path, fsync_dir
 from goushi.model import GPT
 from goushi.precision import Plan
-from goushi.rundir import BEST, SAVING, STATE, WEIGHTS
+from goushi.rundir import BEST, LAST_WEIGHTS, SAVING, STATE, WEIGHTS
 from goushi.train.budget import Budget
 from goushi.train.config import TrainConfig
 from goushi.train.source import BatchSource
@@ -138,7 +138,8 @@ def load_start_weights(model: GPT, cfg: TrainConfig) -> None:
     init stays. LoRA resumes from the frozen base weights plus the adapters in the trainer state (exactly); the
     run's own model.safetensors holds them merged, for every other reader."""
     if cfg.resume and not cfg.lora_rank:
-        load_weights(Path(cfg.out) / WEIGHTS, model)
+        last = Path(cfg.out) / LAST_WEIGHTS  # the run ended serving best/'s weights (serve_best)
+        load_weights(last if last.is_file() else Path(cfg.out) / WEIGHTS, model)
     elif cfg.init_from:
         base_weights = Path(cfg.init_from) / WEIGHTS
         if cfg.resume and not base_weights.is_file():
@@ -155,6 +156,7 @@ def recover(run_dir: str | Path) -> str | None:
     if not saving.exists():
         return None
     if (saving / COMPLETE).is_file():
+        (run_dir / LAST_WEIGHTS).unlink(missing_ok=True)  # the save being finished is the last step now
         for name in (WEIGHTS, STATE):
             if (saving / name).exists():
                 os.replace(saving / name, run_dir / name)
@@ -181,7 +183,8 @@ def save_last(run_dir: str | Path, model: torch.nn.Module, state: dict[str, Any]
         f.write(b"ok\n")
         os.fsync(f.fileno())
     fsync_dir(saving)
-    # From here on recover() rolls forward, so the pair can never be mixed.
+    # From here on recover() rolls forward, so the pair can never be mixed (nor paired with last.safetensors).
+    (run_dir / LAST_WEIGHTS).unlink(missing_ok=True)
     for name in (WEIGHTS, STATE):
         os.replace(saving / name, run_dir / name)
     fsync_dir(run_dir)
@@ -216,4 +219,20 @@ def save_best(run_dir: str | Path, model: torch.nn.Module, copy_files: list[str]
                 shutil.copy2(src, tmp / name)
 
 
-__all__ = ["STATE_VERSION", "Progress", "pack_state", "restore_state", "keep_precision", "load_start_weights", "rng_state", "set_rng_state", "recover", "save_last", "load_state", "save_best"]
+def serve_best(run_dir: str | Path) -> bool:
+    """Make RUN_DIR/model.safetensors best/'s weights, keeping the last step's in last.safetensors, which
+    --resume continues from (the trainer state belongs to them). False when there is no best/ to serve. Each
+    step is an atomic copy, so a crash leaves either the last weights served or both files right."""
+    run_dir = Path(run_dir)
+    best = run_dir / BEST / WEIGHTS
+    if not best.is_file():
+        return False
+    if not (run_dir / LAST_WEIGHTS).is_file():
+        with atomic_path(run_dir / LAST_WEIGHTS) as tmp:
+            shutil.copyfile(run_dir / WEIGHTS, tmp)
+    with atomic_path(run_dir / WEIGHTS) as tmp:
+        shutil.copyfile(best, tmp)
+    return True
+
+
+__all__ = ["serve_best", "STATE_VERSION", "Progress", "pack_state", "restore_state", "keep_precision", "load_start_weights", "rng_state", "set_rng_state", "recover", "save_last", "load_state", "save_best"]

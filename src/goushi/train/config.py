@@ -19,10 +19,12 @@ from goushi import rundir
 from goushi.checkpoint import open_run
 from goushi.config import PRESETS, ModelConfig, load_toml, preset_config
 from goushi.errors import ConfigError, GoushiError
+from goushi.run_record import BaseRecord, RunRecord
 from goushi.tokenizer import Tokenizer
 from goushi.train import recipe as recipes
 
 SCHEDULES = ("cosine", "wsd")
+SERVES = ("last", "best")
 OPTIMIZERS = ("adamw", "muon")
 MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig))
 
@@ -68,6 +70,11 @@ class TrainConfig:
     sample_every: int = 0  # 0 = with every evaluation
     sample_tokens: int = 40  # 0 = no samples
     save_every: int = 500  # steps between `last` checkpoints (also at every evaluation, the end and Ctrl-C)
+    # stop after this many evaluations in a row without a new best validation loss; 0 = never
+    patience: int = 0
+    # what RUN_DIR/model.safetensors holds when the run ends: the last step's weights, or the best validation
+    # loss's (best/; the last ones then wait in last.safetensors for --resume)
+    serve: str = "last"
 
     # machine
     seed: int = 1337
@@ -123,6 +130,12 @@ class TrainConfig:
             raise bad("weight_decay", "must be >= 0")
         if self.clip < 0:
             raise bad("clip", "must be >= 0 (0 turns clipping off)")
+        if self.patience < 0:
+            raise bad("patience", "must be >= 0 (0 never stops early)")
+        if self.patience and not self.eval_every:
+            raise bad("patience", "needs eval_every > 0: it counts evaluations without a new best validation loss")
+        if self.serve not in SERVES:
+            raise bad("serve", f"is not one of {', '.join(SERVES)}")
         if self.time_budget:
             parse_duration(self.time_budget)
         if self.lora_rank < 0:
@@ -248,7 +261,7 @@ def resolve_run_config(path: str | Path | None, overrides: dict[str, Any]) -> tu
     out = overrides.get("out") or ""
     if not out:
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
-    stored = dict(rundir.read_config(out).get("train") or {})
+    stored = dict(rundir.read_run(out).train)
     stored.pop("out", None)
     base = merge_dict(TrainConfig(), stored, source=f"{out}/config.json")
     cfg = _layered(base, path, load_toml(path) if path else {}, overrides)
@@ -339,37 +352,35 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
 
 
 def run_model_config(cfg: TrainConfig, vocab_size: int, tokenizer_hash: str,
-                     stored: dict[str, Any] | None) -> tuple[ModelConfig, dict[str, Any] | None]:
+                     stored: RunRecord | None) -> tuple[ModelConfig, BaseRecord | None]:
     """(shape, base): a preset's shape, or with init_from the shape of that run, whose tokenizer must be the data's
     (`tokenizer_hash`); `base` is what the new run records about it (None without init_from). `stored` is a
-    resumed run's config.json."""
+    resumed run's record."""
     if not cfg.init_from:
         return resolve_model_config(cfg, vocab_size), None
     init = open_run(cfg.init_from, role="--init-from")
-    if stored is not None and isinstance(stored.get("base"), dict):
-        base = stored["base"]  # what the run recorded when it started; the base run may be gone since
+    if stored is not None and stored.base is not None:
+        base = stored.base  # what the run recorded when it started; the base run may be gone since
     else:
-        base = base_info(init.run_dir, init.info)
+        base = base_info(init.run_dir, init.record)
     if init.tokenizer.hash() != tokenizer_hash:
         raise GoushiError(f"--init-from {init.run_dir}: its tokenizer is not the one the data was encoded with; build "
                           f"the data with that run's tokenizer: goushi data build ... --tokenizer-from {init.run_dir}")
     return init_model_config(cfg, init.config, vocab_size), base
 
 
-def base_info(init_dir: Path, init_config: dict[str, Any]) -> dict[str, Any]:
+def base_info(init_dir: Path, init: RunRecord) -> BaseRecord:
     """What a run started from another one records about it: where, and whose data that run learned from
     (its sources keep their credit in the new model card)."""
-    data = rundir.data_section(init_config)
-    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
-    return {"run_dir": str(init_dir.resolve()), "data_dir": data.get("dir"), "sources": meta.get("sources") or {},
-            "base": init_config.get("base")}
+    return BaseRecord(run_dir=str(init_dir.resolve()), data_dir=init.data.dir, sources=dict(init.data.sources),
+                      base=init.base)
 
 
-def check_resumable(cfg: TrainConfig, mc: ModelConfig, tokenizer_hash: str, stored: dict[str, Any]) -> None:
-    """GoushiError unless the run in cfg.out (its config.json: `stored`) continues with this data (tokenizer) and
+def check_resumable(cfg: TrainConfig, mc: ModelConfig, tokenizer_hash: str, stored: RunRecord) -> None:
+    """GoushiError unless the run in cfg.out (its record: `stored`) continues with this data (tokenizer) and
     this model shape."""
     out = Path(cfg.out)
-    run_hash = rundir.data_section(stored).get("tokenizer_hash")
+    run_hash = stored.data.tokenizer_hash
     own_tok = out / rundir.TOKENIZER
     if own_tok.is_file():
         run_hash = Tokenizer.from_file(own_tok).hash()
@@ -377,7 +388,7 @@ def check_resumable(cfg: TrainConfig, mc: ModelConfig, tokenizer_hash: str, stor
         raise GoushiError(f"--data {cfg.data}: its tokenizer (hash {tokenizer_hash[:12]}) is not the one the run in "
                           f"{out} was trained with ({run_hash[:12]}); resume with the original data directory "
                           f"or start a new --out")
-    run_mc = dict(stored["model"])
+    run_mc = stored.model.to_dict()
     diff = first_difference(mc.to_dict(), run_mc)
     if diff:
         raise GoushiError(f"--resume: model config {diff}={mc.to_dict().get(diff)!r} but the run in {out} "

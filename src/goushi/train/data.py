@@ -18,6 +18,7 @@ import torch
 
 from goushi.data import layout
 from goushi.errors import GoushiError
+from goushi.run_record import DataRecord
 from goushi.tokenizer import Tokenizer
 from goushi.train.source import Batch
 
@@ -107,11 +108,11 @@ class TokenData:
             return tok / ch
         return None
 
-    def run_info(self) -> dict[str, Any]:
+    def data_record(self) -> DataRecord:
         meta = {k: self.meta[k] for k in META_FIELDS if k in self.meta}
-        return {"dir": str(self.dir.resolve()), "tokenizer_hash": self.tokenizer_hash, "meta": meta}
+        return DataRecord(dir=str(self.dir.resolve()), tokenizer_hash=self.tokenizer_hash, meta=meta)
 
-    def config_entries(self) -> dict[str, Any]:
+    def record_fields(self) -> dict[str, Any]:
         return {}
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ back into the sharded one. So a run saved with --fsdp resumes without it, or wit
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -163,6 +164,16 @@ def set_gradient_sync(model: nn.Module, sync: bool) -> None:
     model.set_requires_gradient_sync(sync)
 
 
+def micro_step_sync(net: nn.Module, model: nn.Module, dist_: Dist, fsdp: bool, micro: int, accum: int) -> Any:
+    """The context a micro-step's backward runs in: gradients cross processes only on the last micro-step of
+    an accumulation (FSDP is told so; DDP skips the others' all-reduce with no_sync)."""
+    if fsdp and accum > 1:
+        set_gradient_sync(model, micro == accum - 1)
+    elif dist_.enabled and micro < accum - 1:
+        return getattr(net, "_orig_mod", net).no_sync()
+    return contextlib.nullcontext()
+
+
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Collective: every rank calls it. Rank 0 gets the full weights on the CPU, the others {}."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -243,5 +254,5 @@ def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: di
     set_optimizer_state_dict(model, opt, osd, options=StateDictOptions(full_state_dict=True))
 
 
-__all__ = ["Dist", "setup", "agree_precision", "shard", "set_gradient_sync", "WholeModel", "even_batches", "full_model_state", "full_optimizer_state",
+__all__ = ["Dist", "setup", "agree_precision", "shard", "set_gradient_sync", "micro_step_sync", "WholeModel", "even_batches", "full_model_state", "full_optimizer_state",
            "load_optimizer_state"]

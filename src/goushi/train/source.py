@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from goushi.model import IGNORE_INDEX  # the model's loss skips such targets: part of the batch format
+from goushi.run_record import DataRecord
 from goushi.tokenizer import Tokenizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -47,13 +48,13 @@ class BatchSource(Protocol):
         """What the samples printed during training continue: a short text in the data's own style, or a
         conversation (chat messages) the model answers."""
 
-    def run_info(self) -> dict[str, Any]:
-        """What RUN_DIR/config.json records under "data": {"dir", "tokenizer_hash", "meta"}; "meta" may hold
-        "sources" ({id: {"docs", "chars", "share", "license", "author", "url"}}) for the model card."""
+    def data_record(self) -> DataRecord:
+        """What the run's record says it learned from: the DATA_DIR, the tokenizer's hash and the meta whose
+        "sources" ({id: {"docs", "chars", "share", "license", "author", "url"}}) the model card credits."""
 
-    def config_entries(self) -> dict[str, Any]:
-        """Further top-level entries of RUN_DIR/config.json ({} for text; a chat source adds "sft" and
-        "chat_template", which make the run a chat run)."""
+    def record_fields(self) -> dict[str, Any]:
+        """Further RunRecord fields ({} for text; a chat source gives `sft` and `chat_template`, which make
+        the run a chat run)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Where the source is, beyond the generator (e.g. an epoch and a cursor), for exact resume;

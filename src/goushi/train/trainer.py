@@ -8,15 +8,13 @@ log's opening and closing lines (goushi.train.artifacts), the checkpoints and th
 processes (goushi.train.distributed). This module wires them. It prints samples through a Sampler its
 caller hands in, and imports nothing above goushi.train.
 
-Exact resume: everything that decides the next step (weights, optimiser moments, the schedule's
-planned length, the data generator, every RNG) is in the `last` checkpoint, and checkpoints are only
-taken between optimizer steps. Ctrl-C sets a flag; the current step finishes, a checkpoint is written,
-and the run stops cleanly (a second Ctrl-C stops at once).
+Exact resume: everything that decides the next step (weights, optimiser moments, the schedule's planned length,
+the data generator, every RNG) is in the `last` checkpoint, and checkpoints are only taken between optimizer
+steps. Ctrl-C sets a flag; the current step finishes, a checkpoint is written, and the run stops cleanly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -95,9 +93,9 @@ class Trainer:
                 if done:
                     self.log(f"note: {done}")
             self.dist.barrier()
-            stored = rundir.read_config(self.out)
+            stored = rundir.read_run(self.out)
             if not cfg.data and self.source is None:
-                cfg.data = str(rundir.data_section(stored).get("dir") or "")
+                cfg.data = stored.data.dir or ""
         if self.source is None:
             if not cfg.data:
                 raise ConfigError("train config: data is empty; give --data DATA_DIR (written by `goushi data build`)")
@@ -206,9 +204,7 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------
     def _autocast(self):
-        if not self.use_amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self.use_amp)
 
     def _micro_step(self, x, y):
         try:
@@ -241,12 +237,7 @@ class Trainer:
             x, y = self.source.train_batch(cfg.batch_size, T, self.gen, self.dist.rank, self.dist.world)
             tokens += self.source.count_tokens(y)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            sync = contextlib.nullcontext()
-            if self.fsdp and cfg.grad_accum > 1:
-                distributed.set_gradient_sync(self.model, micro == cfg.grad_accum - 1)
-            elif self.dist.enabled and micro < cfg.grad_accum - 1:
-                sync = getattr(self.net, "_orig_mod", self.net).no_sync()
-            with sync:
+            with distributed.micro_step_sync(self.net, self.model, self.dist, self.fsdp, micro, cfg.grad_accum):
                 loss_sum += self._micro_step(x, y)
         optimizer_step(self.opts, self.scaler, self.model.parameters(), cfg.clip)
         loss = float(loss_sum) / cfg.grad_accum
@@ -345,8 +336,8 @@ class Trainer:
         self._build()
         self.budget.start(self.step)
         if self.dist.is_main:
-            info = artifacts.config_info(cfg, self.mc, self.source, self.out, self.base)
-            artifacts.write_start(self.out, info, self.source)
+            record = artifacts.run_record(cfg, self.mc, self.source, self.out, self.base)
+            artifacts.write_start(self.out, record, self.source)
         self.metrics = MetricsLog(self.out, enabled=self.dist.is_main, resume_step=self.step if cfg.resume else None)
         self.dist.barrier()
         peak, peak_src = peak_flops(self.device, self.dtype)
@@ -374,6 +365,9 @@ class Trainer:
                     t_e = time.perf_counter()
                     last_rec = self._do_eval()
                     meter.exclude(time.perf_counter() - t_e)  # evaluation time is not training throughput
+                    if self.budget.patience_out(self.step, self.best_step):
+                        stop_reason = "early stop"
+                        break
                     if self.budget.may_replan(self.step):
                         self._plan_time(step_times[2:])
                 t0 = time.perf_counter()
@@ -417,12 +411,13 @@ class Trainer:
         if stop_reason != "interrupted" and self.last_eval_step != self.step:
             last_rec = self._do_eval(final=True)
         self.save()
+        served = self.dist.is_main and self.budget.serves_best(self.step, self.best_step) and ckpt.serve_best(self.out)
         summary = artifacts.run_summary(
             self.cfg, self.mc, out=self.out, step=self.step, planned_steps=self.budget.total, tokens=self.tokens,
             seconds=self.elapsed(), stop_reason=stop_reason, device=self.device, dtype=self.dtype,
             processes=self.dist.world, fsdp=self.fsdp, trainable=lora.trainable_parameters(self.model),
             last_loss=last_loss, last_eval=last_rec, best_val=self.best_val, best_step=self.best_step,
-            tokens_per_s=self.metrics.median_tokens_per_s())
+            tokens_per_s=self.metrics.median_tokens_per_s(), served_best=served)
         if self.dist.is_main:
             artifacts.write_end(self.out, model_config=self.mc, summary=summary, source=self.source, base=self.base)
             self.metrics.close()

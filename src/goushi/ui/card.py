@@ -1,4 +1,4 @@
-"""The model card tab: what a run is (shape, data, training), from its config.json (the engine's `info`)
+"""The model card tab: what a run is (shape, data, training), from its record (the engine's `record`)
 and the files goushi.rundir names, without loading weights. The loss curve is goushi.plots' one picture."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 from PIL import Image
 
 from goushi import rundir
-from goushi.chat import is_chat_run
 from goushi.config import param_counts
 from goushi.errors import GoushiError
 from goushi.plots import loss_plot_png
+from goushi.run_record import RunRecord
 
 
 def _human(n: float) -> str:
@@ -33,13 +33,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         return []
 
 
-def summary_markdown(run_dir: Path, info: dict[str, Any]) -> str:
-    """A short table a learner can read: size, context, vocabulary, how far training got."""
+def summary_markdown(run_dir: Path, record: RunRecord | GoushiError) -> str:
+    """A short table a learner can read: size, context, vocabulary, how far training got; or what is wrong
+    with the run's config.json (`record` is the error reading it raised)."""
     lines = [f"**目录 run directory:** `{run_dir}`", ""]
-    try:
-        cfg = rundir.model_config(info, run_dir)
-    except GoushiError as e:
-        return "\n".join(lines + [f"config.json 的 model 部分有问题 · bad model config: {e}"])
+    if isinstance(record, GoushiError):
+        return "\n".join(lines + [f"config.json 有问题 · bad config.json: {record}"])
+    cfg = record.model
     counts = param_counts(cfg)
     rows = [
         ("参数量 parameters", f"{_human(counts['total'])} ({counts['total']:,})"),
@@ -49,10 +49,8 @@ def summary_markdown(run_dir: Path, info: dict[str, Any]) -> str:
         ("词表 vocabulary", f"{cfg.vocab_size} tokens"),
         ("结构 family", f"{cfg.family}: {cfg.pos_encoding} positions, {cfg.norm}, {cfg.mlp}"),
     ]
-    data = info.get("data") if isinstance(info.get("data"), dict) else {}
-    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
-    if meta.get("tokenizer_kind"):
-        rows.append(("分词器 tokenizer", str(meta["tokenizer_kind"])))
+    if record.data.tokenizer_kind:
+        rows.append(("分词器 tokenizer", record.data.tokenizer_kind))
     metrics = read_metrics(run_dir)
     step = rundir.last_value(metrics, "step")
     if step is not None:
@@ -69,7 +67,7 @@ def summary_markdown(run_dir: Path, info: dict[str, Any]) -> str:
     if val is not None:
         bpc = rundir.last_value(metrics, "val_bpc")
         rows.append(("验证损失 validation loss", f"{val:.3f}" + (f" · {bpc:.3f} bits/char" if bpc is not None else "")))
-    if is_chat_run(info):
+    if record.is_chat:
         rows.append(("对话微调 chat fine-tuned", "是 yes"))
     lines += ["| 项目 item | 值 value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)
@@ -106,5 +104,11 @@ def loss_image(run_dir: Path) -> Any:
         return None
 
 
-def config_json(info: dict[str, Any]) -> str:
-    return json.dumps(info, ensure_ascii=False, indent=2)
+def config_json(run_dir: Path, record: RunRecord | GoushiError) -> str:
+    """The record as JSON; config.json's own text when it could not be read as one (so the page shows why)."""
+    if isinstance(record, GoushiError):
+        try:
+            return (run_dir / rundir.CONFIG).read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            return f"{run_dir / rundir.CONFIG}: {e}"
+    return json.dumps(record.to_dict(), ensure_ascii=False, indent=2)

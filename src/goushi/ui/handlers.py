@@ -1,7 +1,7 @@
 """What each button does. Every handler takes the shared registry plus this session's values and returns
 new values for this session only: no user data is kept anywhere else.
 
-All generation goes through the Engine (goushi.engine): what a run is (engine.info, is_chat,
+All generation goes through the Engine (goushi.engine): what a run is (engine.record, is_chat,
 context_length), prompt token counts, chat templates, copied spans. This module only turns widget values
 into a SampleConfig or a list of chat messages, and Engine output into pictures. Gradio's own message
 format (content parts) is read here, so goushi.chat never sees it.
@@ -17,6 +17,7 @@ import gradio as gr
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
 from goushi.generation.options import fresh_seed
+from goushi.run_record import RunRecord
 from goushi.ui import card, views
 from goushi.ui.models import ModelRegistry
 
@@ -109,21 +110,20 @@ def select_model(registry: ModelRegistry, key: str | None) -> tuple:
     except GoushiError as e:
         status = (f"**无法加载 cannot load `{key}`:** {e}\n\n"
                   "其他模型不受影响，可以在上面换一个 · other models still work, pick another one above.")
-        info: dict[str, Any] = {}
         try:
-            info = registry.info(key)
-        except GoushiError:
-            pass
+            record: RunRecord | GoushiError = registry.record(key)
+        except GoushiError as bad:
+            record = bad
         chat_off = _chat_updates(False, loaded=False)
-        return (status, *chat_off, card.summary_markdown(entry.path, info) if info else f"`{entry.path}`",
-                card.model_card_markdown(entry.path), card.loss_image(entry.path), card.config_json(info))
-    info = engine.info
+        return (status, *chat_off, card.summary_markdown(entry.path, record), card.model_card_markdown(entry.path),
+                card.loss_image(entry.path), card.config_json(entry.path, record))
+    record = engine.record
     cfg = engine.config
     n = sum(p.numel() for p in engine.model.parameters())
     status = (f"**{key}** · {n / 1e6:.2f}M 参数 params · {cfg.n_layer} 层 layers · {cfg.n_head} 头 heads · "
               f"上下文 context {engine.context_length} · 词表 vocab {cfg.vocab_size} · {engine.device}")
-    return (status, *_chat_updates(engine.is_chat), card.summary_markdown(entry.path, info),
-            card.model_card_markdown(entry.path), card.loss_image(entry.path), card.config_json(info))
+    return (status, *_chat_updates(engine.is_chat), card.summary_markdown(entry.path, record),
+            card.model_card_markdown(entry.path), card.loss_image(entry.path), card.config_json(entry.path, record))
 
 
 BASE_MODEL_NOTE = (

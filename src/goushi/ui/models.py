@@ -3,7 +3,7 @@
 The registry is the only process-wide state of the web page, and it holds no user data: just the
 run directories found and the engines loaded from them. Everything a user types or gets back lives
 in that user's session (gr.State / component values). What a run directory is belongs to goushi.rundir;
-a loaded engine carries its config.json (`engine.info`), so handlers never read it again.
+a loaded engine carries its record (`engine.record`), so handlers never read it again.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 from goushi.engine import Engine
 from goushi.errors import GoushiError
-from goushi.rundir import CONFIG, TOKENIZER, WEIGHTS, check_run_dir, looks_like_run, read_config
+from goushi.run_record import RunRecord
+from goushi.rundir import CONFIG, TOKENIZER, WEIGHTS, check_run_dir, looks_like_run, read_run
 
 # How deep under --runs-dir to look: runs/NAME and runs/NAME/best (or runs/group/NAME).
 SCAN_DEPTH = 2
@@ -131,10 +132,10 @@ class ModelRegistry:
             raise GoushiError("no models found; train one first (`make demo`, or `goushi data build` + `goushi train`)")
         raise GoushiError(f"model {key!r} is not in the list any more; pick another one or press refresh")
 
-    def info(self, key: str) -> dict[str, Any]:
-        """config.json of the run, read now (cheap: no weights); for a run that failed to load. A loaded
-        run's is `get(key).info`."""
-        return read_config(self.entry(key).path)
+    def record(self, key: str) -> RunRecord:
+        """The run's record, read now (cheap: no weights); for a run that failed to load. A loaded run's is
+        `get(key).record`."""
+        return read_run(self.entry(key).path)
 
     def loaded(self, key: str) -> bool:
         with self._lock:
