@@ -231,3 +231,22 @@ def test_cli_build_takes_no_progress(corpus, tmp_path, capsys):
                  "--no-progress", "--no-provenance"]) == 0
     out = capsys.readouterr()
     assert "data card:" in out.out and out.err == ""
+
+
+def test_a_borrowed_tokenizer_says_how_much_of_the_new_text_it_covers(corpus, tmp_path):
+    from collections import Counter
+
+    from goushi.data.build import tokenizer_coverage
+
+    base = Tokenizer.train_char(POEMS)  # knows the poems' characters only
+    base.save(tmp_path / "base.json")
+    meta = build_dataset(corpus / "sources.toml", tmp_path / "out", options=fast(tokenizer_from=str(tmp_path / "base.json")))
+    cov = meta["tokenizer_coverage"]
+    text = "".join(POEMS + JOKES + REVIEWS)
+    assert 0.3 < cov["char_coverage"] < 1.0 and "物" in cov["unknown_top"] and "床" not in cov["unknown_top"]
+    assert cov == tokenizer_coverage(base, Counter("".join(docs_of(tmp_path / "out", "train.bin", meta) +
+                                                               docs_of(tmp_path / "out", "val.bin", meta))))
+    assert set(text) >= set(cov["unknown_top"])
+    card = (tmp_path / "out" / "DATA_CARD.md").read_text(encoding="utf-8")
+    assert f"covers {cov['char_coverage']:.2%} of this text's characters" in card
+    assert "tokenizer_coverage" not in build_dataset(corpus / "sources.toml", tmp_path / "own", options=fast())

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from goushi.data import layout
-from goushi.data.build import BuildOptions, build_dataset
+from goushi.data.build import BuildOptions, build_dataset, coverage_line
 from goushi.data.clean import CleanOptions
 from goushi.data.corpora import COPYPASTA_PARTS, get_corpus
 from goushi.data.sources import FORMATS, SPLITS, add_source, load_manifest
@@ -158,6 +158,8 @@ def run_build(args: argparse.Namespace) -> int:
     print(f"{meta['train_docs']:,} train / {meta['val_docs']:,} val documents, {meta['train_tokens']:,} train tokens, "
           f"vocab {meta['vocab_size']:,} ({meta['tokenizer_kind']}), {meta['chars_per_token']} chars/token, "
           f"{meta['unk_rate']:.3%} of tokens spell rarer characters in bytes (nothing is lost)")
+    if meta.get("tokenizer_coverage"):
+        print(coverage_line(meta))
     print(f"data card: {Path(args.out) / layout.DATA_CARD}")
     return 0
 

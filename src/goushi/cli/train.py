@@ -62,6 +62,10 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
     "sample_every": (int, "print a sample every N steps; 0 = at every evaluation (default)"),
     "sample_tokens": (int, "tokens per printed sample; 0 = no samples (default 40)"),
     "save_every": (int, "write the `last` checkpoint every N steps (default 500; also at the end and on Ctrl-C)"),
+    "patience": (int, "early stopping: stop after N evaluations in a row without a new best validation loss; "
+                      "0 = never (default; the fine-tuning recipe sets it)"),
+    "serve": (str, "last | best: which weights RUN_DIR/model.safetensors holds when the run ends; best keeps the "
+                   "last step's in last.safetensors for --resume (default last; the fine-tuning recipe: best)"),
     "seed": (int, "random seed (default 1337)"),
     "device": (str, "auto | cpu | cuda | cuda:N | mps (default auto)"),
     "dtype": (str, "auto | float32 | bfloat16 | float16 (default auto: bf16/fp16 on GPUs; on a CPU bf16 where it has "
@@ -115,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         m.add_argument(_flag(name), dest=f"model.{name}", action=argparse.BooleanOptionalAction, help=help_)
     t = p.add_argument_group("training")
     for name, (typ, help_) in TRAIN_FLAGS.items():
-        choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd")}.get(name)
+        choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"), "serve": ("last", "best")}.get(name)
         t.add_argument(_flag(name), dest=name, type=typ, choices=choices, help=help_)
     for name, help_ in TRAIN_BOOLS.items():
         t.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_)

@@ -376,6 +376,9 @@ def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, i
     totals = dict(train_tokens=0, val_tokens=0, train_docs=0, val_docs=0, train_chars=0, val_chars=0,
                   text_tokens=0, text_chars=0, unk_val=0, unk_train=0, val_text_tokens=0)
     fallback = np.array(tok.fallback_mask(), dtype=bool)
+    # With another run's tokenizer: how much of this text it knows (counted per distinct character, so memory is
+    # bounded by the alphabet, not the corpus).
+    chars: Counter[str] | None = Counter() if opts.tokenizer_from else None
     index = None
     if opts.provenance:
         index = TextIndexWriter(tmp)
@@ -393,6 +396,8 @@ def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, i
                     n_unk = int(fallback[arr[:-1]].sum()) if len(ids) else 0
                     p = per[src.id]
                     p["chars"] += len(text)
+                    if chars is not None:
+                        chars.update(text)
                     p["tokens"] += len(ids)
                     totals["text_tokens"] += len(ids)
                     totals["text_chars"] += len(text)
@@ -442,7 +447,29 @@ def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, i
     if totals["train_tokens"] == 0:
         raise GoushiError("no training tokens: every training document has weight 0 or the corpus is all validation; "
                           "raise a source's weight or lower --val-fraction")
-    return {"dtype": np.dtype(dtype).name, "per": per, "totals": totals}
+    out = {"dtype": np.dtype(dtype).name, "per": per, "totals": totals}
+    if chars is not None:
+        out["coverage"] = tokenizer_coverage(tok, chars)
+    return out
+
+
+def coverage_line(meta: dict[str, Any]) -> str:
+    """The data card's and the build log's sentence about a tokenizer taken from elsewhere (--tokenizer-from)."""
+    c = meta["tokenizer_coverage"]
+    rest = f"; the commonest it lacks, spelled in bytes: {c['unknown_top']}" if c["unknown_top"] else ""
+    return (f"the tokenizer from {meta['options']['tokenizer_from']} covers {c['char_coverage']:.2%} of this text's "
+            f"characters ({c['distinct_chars'] - c['distinct_unknown']:,} of {c['distinct_chars']:,} distinct){rest}")
+
+
+def tokenizer_coverage(tok: Tokenizer, chars: Counter[str]) -> dict[str, Any]:
+    """How much of a text (its character counts) a tokenizer made on other text knows: the share of characters
+    it writes without falling back to bytes, and the commonest ones it does not know (spelled in bytes: nothing is
+    lost, but the model learns them from scratch)."""
+    fallback = tok.fallback_mask()
+    unknown = Counter({c: n for c, n in chars.items() if any(fallback[i] for i in tok.encode(c))})
+    total = sum(chars.values()) or 1
+    return {"char_coverage": round(1 - sum(unknown.values()) / total, 6), "distinct_chars": len(chars),
+            "distinct_unknown": len(unknown), "unknown_top": "".join(c for c, _ in unknown.most_common(20))}
 
 
 def _meta(srcs: list[Source], tok: Tokenizer, stats: dict[str, Any], opts: BuildOptions, manifest: Path,
@@ -480,6 +507,7 @@ def _meta(srcs: list[Source], tok: Tokenizer, stats: dict[str, Any], opts: Build
         "unk_rate_measured_on": "val" if t["val_text_tokens"] else "train",
         "sources": sources,
         "options": {**opts.to_dict(), "manifest": str(manifest)},
+        **({"tokenizer_coverage": stats["coverage"]} if "coverage" in stats else {}),
     }
 
 
@@ -531,6 +559,8 @@ def data_card(meta: dict[str, Any], report: dict[str, Any], srcs: list[Source]) 
         f"bytes (byte fallback: nothing is lost); sha256 `{meta['tokenizer_hash'][:16]}…`",
         "",
     ]
+    if meta.get("tokenizer_coverage"):
+        lines[-1:-1] = [f"- {coverage_line(meta)}"]
     if report.get("warnings"):
         lines += ["**Warnings:**", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     lines += [
@@ -573,4 +603,4 @@ def data_card(meta: dict[str, Any], report: dict[str, Any], srcs: list[Source]) 
     return "\n".join(lines)
 
 
-__all__ = ["BuildOptions", "build_dataset", "data_card"]
+__all__ = ["BuildOptions", "build_dataset", "data_card", "coverage_line", "tokenizer_coverage"]
