@@ -44,7 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 GOUSHI = [sys.executable, "-m", "goushi.cli"]
 
-# name -> (tokenizer kind, goushi train flags). "classic" is the baseline every invocation runs.
+# name -> (tokenizer kind, goushi train flags). "classic" is the baseline every invocation runs. A kind is "char" or
+# "bpe[VOCAB][-PRE]": BPE with VOCAB tokens (default --bpe-vocab) behind the pre-tokenizer PRE (goushi.tokenizer
+# BPE_PRES; default han2, the two-character rule every "bpe" figure so far was measured with).
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "classic": ("char", ["--family", "gpt2", "--preset", "tiny", "--optimizer", "adamw", "--schedule", "cosine",
                          "--lr", "2e-3", "--batch-size", "32", "--dropout", "0"]),
@@ -76,6 +78,8 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "bpe": ("bpe", ["--family", "llama", "--preset", "tiny"]),
     # the single switches that won at 2 minutes on poetry, together
     "combo": ("bpe", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "3e-3"]),
+    # the same behind llama.cpp's deepseek-v3 pre-tokenizer (whole CJK runs, exported exactly to GGUF)
+    "combo-dsv3": ("bpe-deepseek-v3", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "3e-3"]),
     "combo-char": ("char", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "3e-3"]),
     # the combination, varied: vocabulary, learning rate, size for longer budgets
     "combo-8k": ("bpe8192", ["--family", "llama", "--preset", "tiny", "--schedule", "wsd", "--lr", "3e-3"]),
@@ -98,6 +102,7 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
     "default": ("char", []),
 }
+BPE_KIND = re.compile(r"bpe(\d*)(?:-(.+))?")
 CLAUSE = re.compile(r"[，。？！；、,.?!;]")
 
 
@@ -128,7 +133,12 @@ def config_flags(name: str, budget: str, data_dir: Path) -> list[str]:
 FREE_FLAGS = ("--lr", "--min-lr", "--weight-decay", "--schedule", "--warmup", "--decay-frac", "--beta1", "--beta2")
 
 
-def shape_key(setup: tuple[Path, list[str]]) -> tuple[str, tuple[str, ...]]:
+def shape_key(setup: tuple[Path, list[str]]) -> tuple[int, tuple[str, ...]]:
+    """What a row's speed depends on: its flags but the free ones, and of its data only the vocabulary size (the
+    speed is measured on random batches), so that data folders differing only in their tokenizer's pre-tokenizer
+    share one speed and so one token budget."""
+    from goushi.data import layout
+
     data_dir, flags = setup
     kept, i = [], 0
     while i < len(flags):
@@ -137,7 +147,7 @@ def shape_key(setup: tuple[Path, list[str]]) -> tuple[str, tuple[str, ...]]:
             continue
         kept.append(flags[i])
         i += 1
-    return data_dir.name, tuple(kept)
+    return int(layout.read_meta(data_dir)["vocab_size"]), tuple(kept)
 
 
 def cpu_name() -> str:
@@ -210,12 +220,14 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Path]
     data: dict[str, Path] = {}
     kinds = sorted({CONFIGS[base_name(c)][0] for c in args.configs})
     for kind in kinds:
-        vocab = int(kind[3:] or args.bpe_vocab) if kind.startswith("bpe") else 0
-        d = work / (f"data-bpe{vocab}" if vocab else f"data-{kind}")
+        bpe = BPE_KIND.fullmatch(kind)
+        vocab, pre = (int(bpe.group(1) or args.bpe_vocab), bpe.group(2) or "han2") if bpe else (0, "")
+        # han2 keeps the folder name it always had, so earlier work folders are reused
+        d = work / (f"data-bpe{vocab}" + ("" if pre == "han2" else f"-{pre}") if bpe else f"data-{kind}")
         if not (d / "meta.json").exists():
-            extra = ["--vocab-size", str(vocab)] if vocab else []
-            run(GOUSHI + ["data", "build", "--sources", str(sources), "--out", str(d), "--tokenizer", kind[:3] if
-                          vocab else kind, "--force", "--val-fraction", "0.02"] + extra,
+            extra = ["--vocab-size", str(vocab), "--bpe-pre", pre] if bpe else []
+            run(GOUSHI + ["data", "build", "--sources", str(sources), "--out", str(d), "--tokenizer",
+                          "bpe" if bpe else kind, "--force", "--val-fraction", "0.02"] + extra,
                 log=work / f"build-{d.name}.log")
         data[kind] = d
     return heldout, data
@@ -334,7 +346,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.list:
         for name, (kind, flags) in CONFIGS.items():
-            print(f"{name:<14} {kind:<5} {shlex.join(flags) or '(the budget recipe: no flags)'}")
+            print(f"{name:<14} {kind:<15} {shlex.join(flags) or '(the budget recipe: no flags)'}")
         return 0
     if not args.corpus:
         ap.error("give at least one CORPUS")
@@ -431,11 +443,11 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(train_one, args.configs))
     base = next(r["bpc"] for r in rows if r["name"] == "classic")
-    print(f"\n{'config':<14} {'tok':<5} {'held-out bpc':>12} {'vs classic':>10} {'steps':>7} {'tokens':>11} "
+    print(f"\n{'config':<14} {'tok':<15} {'held-out bpc':>12} {'vs classic':>10} {'steps':>7} {'tokens':>11} "
           f"{'wall s':>7}" + ("  poem format" if args.poems else ""))
     for r in rows:
         poem = f"  {r['poem_format']:.0%}" if args.poems else ""
-        print(f"{r['name']:<14} {r['kind']:<5} {r['bpc']:>12.3f} {r['bpc'] / base - 1:>+10.1%} {r['steps'] or 0:>7,} "
+        print(f"{r['name']:<14} {r['kind']:<15} {r['bpc']:>12.3f} {r['bpc'] / base - 1:>+10.1%} {r['steps'] or 0:>7,} "
               f"{r['tokens'] or 0:>11,} {r['seconds']:>7.0f}{poem}")
     return 0
 
