@@ -187,7 +187,7 @@ def test_bpe_never_glues_whole_chinese_clauses(tmp_path):
 
 
 def test_bpe_pieces_readable():
-    t = Tokenizer.train_bpe(TRAIN, vocab_size=500)
+    t = Tokenizer.train_bpe(TRAIN, vocab_size=500, pre="han2")  # whose 500 tokens hold 明 and 月 whole
     pieces = [t.id_to_piece(i) for i in t.encode("明月 hello")]
     assert "".join(pieces) == "明月 hello"
     emoji_pieces = [t.id_to_piece(i) for i in t.encode("😀")]
