@@ -98,3 +98,16 @@ def test_a_crash_while_saving_after_serving_the_best_never_pairs_old_weights_wit
     (saving / ckpt.COMPLETE).write_bytes(b"ok\n")
     assert "finished a checkpoint save" in ckpt.recover(run)
     assert not (run / rundir.LAST_WEIGHTS).exists() and not saving.exists()
+
+
+def test_goushi_train_from_another_run_fine_tunes_and_says_so(tmp_path, data_dir, capsys):
+    from goushi.cli import main
+
+    train(cfg_for(data_dir, tmp_path / "base", max_steps=6, eval_every=0, sample_tokens=0), progress=False, log=quiet)
+    assert main(["train", "--data", str(data_dir), "--out", str(tmp_path / "child"), "--init-from",
+                 str(tmp_path / "base"), "--max-steps", "40", "--eval-every", "5", "--sample-tokens", "0",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe: finetune, chosen for a run that starts from another run's weights" in out
+    record = rundir.read_run(tmp_path / "child")
+    assert record.train["patience"] == 4 and record.train["serve"] == "best" and record.base is not None

@@ -66,17 +66,28 @@ def test_what_the_user_sets_wins_and_a_given_shape_replaces_the_recipes_whole_sh
     assert cfg.schedule == "cosine" and cfg.model["dropout"] == 0.2 and cfg.family == "llama"
 
 
-def test_no_recipe_without_a_time_budget_from_another_runs_weights_or_when_told(tmp_path):
+def test_no_recipe_without_a_time_budget_for_lora_or_when_told(tmp_path):
     plain = TrainConfig()
     for overrides, says in ((dict(max_steps=10), "chosen by --time-budget"),
                             (dict(time_budget="5m", recipe="none"), "--recipe none"),
-                            (dict(time_budget="5m", init_from=str(tmp_path / "base")), "another run's weights")):
+                            (dict(time_budget="5m", init_from=str(tmp_path / "base"), lora_rank=8), "LoRA adapters")):
         cfg, why = resolved(tmp_path, **overrides)
         assert (cfg.family, cfg.schedule, cfg.lr, cfg.model) == (plain.family, plain.schedule, plain.lr, {})
         assert cfg.recipe == "none" and says in why[0]
     # --recipe NAME applies one to a steps-budget run
     cfg, why = resolved(tmp_path, max_steps=10, recipe="short")
     assert cfg.family == "llama" and "named by --recipe" in why[0]
+
+
+def test_a_run_from_another_runs_weights_gets_the_fine_tuning_recipe(tmp_path):
+    base = str(tmp_path / "base")
+    for overrides in (dict(init_from=base, time_budget="10m"), dict(init_from=base, max_steps=100)):
+        cfg, why = resolved(tmp_path, **overrides)
+        assert cfg.recipe == "finetune" and (cfg.patience, cfg.serve) == (4, "best") and cfg.lr == 1e-3
+        assert why[0] == f"recipe: finetune, chosen for a run that starts from another run's weights ({base})"
+        assert cfg.family == TrainConfig().family  # the shape and family are the base run's, never the recipe's
+    cfg, why = resolved(tmp_path, init_from=base, max_steps=100, lr=3e-4, patience=0)
+    assert (cfg.lr, cfg.patience, cfg.serve) == (3e-4, 0, "best") and "kept your settings" in why[-1]
 
 
 def test_a_bad_recipe_name_is_refused_naming_the_field(tmp_path):

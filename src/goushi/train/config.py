@@ -288,21 +288,24 @@ def apply_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, list[s
     if cfg.recipe == "none":
         return cfg, ["recipe: none (--recipe none): the plain defaults, the classic recipe"]
     if cfg.recipe == "auto":
-        if cfg.init_from or cfg.lora_rank:
+        if cfg.lora_rank:
             return replace(cfg, recipe="none"), [
-                "recipe: none: a run that starts from another run's weights keeps its settings (the budget recipes "
-                "are for training from scratch; --recipe NAME applies one anyway)"]
-        if not cfg.time_budget:
+                "recipe: none: LoRA adapters keep the plain settings (the recipes train every weight; --recipe NAME "
+                "applies one anyway)"]
+        if cfg.init_from:
+            chosen, why = recipes.FINETUNE, f"chosen for a run that starts from another run's weights ({cfg.init_from})"
+        elif not cfg.time_budget:
             return replace(cfg, recipe="none"), [
                 "recipe: none: the budget recipes are chosen by --time-budget; without one, the plain defaults "
                 "(the classic recipe). --recipe short applies the measured one to a --max-steps or --tokens run"]
-        chars = _train_chars(cfg.data) if cfg.data else None
-        chosen = recipes.choose(cfg.budget_seconds, chars)
-        size = f"{chars:,} training characters" if chars else "an unknown corpus size"
-        if chosen is None:
-            return replace(cfg, recipe="none"), [
-                f"recipe: none, chosen for a {cfg.time_budget} budget and {size}: {recipes.NONE_ABOVE}"]
-        why = f"chosen for a {cfg.time_budget} budget and {size} ({chosen.budgets})"
+        else:
+            chars = _train_chars(cfg.data) if cfg.data else None
+            chosen = recipes.choose(cfg.budget_seconds, chars)
+            size = f"{chars:,} training characters" if chars else "an unknown corpus size"
+            if chosen is None:
+                return replace(cfg, recipe="none"), [
+                    f"recipe: none, chosen for a {cfg.time_budget} budget and {size}: {recipes.NONE_ABOVE}"]
+            why = f"chosen for a {cfg.time_budget} budget and {size} ({chosen.budgets})"
     else:
         chosen = recipes.get(cfg.recipe)
         why = "named by --recipe"

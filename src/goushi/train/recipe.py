@@ -42,6 +42,17 @@ RECIPES: dict[str, Recipe] = {
         budgets="budgets up to 10 minutes, where it beat the classic recipe"),
 }
 
+# A run that starts from another run's weights (--init-from) on a small corpus: the data, not the budget, runs
+# out, so it evaluates often, stops when validation loss no longer improves and serves the best weights.
+FINETUNE = Recipe(
+    "finetune", {"lr": 1e-3, "min_lr": 1e-4, "warmup": 20, "schedule": "wsd", "weight_decay": 0.1, "eval_every": 25,
+                 "eval_batches": 20, "patience": 4, "serve": "best"},
+    summary="fine-tuning: peak lr 1e-3 after 20 warmup steps, held (wsd), validation every 25 steps, stop after 4 "
+            "evaluations without a new best, serve the best weights",
+    evidence="bench/finetune_transfer.py (docs/recipe.md, 'Pretrain, then fine-tune')",
+    budgets="runs started from another run's weights (--init-from), any budget")
+RECIPES["finetune"] = FINETUNE
+
 # Measured up to 10 minutes; above that the one candidate measured (a 6 x 192 model at 30 minutes) overfitted, so
 # longer budgets keep the plain defaults.
 SHORT_UP_TO_S = 10 * 60
@@ -88,4 +99,4 @@ def settings_for(recipe: Recipe, given: set[str]) -> tuple[dict[str, Any], list[
     return out, kept
 
 
-__all__ = ["Recipe", "RECIPES", "SHAPE_KEYS", "choose", "get", "names", "settings_for"]
+__all__ = ["Recipe", "RECIPES", "FINETUNE", "SHAPE_KEYS", "choose", "get", "names", "settings_for"]

@@ -1,0 +1,120 @@
+"""Pretrain, then fine-tune: does a base run fine-tuned on a small corpus beat training on that corpus from scratch?
+
+    python bench/finetune_transfer.py BASE_RUN ../shared/data/copypasta --scratch-tokens 18000000 \
+        --configs scratch,ft,ft-lr3e-4,ft-lr3e-3 --work /work/exp/transfer
+
+Held-out bits per character on a seeded 3 % of the corpus's documents (as bench/quality_budget.py sets aside),
+every row beside the from-scratch row of the same invocation:
+
+- scratch: `goushi train --recipe short` on the corpus with its own char tokenizer, for --scratch-tokens tokens
+  (what `--time-budget` buys at this machine's measured speed: 10 minutes on 2 cores is ~18 M tokens for the tiny
+  shape on a Xeon with bf16; bench/quality_budget.py --measure-only measures it). Scored twice: the weights it
+  ends with (what a user gets today) and its best/ (the lowest validation loss it passed).
+- ft*: `goushi train --init-from BASE_RUN` on the corpus encoded with the base's tokenizer (`goushi data build
+  --tokenizer-from`), with the same token budget; recipe auto (the fine-tuning recipe), or with one setting changed.
+  These runs stop early and serve their best weights, so they use a fraction of the budget.
+- ft-none: `--recipe none`: the plain from-scratch defaults on the base's weights (what --init-from did before).
+
+Rows train one after another, or --jobs N at a time, each with its share of the cores (the token budgets are
+fixed, so sharing changes only the wall time). --reuse evaluates a finished row again when its command is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_budget import GOUSHI, cpu_name, heldout_bpc, prepare, run  # noqa: E402
+
+ROWS: dict[str, list[str]] = {
+    "scratch": ["--recipe", "short"],
+    "ft": [],
+    "ft-none": ["--recipe", "none"],
+    "ft-lr3e-4": ["--lr", "3e-4", "--min-lr", "3e-5"],
+    "ft-lr3e-3": ["--lr", "3e-3", "--min-lr", "3e-4"],
+    "ft-lr1e-4": ["--lr", "1e-4", "--min-lr", "1e-5"],
+    "ft-d0.1": ["--dropout", "0.1"],
+    "ft-p8": ["--patience", "8"],
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("base", help="the pretrained run (RUN_DIR) to fine-tune")
+    ap.add_argument("corpus", nargs="+", help="the small corpus: text files or folders of .txt files")
+    ap.add_argument("--configs", default="scratch,ft", help=f"comma-separated, of: {', '.join(ROWS)}")
+    ap.add_argument("--scratch-tokens", type=int, required=True, help="the token budget of every row (what the "
+                    "time budget buys the from-scratch recipe on this machine)")
+    ap.add_argument("--work", required=True, help="folder for data and runs")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scratch-run", help="score this finished run as the scratch row instead of training it (its "
+                    "command must be the scratch row's; say it beside the figures)")
+    args = ap.parse_args()
+    rows = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [r for r in rows if r not in ROWS]
+    if bad:
+        ap.error(f"unknown configuration {bad[0]!r}; choose from {', '.join(ROWS)}")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
+    print(f"command: {shlex.join([sys.executable] + sys.argv)}")
+    split = SimpleNamespace(corpus=args.corpus, heldout=None, heldout_frac=0.03, seed=args.seed, configs=["classic"],
+                            bpe_vocab=4096)
+    heldout, data = prepare(split, work)
+    own = data["char"]
+    borrowed = work / "data-base"
+    if not (borrowed / "meta.json").exists():
+        out = run(GOUSHI + ["data", "build", "--sources", str(work / "sources.toml"), "--out", str(borrowed),
+                            "--tokenizer-from", str(Path(args.base) / "tokenizer.json"), "--force",
+                            "--val-fraction", "0.02", "--no-progress"], log=work / "build-data-base.log")
+        print(next((ln for ln in out.splitlines() if "covers" in ln), "").strip())
+    print(f"held-out: {heldout} ({heldout.stat().st_size:,} bytes); budget {args.scratch_tokens:,} tokens a row")
+
+    def one(name: str) -> list[dict]:
+        out = work / "runs" / name
+        data_dir = own if name == "scratch" else borrowed
+        init = [] if name == "scratch" else ["--init-from", str(Path(args.base).resolve())]
+        cmd = GOUSHI + ["train", "--data", str(data_dir), "--out", str(out), "--force", "--no-progress",
+                        "--sample-tokens", "0", "--tokens", str(args.scratch_tokens)] + init + ROWS[name]
+        if name == "scratch":
+            cmd += ["--eval-every", "250"]  # so best/ exists for the second score
+        env = {**os.environ, "GOUSHI_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+        stamp, logf = out / "bench-command.json", work / f"train-{name}.log"
+        if name == "scratch" and args.scratch_run:
+            out, logf = Path(args.scratch_run), Path(args.scratch_run) / "train.log"
+        elif not (args.reuse and stamp.exists() and json.loads(stamp.read_text(encoding="utf-8")).get("cmd") == cmd):
+            run(cmd, log=logf, env=env)
+            stamp.write_text(json.dumps({"cmd": cmd}), encoding="utf-8")
+        log = logf.read_text(encoding="utf-8") if logf.exists() else ""
+        steps = next((ln for ln in log.splitlines() if ln.startswith("done:")), "")
+        scored = []
+        for label, run_dir in ((name, out), (f"{name} best/", out / "best")):
+            if label.endswith("best/") and (name != "scratch" or not (run_dir / "model.safetensors").is_file()):
+                continue
+            res = json.loads(run(GOUSHI + ["eval", str(run_dir), "--text", str(heldout), "--json"], env=env))
+            scored.append({"name": label, "bpc": heldout_bpc(res), "log": steps})
+            print(json.dumps(scored[-1], ensure_ascii=False), flush=True)
+        return scored
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = [r for rs in pool.map(one, rows) for r in rs]
+    ref = next((r["bpc"] for r in results if r["name"] == "scratch"), None)
+    print("\n| row | held-out bits/char | vs scratch |\n|---|---:|---:|")
+    for r in results:
+        ratio = f"{r['bpc'] / ref:.3f}x" if ref else "—"
+        print(f"| {r['name']} | {r['bpc']:.3f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
