@@ -203,6 +203,9 @@ def browser_context():
 def page(browser_context, request):
     """A new tab that records every request leaving 127.0.0.1 (the page must work offline)."""
     pg = browser_context.new_page()
+    # Every wait (clicks included) as patient as the explicit ones: a busy 2-core machine rendered a button after
+    # Playwright's default 30 s. A timeout guards against a hang; it never measures speed.
+    pg.set_default_timeout(90_000)
     pg.outside_requests = []  # type: ignore[attr-defined]
 
     def watch(req) -> None:

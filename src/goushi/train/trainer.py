@@ -317,7 +317,11 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self._setup()
         try:
-            return self._run()
+            summary = self._run()
+            # Rank 0 writes the closing files alone; the others wait rather than tear the group down under it (a
+            # rank that left early ended the other with "terminate called without an active exception", under load).
+            self.dist.barrier()
+            return summary
         finally:
             self.dist.close()
 
