@@ -36,7 +36,7 @@ RECIPES: dict[str, Recipe] = {
         "short", {"family": "llama", "schedule": "wsd", "lr": 3e-3, "weight_decay": 0.5, "serve": "best"},
         summary="llama family (RoPE, RMSNorm, SwiGLU, GQA), warmup-stable-decay, peak lr 3e-3, weight decay 0.5; "
                 "serves the weights of its best validation loss (a small corpus is learned by heart within minutes: "
-                "on copypasta, 10 minutes ended at 9.12 held-out bits/char, its best step had 6.57)",
+                "on copypasta, 2-core Xeon, 10 minutes ended at 9.12 held-out bits/char, its best step had 6.57)",
         evidence="held-out bits per character against the classic recipe on 2 cores (bench/quality_budget.py; "
                  "docs/recipe.md): at 10 minutes, char level, -2.8% on copypasta + reviews and -1.1% on poetry "
                  "(with weight decay 0.1 instead: -1.4% and +0.5%); at 5 minutes -3.6% on copypasta + reviews "
