@@ -44,9 +44,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 GOUSHI = [sys.executable, "-m", "goushi.cli"]
 
-# name -> (tokenizer kind, goushi train flags). "classic" is the baseline every invocation runs. A kind is "char" or
-# "bpe[VOCAB][-PRE]": BPE with VOCAB tokens (default --bpe-vocab) behind the pre-tokenizer PRE (goushi.tokenizer
-# BPE_PRES; default han2, the two-character rule every "bpe" figure so far was measured with).
+# name -> (tokenizer kind, goushi train flags). "classic" is the baseline every invocation runs. A kind is "char"
+# (every character), "charMAX" (the vocabulary capped at MAX), "bpe[VOCAB][-PRE]" (BPE with VOCAB tokens, default
+# --bpe-vocab, behind the pre-tokenizer PRE of goushi.tokenizer BPE_PRES, default han2: the two-character rule
+# every "bpe" figure so far was measured with) or "default" (what `goushi data build` makes with no tokenizer flags).
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "classic": ("char", ["--family", "gpt2", "--preset", "tiny", "--optimizer", "adamw", "--schedule", "cosine",
                          "--lr", "2e-3", "--batch-size", "32", "--dropout", "0"]),
@@ -99,10 +100,19 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "w256-l6": ("char", ["--family", "llama", "--preset", "tiny", "--n-layer", "6", "--n-embd", "256",
                          "--n-head", "8"]),
     "small": ("char", ["--family", "llama", "--preset", "small", "--batch-size", "16"]),
+    # big corpora (tens of millions of characters): the recipes and the vocabulary, capped char or BPE
+    "big": ("char", ["--recipe", "big"]),
+    "big-c6k": ("char6000", ["--recipe", "big"]),
+    "big-c4k": ("char4000", ["--recipe", "big"]),
+    "big-bpe8k": ("bpe8192-deepseek-v3", ["--recipe", "big"]),
+    "big-long": ("char", ["--recipe", "big-long"]),
+    "big-long-c6k": ("char6000", ["--recipe", "big-long"]),
+    "big-long-bpe8k": ("bpe8192-deepseek-v3", ["--recipe", "big-long"]),
     # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
-    "default": ("char", []),
+    "default": ("default", []),
 }
 BPE_KIND = re.compile(r"bpe(\d*)(?:-(.+))?")
+CHAR_KIND = re.compile(r"char(\d*)")  # char[MAX]: characters, the vocabulary capped at MAX (rarer ones as bytes)
 CLAUSE = re.compile(r"[，。？！；、,.?!;]")
 
 
@@ -225,9 +235,11 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Path]
         # han2 keeps the folder name it always had, so earlier work folders are reused
         d = work / (f"data-bpe{vocab}" + ("" if pre == "han2" else f"-{pre}") if bpe else f"data-{kind}")
         if not (d / "meta.json").exists():
-            extra = ["--vocab-size", str(vocab), "--bpe-pre", pre] if bpe else []
-            run(GOUSHI + ["data", "build", "--sources", str(sources), "--out", str(d), "--tokenizer",
-                          "bpe" if bpe else kind, "--force", "--val-fraction", "0.02"] + extra,
+            cap = CHAR_KIND.fullmatch(kind)
+            extra = (["--tokenizer", "bpe", "--vocab-size", str(vocab), "--bpe-pre", pre] if bpe
+                     else ["--tokenizer", "char", "--max-vocab", cap.group(1) or "0"] if cap else [])
+            run(GOUSHI + ["data", "build", "--sources", str(sources), "--out", str(d), "--force",
+                          "--val-fraction", "0.02"] + extra,
                 log=work / f"build-{d.name}.log")
         data[kind] = d
     return heldout, data

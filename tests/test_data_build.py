@@ -250,3 +250,22 @@ def test_a_borrowed_tokenizer_says_how_much_of_the_new_text_it_covers(corpus, tm
     card = (tmp_path / "out" / "DATA_CARD.md").read_text(encoding="utf-8")
     assert f"covers {cov['char_coverage']:.2%} of this text's characters" in card
     assert "tokenizer_coverage" not in build_dataset(corpus / "sources.toml", tmp_path / "own", options=fast())
+
+
+def test_a_big_corpus_gets_a_capped_char_vocabulary_unless_told(corpus, tmp_path, monkeypatch):
+    from goushi.data import layout
+
+    every = build_dataset(corpus / "sources.toml", tmp_path / "every", options=fast(val_fraction=0.1))
+    # the fixture corpus is "big" once the threshold is below its size
+    monkeypatch.setattr(layout, "BIG_CORPUS_CHARS", every["train_chars"])
+    monkeypatch.setattr(build_mod, "BIG_CHAR_VOCAB", every["vocab_size"] - 10)
+    capped = build_dataset(corpus / "sources.toml", tmp_path / "capped", options=fast(val_fraction=0.1))
+    assert capped["vocab_size"] == every["vocab_size"] - 10 and capped["options"]["max_vocab"] == capped["vocab_size"]
+    assert capped["train_tokens"] > every["train_tokens"]  # the rarest characters are spelled in bytes
+    # and decode to the very same documents
+    assert docs_of(tmp_path / "capped", "train.bin", capped) == docs_of(tmp_path / "every", "train.bin", every)
+    told = build_dataset(corpus / "sources.toml", tmp_path / "told", options=fast(val_fraction=0.1, max_vocab=0))
+    assert told["vocab_size"] == every["vocab_size"]
+    monkeypatch.setattr(layout, "BIG_CORPUS_CHARS", every["train_chars"] + 1)
+    small = build_dataset(corpus / "sources.toml", tmp_path / "small", options=fast(val_fraction=0.1))
+    assert small["vocab_size"] == every["vocab_size"]

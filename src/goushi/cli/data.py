@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "then needs --approximate-tokenizer); bits per character of each in docs/recipe.md")
     b.add_argument("--min-frequency", type=int, help="fewest occurrences for a character (char, default 1) "
                    "or a merge (bpe, default 2)")
-    b.add_argument("--max-vocab", type=int, help="char: cap on the whole vocabulary; rarer characters fall back to bytes")
+    b.add_argument("--max-vocab", type=int, help="char: cap on the whole vocabulary; rarer characters fall back to "
+                   "bytes (default: 6,000 on a corpus of 10 M characters or more, else none; 0: no cap)")
     b.add_argument("--val-fraction", type=_fraction, default=0.05, help="share of documents held out (default: 0.05)")
     b.add_argument("--seed", type=int, default=1337, help="seed of the train/validation split (default: 1337)")
     b.add_argument("--force", action="store_true", help="replace --out if it exists (only once the new build is complete)")

@@ -59,6 +59,10 @@ _CORPUS = ".corpus.jsonl"
 # and `goushi train` refuses a validation split shorter than one window plus 2 tokens; 300 characters stay
 # above that for a char tokenizer and for BPE up to ~2.3 characters per token.
 MIN_VAL_CHARS = 300
+# The char vocabulary of a big corpus, when nobody says: poetry-full has 12,823 distinct characters; the 6,000 most
+# frequent cover all but ~0.5 % of its text (the rest is spelled in bytes), and the tiny model's softmax over 6,000
+# instead of 12,823 trains 1.55x the tokens per second (bench/quality_budget.py, docs/recipe.md "Big corpora").
+BIG_CHAR_VOCAB = 6000
 
 
 @dataclass
@@ -67,7 +71,9 @@ class BuildOptions:
     vocab_size: int = 4096  # bpe only
     bpe_pre: str = DEFAULT_BPE_PRE  # bpe only: its pre-tokenizer, one of BPE_PRES (goushi.tokenizer)
     min_frequency: int | None = None  # char: 1, bpe: 2
-    max_vocab: int | None = None  # char only: cap on the whole vocabulary
+    # char only: cap on the whole vocabulary; None: BIG_CHAR_VOCAB on a corpus of layout.BIG_CORPUS_CHARS or more,
+    # else every character; 0: every character
+    max_vocab: int | None = None
     val_fraction: float = 0.05
     seed: int = 1337
     encoding: str | None = None  # overrides every source's encoding
@@ -237,8 +243,14 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
             if opts.tokenizer_from:
                 tok = Tokenizer.from_file(opts.tokenizer_from)
             elif opts.tokenizer == "char":
+                if opts.max_vocab is None:
+                    train_chars = int(np.frombuffer(lengths, dtype=np.uint64)[~is_val].sum())
+                    if train_chars >= layout.BIG_CORPUS_CHARS:
+                        opts.max_vocab = BIG_CHAR_VOCAB
+                        say(f"char vocabulary capped at {BIG_CHAR_VOCAB:,} for a corpus of {train_chars:,} "
+                            "characters (rarer ones are spelled in bytes; --max-vocab 0 keeps every character)")
                 tok = Tokenizer.train_char(train_texts(), min_frequency=opts.min_frequency or 1,
-                                           max_vocab=opts.max_vocab)
+                                           max_vocab=opts.max_vocab or None)
             else:
                 tok = Tokenizer.train_bpe(train_texts(), vocab_size=opts.vocab_size, pre=opts.bpe_pre,
                                           min_frequency=opts.min_frequency or 2, max_sample_chars=opts.max_sample_chars)

@@ -32,6 +32,11 @@ PROVENANCE_INDEX = "index.json"  # inside PROVENANCE/ (or any index directory): 
 # What training needs; a directory without one of these is not (or not yet) a data directory.
 REQUIRED = (TRAIN_BIN, VAL_BIN, META, TOKENIZER)
 
+# A corpus this big (training characters) is not seen twice by a budget of minutes on a CPU: the data build caps a
+# char vocabulary (goushi.data.build) and `goushi train --time-budget` picks the big-corpus recipes
+# (goushi.train.recipe). The corpora measured: 1.3-1.4 M characters (small) and 26-28 M (big), docs/recipe.md.
+BIG_CORPUS_CHARS = 10_000_000
+
 
 def is_data_dir(path: str | Path) -> bool:
     return all((Path(path) / name).is_file() for name in REQUIRED)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from goushi.data.layout import BIG_CORPUS_CHARS
 from goushi.errors import ConfigError
 
 # Model fields that make up a shape: given any of them (or --preset), the user's shape is kept whole.
@@ -44,6 +45,21 @@ RECIPES: dict[str, Recipe] = {
         budgets="budgets up to 10 minutes, where it beat the classic recipe"),
 }
 
+# Corpora of tens of millions of characters: a budget of minutes does not see the text twice, so nothing needs the
+# regularisation or the best-weights serving of `short`; the model grows with the budget instead.
+RECIPES["big"] = Recipe(
+    "big", {"family": "llama", "schedule": "wsd", "lr": 3e-3, "weight_decay": 0.1},
+    summary="for big corpora: llama family, warmup-stable-decay, peak lr 3e-3, weight decay 0.1, the tiny shape",
+    evidence="bench/quality_budget.py on poetry-full (docs/recipe.md, 'Big corpora')",
+    budgets="budgets up to 10 minutes on a corpus of 10 M characters or more")
+RECIPES["big-long"] = Recipe(
+    "big-long", {"family": "llama", "schedule": "wsd", "lr": 2e-3, "weight_decay": 0.1,
+                 "model": {"n_layer": 6, "n_embd": 192, "n_head": 6}},
+    summary="for big corpora and long budgets: llama family 6 layers x 192, warmup-stable-decay, peak lr 2e-3, "
+            "weight decay 0.1",
+    evidence="bench/quality_budget.py on poetry-full (docs/recipe.md, 'Big corpora')",
+    budgets="budgets above 10 minutes on a corpus of 10 M characters or more")
+
 # A run that starts from another run's weights (--init-from) on a small corpus: the data, not the budget, runs
 # out, so it evaluates often, stops when validation loss no longer improves and serves the best weights.
 FINETUNE = Recipe(
@@ -55,11 +71,12 @@ FINETUNE = Recipe(
     budgets="runs started from another run's weights (--init-from), any budget")
 RECIPES["finetune"] = FINETUNE
 
-# Measured up to 10 minutes; above that the one candidate measured (a 6 x 192 model at 30 minutes) overfitted, so
-# longer budgets keep the plain defaults.
+# Small corpora: measured up to 10 minutes; above that the one candidate measured (a 6 x 192 model at 30 minutes)
+# overfitted, so longer budgets keep the plain defaults. Big corpora (layout.BIG_CORPUS_CHARS): the big recipes.
 SHORT_UP_TO_S = 10 * 60
-NONE_ABOVE = ("above 10 minutes no recipe was measured to beat the classic one (a bigger model at 30 minutes "
-              "overfitted the 1.4 M-character corpora; docs/recipe.md), so the plain defaults (the classic recipe)")
+NONE_ABOVE = ("above 10 minutes no recipe was measured to beat the classic one on a small corpus (a bigger model "
+              "at 30 minutes overfitted the 1.4 M-character corpora; docs/recipe.md), so the plain defaults (the "
+              "classic recipe)")
 
 
 def names() -> tuple[str, ...]:
@@ -74,8 +91,9 @@ def get(name: str) -> Recipe:
 
 def choose(budget_s: float, train_chars: int | None) -> Recipe | None:
     """The recipe for a time budget of `budget_s` seconds on a corpus of `train_chars` training characters
-    (None: unknown); None: the plain defaults (NONE_ABOVE says why). Corpus size does not change the choice yet:
-    both corpora measured had 1.3-1.4 M characters."""
+    (None: unknown, taken as small); None: the plain defaults (NONE_ABOVE says why)."""
+    if train_chars is not None and train_chars >= BIG_CORPUS_CHARS:
+        return RECIPES["big"] if budget_s <= SHORT_UP_TO_S else RECIPES["big-long"]
     return RECIPES["short"] if budget_s <= SHORT_UP_TO_S else None
 
 
