@@ -11,7 +11,8 @@ every row beside the from-scratch row of the same invocation:
   shape on a Xeon with bf16; bench/quality_budget.py --measure-only measures it). Scored twice: the weights it
   ends with (what a user gets today) and its best/ (the lowest validation loss it passed).
 - ft*: `goushi train --init-from BASE_RUN` on the corpus encoded with the base's tokenizer (`goushi data build
-  --tokenizer-from`), with the same token budget; recipe auto (the fine-tuning recipe), or with one setting changed.
+  --tokenizer-from`), with the same token budget (or --ft-tokens); recipe auto (the fine-tuning recipe), or
+  with one setting changed.
   These runs stop early and serve their best weights, so they use a fraction of the budget.
 - ft-none: `--recipe none`: the plain from-scratch defaults on the base's weights (what --init-from did before).
 
@@ -53,6 +54,8 @@ def main() -> int:
     ap.add_argument("--configs", default="scratch,ft", help=f"comma-separated, of: {', '.join(ROWS)}")
     ap.add_argument("--scratch-tokens", type=int, required=True, help="the token budget of every row (what the "
                     "time budget buys the from-scratch recipe on this machine)")
+    ap.add_argument("--ft-tokens", type=int, help="the token budget of the ft rows (default: --scratch-tokens; a "
+                    "bigger base trains fewer tokens in the same minutes: give what the budget buys its shape)")
     ap.add_argument("--work", required=True, help="folder for data and runs")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--reuse", action="store_true")
@@ -78,14 +81,16 @@ def main() -> int:
                             "--tokenizer-from", str(Path(args.base) / "tokenizer.json"), "--force",
                             "--val-fraction", "0.02", "--no-progress"], log=work / "build-data-base.log")
         print(next((ln for ln in out.splitlines() if "covers" in ln), "").strip())
-    print(f"held-out: {heldout} ({heldout.stat().st_size:,} bytes); budget {args.scratch_tokens:,} tokens a row")
+    print(f"held-out: {heldout} ({heldout.stat().st_size:,} bytes); budget {args.scratch_tokens:,} tokens for "
+          f"scratch, {args.ft_tokens or args.scratch_tokens:,} for a fine-tuning row")
 
     def one(name: str) -> list[dict]:
         out = work / "runs" / name
         data_dir = own if name == "scratch" else borrowed
         init = [] if name == "scratch" else ["--init-from", str(Path(args.base).resolve())]
+        tokens = args.scratch_tokens if name == "scratch" else (args.ft_tokens or args.scratch_tokens)
         cmd = GOUSHI + ["train", "--data", str(data_dir), "--out", str(out), "--force", "--no-progress",
-                        "--sample-tokens", "0", "--tokens", str(args.scratch_tokens)] + init + ROWS[name]
+                        "--sample-tokens", "0", "--tokens", str(tokens)] + init + ROWS[name]
         if name == "scratch":
             cmd += ["--eval-every", "250"]  # so best/ exists for the second score
         env = {**os.environ, "GOUSHI_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
