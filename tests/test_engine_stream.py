@@ -82,13 +82,19 @@ def test_stream_sample_k_equals_one_sample_with_seed_plus_k(engine):
     assert len(seeds) == 3 and seeds == [seeds[0], seeds[0] + 1, seeds[0] + 2]
 
 
-def test_rows_are_decoded_in_turns_of_max_batch_rows(engine, monkeypatch):
+def test_at_most_max_batch_rows_run_at_once_and_the_rest_join_as_rows_finish(engine, monkeypatch):
     cfg = SampleConfig(temperature=1.0, max_new_tokens=10, num_samples=2, seed=3)
     whole = engine.generate(PROMPTS, cfg)
     monkeypatch.setattr(goushi.engine, "MAX_BATCH_ROWS", 4)
     events = list(engine.stream(PROMPTS, cfg))
-    order = [e.index for e in events]
-    assert max(order[: order.index(4)]) == 3 and min(order[order.index(4):]) == 4  # rows 0-3, then 4-5
+    running, most = set(), 0
+    for e in events:  # a row runs from its first event to its last
+        running.add(e.index)
+        most = max(most, len(running))
+        if e.result is not None:
+            running.discard(e.index)
+    assert most == 4 and events[0].index == 0 and set(running) == set()
+    assert min(i for i, e in enumerate(events) if e.index == 4) > min(i for i, e in enumerate(events) if e.result)
     rows = by_row(events)
     assert ["".join(e.delta for e in rows[i]) for i in range(6)] == [g.text for g in whole]
     again = engine.generate(PROMPTS, cfg)  # generate takes the same turns

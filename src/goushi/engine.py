@@ -8,8 +8,10 @@
 
 A request makes rows, prompt-major: row `prompt_index * num_samples + k` is sample k of a prompt, with
 seed `seed + k` (that derivation lives here and nowhere else). `stream` yields the events of every row
-(decoded in batches of MAX_BATCH_ROWS); `generate` keeps each row's finished result, so a row's deltas
-always concatenate to its generated text.
+(decoded together, at most MAX_BATCH_ROWS at a time, rows joining as others finish; the samples of a prompt share
+one prefill); `generate` keeps each row's finished result, so a row's deltas always concatenate to its generated
+text. A row's text does not depend on what is decoded beside it: a server decoding many requests in one batch
+(`request` / `chat_request` give it a request's rows) answers a seeded request as `generate` does alone.
 
 Every prompt is preceded by <|endoftext|>, the separator the model saw before each training
 document, so a prompt reads as the start of a document (and an empty prompt works). A chat is
@@ -36,15 +38,17 @@ from goushi.config import ModelConfig
 from goushi.data.textindex import Span, TextIndex
 from goushi.device import DTYPES, pick_device
 from goushi.errors import GoushiError
+from goushi.generation.batch import DecodeBatch
 from goushi.generation.beam import beam_search
 from goushi.generation.options import MAX_TOP_N, Generation, SampleConfig, StreamEvent, TopToken, fresh_seed
-from goushi.generation.sampling import RowSpec, Vocab, decode
+from goushi.generation.sampling import RowSpec, Vocab
+from goushi.generation.slots import MIN_ROWS
 from goushi.generation.utf8 import Utf8Guard
 from goushi.precision import Plan, inference_plan, int8_shapes
 from goushi.run_record import RunRecord
 from goushi.tokenizer import EOT, SPECIAL_TOKENS, UNK, Tokenizer
 
-# Rows (prompts x samples) decoded together; more are done in turns so memory stays bounded
+# Rows (prompts x samples) decoded together; more join as others finish, so memory stays bounded
 # (each row holds a KV cache of n_layer x 2 x context_length x n_embd values).
 MAX_BATCH_ROWS = 32
 QUANTIZE = ("none", "int8")
@@ -194,32 +198,48 @@ class Engine:
 
     @torch.inference_mode()  # on a generator, torch enters the mode around each step only
     def _events(self, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab | None = None) -> Iterator[StreamEvent]:
-        """Every row's events: beam search prompt by prompt, else in batches of MAX_BATCH_ROWS rows.
+        """Every row's events: beam search prompt by prompt, else one DecodeBatch of up to MAX_BATCH_ROWS slots.
         With cfg.check_copies a row's result gets its copied spans before its last event goes out."""
         vocab = vocab or self.vocab
         if cfg.strategy == "beam":
             for start in range(0, len(specs), cfg.num_samples):
                 for k, g in enumerate(beam_search(self.model, specs[start], cfg, vocab)):
-                    self._add_copies(g, cfg)
+                    self.add_copies(g, cfg)
                     yield StreamEvent(g.text, g.token_ids[-1] if g.token_ids else None, None, g.finish_reason,
                                       g.truncated_prompt, index=start + k, seed=None, prompt_tokens=g.prompt_tokens,
                                       result=g)
             return
-        for start in range(0, len(specs), MAX_BATCH_ROWS):
-            for events in decode(self.model, specs[start: start + MAX_BATCH_ROWS], cfg, vocab):
-                for ev in events:
-                    if ev.result is not None:
-                        self._add_copies(ev.result, cfg)
-                    yield ev
+        batch = DecodeBatch(self.model, max(MIN_ROWS, min(MAX_BATCH_ROWS, len(specs))), vocab.eot_id)
+        batch.add(None, specs, cfg, vocab)
+        while batch.busy:
+            batch.admit()
+            for _, ev in batch.step():
+                if ev.result is not None:
+                    self.add_copies(ev.result, cfg)
+                yield ev
 
     @staticmethod
     def _collect(events: Iterator[StreamEvent]) -> list[Generation]:
         done = {ev.index: ev.result for ev in events if ev.result is not None}
         return [done[i] for i in sorted(done)]
 
-    def _add_copies(self, g: Generation, cfg: SampleConfig) -> None:
+    def add_copies(self, g: Generation, cfg: SampleConfig) -> None:
+        """With cfg.check_copies, fill g.copied (a caller decoding `request` rows itself calls it per result)."""
         if cfg.check_copies:
             g.copied = self.copied_spans(g.text, cfg.check_copies)
+
+    # ---- rows for a caller that decodes them itself (the server's batch) ----------------------------------
+    def request(self, prompts: str | list[str], cfg: SampleConfig | None = None) -> tuple[SampleConfig, list[RowSpec], Vocab]:
+        """What `stream(prompts, cfg)` decodes: the checked settings, the rows (seeds given) and the vocabulary
+        rules, for goushi.generation.batch.DecodeBatch.add. GoushiError for bad options, before any work."""
+        cfg, encoded = self._prepare(prompts, cfg)
+        return cfg, self._specs(encoded, cfg), self.vocab
+
+    def chat_request(self, messages: list[dict[str, str]], cfg: SampleConfig | None = None
+                     ) -> tuple[SampleConfig, list[RowSpec], Vocab]:
+        """`request` for `stream_chat(messages, cfg)`."""
+        cfg, prompt = self._prepare_chat(messages, cfg)
+        return cfg, self._specs([prompt], cfg), self.chat_vocab
 
     # ---- inspection (the web page's look inside the model) -----------------------------------------
     def tokenize(self, text: str) -> list[tuple[int, str]]:

@@ -130,6 +130,32 @@ class KVCache:
         return self.kv[0].size(1)
 
 
+class SlotKVCache(KVCache):
+    """A KVCache whose rows stand at different lengths (goushi.generation.slots: rows join and leave a running
+    batch). A decode step (one token per row) writes row b's key and value at position `at[b]` and attends over
+    all max_len positions; the caller's key_padding_mask (B, max_len) says which hold each row's tokens, its own
+    new one included. A step may run the first B <= batch rows and attends over the first `span` positions;
+    `pos` is ignored."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
+        super().__init__(cfg, batch, max_len, device, dtype)
+        self.at = torch.zeros(batch, dtype=torch.long, device=device)
+        self.span = max_len  # positions a step attends over: the caller sets it to cover every row's tokens
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.update_kv(layer, torch.stack([k, v]), pos)
+
+    def update_kv(self, layer: int, kv_new: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        B = kv_new.size(1)
+        if kv_new.size(3) != 1:
+            raise ValueError(f"a SlotKVCache step writes one token per row, not {kv_new.size(3)}")
+        kv = self.kv[layer].narrow(1, 0, B)
+        rows = torch.arange(B, device=kv.device)
+        # (B, max_len, 2, kv_heads, head_dim) view: row b's token goes to position at[b], one indexed copy.
+        kv.permute(1, 3, 0, 2, 4)[rows, self.at[:B]] = kv_new.permute(1, 3, 0, 2, 4)[:, 0]
+        return kv.narrow(3, 0, self.span).unbind(0)
+
+
 # ---------------------------------------------------------------------------------------------
 # The block
 
@@ -279,7 +305,9 @@ class Attention(nn.Module):
             rep = H // KV
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         weights = None
-        if need_weights:
+        if isinstance(cache, SlotKVCache):
+            y = _decode_attention(q, k, v, mask)
+        elif need_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)
             scores = scores.masked_fill(~mask, float("-inf"))
             weights = scores.float().softmax(-1).type_as(q)
@@ -293,6 +321,32 @@ class Attention(nn.Module):
             else:
                 y = _sdpa(q, k, v, mask, T, drop)
         return y.transpose(1, 2).reshape(B, T, H * D), weights
+
+
+# Positions a decode step over a SlotKVCache attends over in one piece; see _decode_attention.
+DECODE_CHUNK = 64
+
+
+def _decode_attention(q, k, v, mask) -> torch.Tensor:
+    """One query per row over the first `span` positions of a SlotKVCache (a multiple of DECODE_CHUNK that covers
+    every row's tokens), by plain matmuls over fixed chunks of DECODE_CHUNK positions, summed chunk after chunk.
+
+    Why chunks: a CPU matmul's summation order (even the order of its output columns' blocking) changes with the
+    number of positions, so a row's floats would depend on the longest row beside it. Here every matmul has the
+    same shape whatever the span, and the chunks beyond a row's own tokens add exact zeros, so a row's result is
+    the same bits for any span and any batch. Plain matmuls, not SDPA: its CPU flash kernel is ~10x slower for a
+    single query over a masked cache (measured on a Xeon at 2-32 rows). Softmax and sums in fp32."""
+    C, S = DECODE_CHUNK, k.size(2)
+    scale = 1.0 / math.sqrt(q.size(-1))
+    scores = torch.cat([q @ k[:, :, c: c + C].transpose(-2, -1) for c in range(0, S, C)], dim=-1).float() * scale
+    e = scores.masked_fill_(~mask, float("-inf"))
+    e = (e - e.amax(-1, keepdim=True)).exp_()
+    total, y = None, None
+    for c in range(0, S, C):
+        ec = e[..., c: c + C]
+        part, part_sum = (ec.to(v.dtype) @ v[:, :, c: c + C]).float(), ec.sum(-1, keepdim=True)
+        total, y = (part_sum, part) if y is None else (total + part_sum, y + part)
+    return (y / total).to(v.dtype)
 
 
 def _sdpa(q, k, v, mask, T: int, drop: float) -> torch.Tensor:
@@ -563,6 +617,15 @@ class GPT(nn.Module):
         self._inference = (weights, head if type(head) is not tuple else None)
         return weights
 
+    def _head_t(self) -> torch.Tensor:
+        """The LM head's weight transposed, for decode steps over a SlotKVCache: x @ W.T (F.linear) sums in another
+        order for a handful of rows than for more (measured on a Xeon: up to 15 rows differ), x @ W_t for every
+        count of 2 rows or more gives each row the same floats. Made at the first such step (a copy of the head)."""
+        if len(self._inference) < 3:
+            with torch.no_grad():
+                self._inference = (*self._inference, _t(self.lm_head.weight))
+        return self._inference[2]
+
     # What changes the weights drops their inference arrangement: a training forward (see _run), loading a
     # state dict, moving or casting the model. Edit weights in place some other way and call
     # prepare_for_inference() again: checking every parameter at every decode step costs more than a matmul.
@@ -621,7 +684,10 @@ class GPT(nn.Module):
             rope = (self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1))
         if self.training and self.drop.p > 0:
             x = self.drop(x)
-        mask = self._mask(B, T, pos, key_padding_mask, idx.device, explicit=need_weights)
+        if isinstance(cache, SlotKVCache):  # rows at their own lengths: the caller's mask covers the whole cache
+            mask = key_padding_mask[:, None, None, : cache.span]
+        else:
+            mask = self._mask(B, T, pos, key_padding_mask, idx.device, explicit=need_weights)
         fast = None
         if torch.is_grad_enabled():
             # Training: the weights are about to change, and a fused optimizer (AdamW(fused=True)) updates them
@@ -646,7 +712,10 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:]
         head = self._inference[1] if fast is not None else None
-        logits = head(x) if head is not None else linear(self.lm_head, x)
+        if head is None and fast is not None and isinstance(cache, SlotKVCache):
+            logits = addmm(x, self._head_t(), None)
+        else:
+            logits = head(x) if head is not None else linear(self.lm_head, x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
