@@ -476,7 +476,7 @@ class RecordingEngine(Engine):
 @pytest.fixture(scope="module")
 def paced_server(runs):
     engine = RecordingEngine(Engine.load(runs["tiny"], device="cpu"))
-    limits = Limits(max_tokens=PACED_MAX, concurrency=1, max_queue=1)
+    limits = Limits(max_tokens=PACED_MAX, concurrency=1, max_queue=1, max_batch=1)
     for url in serving({"slow": engine}, limits=limits):
         yield url, engine
 
@@ -613,7 +613,7 @@ async def post_and_leave(app, body: dict, *, leave_after: int, slow_write: float
 
 def test_a_client_that_leaves_during_a_slow_write_stops_its_generation(runs):
     engine = RecordingEngine(Engine.load(runs["tiny"], device="cpu"))
-    app = build_app({"slow": engine}, limits=Limits(max_tokens=PACED_MAX))
+    app = build_app({"slow": engine}, limits=Limits(max_tokens=PACED_MAX, max_batch=1))
 
     async def scenario() -> bool:
         chunks = await post_and_leave(app, {**LONG_JSON, "seed": 1, "stream": True}, leave_after=3)

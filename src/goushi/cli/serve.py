@@ -35,8 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"require `Authorization: Bearer KEY` on every /v1 request (default: ${API_KEY_ENV}, else none)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, metavar="N",
+                   help="rows decoded together per model: requests join a running batch at token boundaries and "
+                   "leave as they finish, and a seeded request answers the same as alone; 1 = each request its own "
+                   f"engine call, --concurrency at a time (default: {d.max_batch}, the fastest measured by "
+                   "bench/serve_load.py)")
     p.add_argument("--concurrency", type=int, default=d.concurrency,
-                   help=f"generations running at once; more requests wait their turn (default: {d.concurrency})")
+                   help="with --max-batch 1: generations running at once; more requests wait their turn. Batched: "
+                   f"beam-search requests running at once (default: {d.concurrency})")
     p.add_argument("--max-queue", type=int, default=d.max_queue,
                    help=f"requests allowed to wait; beyond it the server answers 503 (default: {d.max_queue})")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens,
@@ -70,13 +76,13 @@ def run(args: argparse.Namespace) -> int:
         from goushi.serve.server import serve_forever
     except ImportError as e:
         raise GoushiError(f"goushi serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'goushi[serve]'") from None
-    for name in ("concurrency", "max_queue", "max_tokens", "max_n", "max_body", "max_prompt_chars"):
+    for name in ("max_batch", "concurrency", "max_queue", "max_tokens", "max_n", "max_body", "max_prompt_chars"):
         if getattr(args, name) < 1:
             raise GoushiError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     if not 1 <= args.port <= 65535:
         raise GoushiError(f"--port {args.port}: must be between 1 and 65535")
     limits = Limits(max_body_bytes=args.max_body, max_prompt_chars=args.max_prompt_chars, max_tokens=args.max_tokens,
-                    max_n=args.max_n, concurrency=args.concurrency, max_queue=args.max_queue)
+                    max_n=args.max_n, concurrency=args.concurrency, max_queue=args.max_queue, max_batch=args.max_batch)
     ids = model_ids(args.run_dirs)
     for path in ids.values():
         rundir.check_run_dir(path)  # every path named before seconds go into loading
@@ -86,8 +92,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: --host {args.host}: every model is reachable from other machines on the network"
               + ("" if args.api_key else " by anyone (no --api-key)") + "; use --host 127.0.0.1 to keep it on this one",
               file=sys.stderr)
-    # Concurrent generations share the cores: more threads each than cores in all only adds contention.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.concurrency))
+    if args.max_batch > 1:
+        # One decode thread per model on one intra-op thread: on more, BLAS splits a matmul by its row count and a
+        # row's floats would depend on how many rows run beside it (goushi.serve.scheduler).
+        torch.set_num_threads(1)
+    else:  # concurrent generations share the cores: more threads each than cores in all only adds contention
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.concurrency))
     engines = {}
     for name, path in ids.items():
         engines[name] = Engine.load(path, device=args.device)

@@ -70,7 +70,8 @@ class _Running(Row):
 
 
 def _group_key(row: _Running) -> Hashable:
-    """Rows scored together: the same rules and vocabulary (values of a row never depend on the group)."""
+    """Rows scored together: the same rules and vocabulary (values of a row never depend on the group). Lengths
+    and stop strings are each row's own."""
     c = row.cfg
     return (c.is_greedy, c.temperature, c.top_k, c.top_p, c.min_p, c.repetition_penalty, c.no_repeat_ngram_size,
             c.top_n, id(row.vocab))
@@ -206,7 +207,7 @@ class DecodeBatch:
         # process_scores with each row's own step: <|endoftext|> is held back per row below instead.
         work = process_scores(raw, cfg, cfg.min_new_tokens, eot_id=vocab.eot_id, seen=seen,
                               bans=[r.ban for r in rows], banned=vocab.banned, guard=guard, states=states)
-        young = [i for i, r in enumerate(rows) if len(r.token_ids) < cfg.min_new_tokens]
+        young = [i for i, r in enumerate(rows) if len(r.token_ids) < r.cfg.min_new_tokens]
         if young:
             work = work.clone() if work is raw else work
             work[young, vocab.eot_id] = NEG_INF
@@ -240,7 +241,7 @@ class DecodeBatch:
                 delta, stopped = row.tracker.push(t)
                 if stopped:
                     row.finish_reason = "stop"
-                elif len(row.token_ids) >= cfg.max_new_tokens:
+                elif len(row.token_ids) >= row.cfg.max_new_tokens:
                     row.finish_reason = "length"
                     delta += row.tracker.finish()
                 if row.ban is not None:

@@ -1,23 +1,28 @@
 """The OpenAI-compatible HTTP API over the engine (FastAPI): /v1/models, /v1/completions, /v1/chat/completions
 (chat runs), server-sent-event streaming, /health.
 
-Each request is one engine call (`Engine.stream` / `Engine.stream_chat`) run in a worker thread: requests
-never share a batch, so their outputs cannot mix, and a seeded request answers the same whatever else is
-running. At most `limits.concurrency` generations run at once, the others wait in a queue of at most
-`limits.max_queue` (then 503). A client that disconnects, streaming or not, stops its generation at the
-next token. With an API key every /v1 request needs `Authorization: Bearer KEY`; /health never does.
+With `limits.max_batch` > 1 (the default) the requests of a model are decoded together: their rows join one
+running batch at token boundaries and leave as they finish (goushi.serve.scheduler), each with its own settings
+and seed, and a seeded request answers the same as alone. At most `max_batch` requests run at once; beam search
+runs per request (`concurrency` at a time). With max_batch 1 each request is one engine call (`Engine.stream` /
+`Engine.stream_chat`) in a worker thread, at most `limits.concurrency` at once. Either way the others wait in a
+queue of at most `limits.max_queue` (then 503), and a client that disconnects, streaming or not, stops its
+generation at the next token. With an API key every /v1 request needs `Authorization: Bearer KEY`; /health
+never does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,18 +45,31 @@ from goushi.serve.protocol import (
     usage,
     validation_error,
 )
+from goushi.serve.scheduler import Scheduler
 
 log = logging.getLogger("goushi.serve")
 POLL_SECONDS = 0.25  # how often a waiting request checks whether its client is still there
 
 
+@dataclass
+class Batched:
+    """A request for a model's Scheduler (its rows join the running batch) instead of an engine call of its own:
+    what Engine.request / Engine.chat_request gave."""
+
+    scheduler: Scheduler
+    request: tuple
+
+
 class Generations:
-    """Runs engine calls in worker threads, at most `concurrency` at once, and hands their events to the
-    event loop as they come. Cancelling (client gone) stops the engine at its next event."""
+    """Runs generations, at most `capacity` at once (max_batch requests in batches, else `concurrency` engine
+    calls in worker threads), and hands their events to the event loop as they come. Cancelling (client gone)
+    stops a generation at its next token."""
 
     def __init__(self, limits: Limits):
         self.limits = limits
+        self.capacity = limits.max_batch if limits.max_batch > 1 else limits.concurrency
         self.pool = ThreadPoolExecutor(max_workers=limits.concurrency, thread_name_prefix="goushi-gen")
+        self.schedulers: dict[str, Scheduler] = {}  # model id -> its batch (max_batch > 1)
         self.running = 0
         self.waiting = 0
         self.freed: asyncio.Event | None = None  # set whenever a generation ends; made in the event loop
@@ -61,7 +79,7 @@ class Generations:
         if self.freed is not None:
             self.freed.set()
 
-    async def events(self, start: Callable[[], Iterator[StreamEvent]],
+    async def events(self, start: Callable[[], Iterator[StreamEvent]] | Batched,
                      disconnected: Callable[[], Any]) -> AsyncIterator[StreamEvent]:
         if self.waiting >= self.limits.max_queue:
             raise APIError(503, f"server busy: {self.waiting} requests are waiting; try again shortly",
@@ -72,11 +90,11 @@ class Generations:
         try:
             # Waiting on a clock, not on a semaphore: a client that leaves the queue must never be served.
             while True:
-                if self.running < self.limits.concurrency:
+                if self.running < self.capacity:
                     if await disconnected():  # it may have left since the last look, while a slot was freed
                         log.info("client went away while queued; nothing generated")
                         return
-                    if self.running < self.limits.concurrency:  # still free after that await
+                    if self.running < self.capacity:  # still free after that await
                         break
                     continue
                 self.freed.clear()
@@ -91,6 +109,45 @@ class Generations:
         self.running += 1
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        if isinstance(start, Batched):
+            try:
+                ticket = start.scheduler.submit(start.request, lambda kind, value: queue.put_nowait((kind, value)),
+                                                self._release)
+            except BaseException:
+                self._release()
+                raise
+            stop = functools.partial(start.scheduler.cancel, ticket)
+        else:
+            stop = self._start_thread(start, loop, queue)
+        try:
+            # The client is checked on a clock, also while tokens keep coming: a non-streamed answer has no
+            # write that would fail when its client is gone.
+            next_check = loop.time() + POLL_SECONDS
+            while True:
+                try:
+                    kind, value = await asyncio.wait_for(queue.get(), max(0.0, next_check - loop.time()))
+                except asyncio.TimeoutError:
+                    kind, value = "tick", None
+                if loop.time() >= next_check:
+                    if await disconnected():
+                        log.info("client went away; generation stopped")
+                        return
+                    next_check = loop.time() + POLL_SECONDS
+                if kind == "event":
+                    yield value
+                elif kind == "events":  # a batch step's events of this request
+                    for ev in value:
+                        yield ev
+                elif kind == "done":
+                    return
+                elif kind == "error":
+                    raise value
+        finally:
+            stop()
+
+    def _start_thread(self, start: Callable[[], Iterator[StreamEvent]], loop: asyncio.AbstractEventLoop,
+                      queue: asyncio.Queue) -> Callable[[], None]:
+        """Run the engine call in a worker thread; returns what stops it."""
         cancel = threading.Event()
 
         def work() -> None:
@@ -114,30 +171,11 @@ class Generations:
         except BaseException:
             self._release()
             raise
-        try:
-            # The client is checked on a clock, also while tokens keep coming: a non-streamed answer has no
-            # write that would fail when its client is gone.
-            next_check = loop.time() + POLL_SECONDS
-            while True:
-                try:
-                    kind, value = await asyncio.wait_for(queue.get(), max(0.0, next_check - loop.time()))
-                except asyncio.TimeoutError:
-                    kind, value = "tick", None
-                if loop.time() >= next_check:
-                    if await disconnected():
-                        log.info("client went away; generation stopped")
-                        return
-                    next_check = loop.time() + POLL_SECONDS
-                if kind == "event":
-                    yield value
-                elif kind == "done":
-                    return
-                elif kind == "error":
-                    raise value
-        finally:
-            cancel.set()
+        return cancel.set
 
     def close(self) -> None:
+        for scheduler in self.schedulers.values():
+            scheduler.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -213,6 +251,8 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
     if not models:
         raise GoushiError("no models to serve; give at least one RUN_DIR")
     gens = Generations(limits)
+    if limits.max_batch > 1:
+        gens.schedulers = {name: Scheduler(engine, limits.max_batch) for name, engine in models.items()}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -269,11 +309,12 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
         engine = engine_for(req.model)
         prompts = req.prompts(limits)
         cfg = req.sample_config(req.max_tokens, limits)
-        try:
-            stream = engine.stream(prompts, cfg)  # checks the options before any work
+        try:  # options are checked now, before any work
+            start = batched(req.model, engine.request(prompts, cfg)) if cfg.strategy != "beam" and gens.schedulers \
+                else thread_call(engine.stream(prompts, cfg))
         except GoushiError as e:
             raise APIError(400, str(e), code="invalid_value") from None
-        return await respond(request, req, lambda: stream, kind="text_completion", prompts=len(prompts), cfg=cfg)
+        return await respond(request, req, start, kind="text_completion", prompts=len(prompts), cfg=cfg)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -285,12 +326,19 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
         messages = req.conversation(limits)
         cfg = req.sample_config(req.token_limit, limits)
         try:
-            stream = engine.stream_chat(messages, cfg)
+            start = batched(req.model, engine.chat_request(messages, cfg)) if cfg.strategy != "beam" and \
+                gens.schedulers else thread_call(engine.stream_chat(messages, cfg))
         except GoushiError as e:
             raise APIError(400, str(e), param="messages", code="invalid_value") from None
-        return await respond(request, req, lambda: stream, kind="chat.completion", prompts=1, cfg=cfg)
+        return await respond(request, req, start, kind="chat.completion", prompts=1, cfg=cfg)
 
-    async def respond(request: Request, req: Any, start: Callable[[], Iterator[StreamEvent]], *, kind: str,
+    def batched(name: str, request: tuple) -> Batched:
+        return Batched(gens.schedulers[name], request)
+
+    def thread_call(stream: Iterator[StreamEvent]) -> Callable[[], Iterator[StreamEvent]]:
+        return lambda: stream
+
+    async def respond(request: Request, req: Any, start: Callable[[], Iterator[StreamEvent]] | Batched, *, kind: str,
                       prompts: int, cfg: SampleConfig):
         rid = new_id("chatcmpl" if kind == "chat.completion" else "cmpl")
         if gens.waiting >= limits.max_queue:  # say so with a status code, before a stream has begun
@@ -365,4 +413,4 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
     return app
 
 
-__all__ = ["build_app", "Generations", "POLL_SECONDS"]
+__all__ = ["build_app", "Generations", "Batched", "POLL_SECONDS"]

@@ -13,7 +13,10 @@ class Limits:
     max_prompts: int = 16  # prompts in one /v1/completions request
     max_tokens: int = 1024  # per choice
     max_n: int = 8  # choices per prompt
-    concurrency: int = 2  # generations running at once; more wait their turn
+    concurrency: int = 2  # with max_batch 1: generations running at once; more wait their turn
+    # Rows decoded together in one batch per model (continuous batching; goushi.serve.scheduler); 1 = each request
+    # its own engine call, `concurrency` at a time. The default is the fastest measured by bench/serve_load.py.
+    max_batch: int = 32
     max_queue: int = 64  # requests waiting; beyond it the server answers 503
 
 
