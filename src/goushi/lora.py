@@ -5,12 +5,15 @@
 so a model with adapters starts out exactly equal to the model without them. Only A and B train;
 everything else is frozen. `plain_state_dict` folds B A into W, so every saved run is a plain model
 that any consumer loads without knowing LoRA was used; `adapter_state` keeps A and B apart for the
-trainer's exact resume (the frozen W comes from the base run).
+trainer's exact resume (the frozen W comes from the base run). `adapters_off` runs the model as the base
+alone, which is DPO's reference model with LoRA (no second copy of the weights in memory).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -27,12 +30,15 @@ class LoRALinear(nn.Module):
         self.base = base
         self.rank = rank
         self.scale = alpha / rank
+        self.enabled = True  # False: the frozen projection alone (adapters_off)
         w = base.weight
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.base(x)
         return self.base(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scale
 
     def merged_weight(self) -> torch.Tensor:
@@ -61,6 +67,19 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ..
 
 def has_lora(model: nn.Module) -> bool:
     return any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """Within the block the model computes what its frozen base weights alone compute (every adapter skipped)."""
+    wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for m in wrapped:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m in wrapped:
+            m.enabled = True
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -95,5 +114,5 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["TARGETS", "LoRALinear", "apply_lora", "has_lora", "plain_state_dict", "adapter_state",
+__all__ = ["TARGETS", "LoRALinear", "apply_lora", "has_lora", "adapters_off", "plain_state_dict", "adapter_state",
            "load_adapter_state", "trainable_parameters"]

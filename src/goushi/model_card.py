@@ -156,7 +156,12 @@ def render_model_card(run_name: str, *, model_config: ModelConfig | dict[str, An
               "before sharing this model."]
 
     base = data_meta.get("base") if isinstance(data_meta.get("base"), dict) else None
-    base_sources = (base or {}).get("sources") or {}
+    base_sources: dict[str, Any] = {}
+    level = base
+    while isinstance(level, dict):  # down the chain: a DPO run's base is a chat run, whose base was pre-trained
+        for sid, s in (level.get("sources") or {}).items():
+            base_sources.setdefault(sid, s)
+        level = level.get("base")
     if base is not None:
         L += ["", "### Started from another model", "",
               f"This model continued from the weights of `{base.get('run_dir')}`, so it also carries what that model "

@@ -5,6 +5,7 @@
      "train": TrainConfig's fields (what `--resume` starts from),
      "data": {"dir", "file", "tokenizer_hash", "meta"},     meta: the data's meta.json ("sources" credit them)
      "sft": {...}, "chat_template": {...},                   a chat fine-tuned run only
+     "dpo": {...},                                           a run tuned on preference pairs (`goushi dpo`)
      "base": {"run_dir", "data_dir", "sources", "base"},     a run started from another one (--init-from, sft)
      "imported": {"from", "model_type", ...},                a run imported from Hugging Face
      "goushi_version": "0.1.0"}
@@ -142,6 +143,39 @@ class SftRecord:
         return _with_extra({k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}, self.extra)
 
 
+@dataclass
+class DpoRecord:
+    """How a preference tuning (DPO) went: its pairs file, pairs kept and skipped, the split, beta, the reference,
+    and the file's credit."""
+
+    data: str
+    pairs: int = 0
+    train_pairs: int = 0
+    val_pairs: int = 0
+    skipped_rows: int = 0
+    unpaired_rows: int = 0  # single-answer thumbs without a partner of the other kind for their prompt
+    truncated_rows: int = 0
+    trained_tokens: int = 0
+    beta: float = 0.1
+    reference: str = ""  # what the loss compares against: the starting run's weights, or LoRA's adapters off
+    val_fraction: float = 0.05
+    seed: int = 1337
+    credit: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str) -> DpoRecord | None:
+        if not raw:
+            return None
+        known, extra = _split_known(cls, _section(raw, where))
+        if "data" not in known:
+            raise GoushiError(f"{where}: has no data (the preference file the run was tuned on)")
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _with_extra({k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}, self.extra)
+
+
 _IMPORT_RENAMES = {"from": "source"}  # "from" is a Python keyword
 
 
@@ -178,6 +212,7 @@ class RunRecord:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig's fields; goushi.train.config merges them
     data: DataRecord = field(default_factory=DataRecord)
     sft: SftRecord | None = None
+    dpo: DpoRecord | None = None
     chat_template: ChatTemplate | None = None
     base: BaseRecord | None = None
     imported: ImportRecord | None = None
@@ -187,8 +222,9 @@ class RunRecord:
 
     @property
     def is_chat(self) -> bool:
-        """A run answers chats only after chat fine-tuning, which records "sft"."""
-        return self.sft is not None
+        """A run answers chats only after chat fine-tuning, which records "sft" (or preference tuning, "dpo",
+        which starts from a chat run)."""
+        return self.sft is not None or self.dpo is not None
 
     @property
     def template(self) -> ChatTemplate:
@@ -240,6 +276,7 @@ class RunRecord:
                    train=dict(_section(known.get("train"), f"{source} train")),
                    data=DataRecord.from_dict(known.get("data"), f"{source} data"),
                    sft=SftRecord.from_dict(known.get("sft"), f"{source} sft"),
+                   dpo=DpoRecord.from_dict(known.get("dpo"), f"{source} dpo"),
                    chat_template=tpl,
                    base=BaseRecord.from_dict(known.get("base"), f"{source} base"),
                    imported=ImportRecord.from_dict(known.get("imported"), f"{source} imported"),
@@ -250,6 +287,8 @@ class RunRecord:
                                "data": self.data.to_dict()}
         if self.sft is not None:
             out["sft"] = self.sft.to_dict()
+        if self.dpo is not None:
+            out["dpo"] = self.dpo.to_dict()
         if self.chat_template is not None:
             out["chat_template"] = self.chat_template.to_dict()
         if self.base is not None:
@@ -260,4 +299,4 @@ class RunRecord:
         return {**out, **self.extra}
 
 
-__all__ = ["RUN_FORMAT", "RunRecord", "DataRecord", "BaseRecord", "SftRecord", "ImportRecord"]
+__all__ = ["RUN_FORMAT", "RunRecord", "DataRecord", "BaseRecord", "SftRecord", "DpoRecord", "ImportRecord"]

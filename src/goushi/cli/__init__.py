@@ -11,12 +11,12 @@ import os
 import sys
 
 import goushi
-from goushi.cli import chat, data, demo, export, import_run, sample, serve, sft, tokenizer, train, ui
+from goushi.cli import chat, data, demo, dpo, export, import_run, sample, serve, sft, tokenizer, train, ui
 from goushi.cli import eval as evaluate
 from goushi.errors import GoushiError
 
 # Order is the order of `goushi --help`.
-SUBCOMMANDS = (data, tokenizer, train, sft, sample, chat, evaluate, export, import_run, ui, serve, demo)
+SUBCOMMANDS = (data, tokenizer, train, sft, dpo, sample, chat, evaluate, export, import_run, ui, serve, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -151,7 +151,8 @@ def _record(hf_dir: Path, raw: dict[str, Any], cfg: ModelConfig, vm: VocabMap, n
     imported = ImportRecord(source=str(hf_dir.resolve()), model_type=raw.get("model_type"),
                             architectures=raw.get("architectures"), document_token=vm.doc_token, notes=notes + vm.notes)
     return RunRecord(model=cfg, data=DataRecord(tokenizer_hash=vm.tokenizer.hash(), meta=meta), imported=imported,
-                     sft=origin.sft if origin else None, chat_template=origin.chat_template if origin else None,
+                     sft=origin.sft if origin else None, dpo=origin.dpo if origin else None,
+                     chat_template=origin.chat_template if origin else None,
                      base=origin.base if origin else None, goushi_version=goushi.__version__)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,21 +110,21 @@ def fit_context(ids: list[int], mask: list[bool], context: int, eot_id: int) -> 
     return [eot_id, *ids[-keep:]], [False, *mask[-keep:]], True
 
 
-def read_chat_file(path: str | Path, tokenizer: Tokenizer, template: ChatTemplate, context: int, *,
-                   strict: bool = False) -> ChatFile:
-    p = Path(path)
-    if not p.is_file():
-        raise GoushiError(f"--data {p}: file not found; give a JSONL file of {{\"prompt\", \"response\"}} or "
-                          "{\"messages\"} rows")
-    out = ChatFile(p)
+def read_jsonl(path: Path, parse: Callable[[int, Any], None], *, strict: bool, rows: str) -> tuple[int, list[str]]:
+    """Call parse(line number, JSON value) for each non-blank line of a JSONL file; parse raises GoushiError for a
+    bad row. Returns (lines read, problems: "FILE:LINE: why" per bad row); with `strict` the first bad row is
+    an error. `rows` says what the rows should be, for a missing file's message."""
+    if not path.is_file():
+        raise GoushiError(f"--data {path}: file not found; give a JSONL file of {rows}")
+    lines, problems = 0, []
     try:
-        f = open(p, encoding="utf-8-sig")  # noqa: SIM115 - closed below; a BOM from Windows editors is fine
+        f = open(path, encoding="utf-8-sig")  # noqa: SIM115 - closed below; a BOM from Windows editors is fine
     except OSError as e:
-        raise GoushiError(f"--data {p}: cannot read ({e})") from None
+        raise GoushiError(f"--data {path}: cannot read ({e})") from None
     with f:
         try:
             for n, line in enumerate(f, 1):
-                out.lines = n
+                lines = n
                 if not line.strip():
                     continue
                 try:
@@ -132,20 +132,35 @@ def read_chat_file(path: str | Path, tokenizer: Tokenizer, template: ChatTemplat
                         obj = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise GoushiError(f"not valid JSON ({e.msg} at column {e.colno})") from None
-                    msgs = row_messages(obj)
-                    ids, mask = template.encode(tokenizer, msgs)
-                    ids, mask, cut = fit_context(ids, mask, context, tokenizer.eot_id)
+                    parse(n, obj)
                 except GoushiError as e:
-                    problem = f"{p}:{n}: {e}"
+                    problem = f"{path}:{n}: {e}"
                     if strict:
                         raise GoushiError(f"{problem} (drop --strict to skip bad rows)") from None
-                    out.problems.append(problem)
-                    continue
-                chars = sum(len(m["content"]) + 1 for m in msgs if m["role"] == "assistant")
-                src = obj.get("source") if isinstance(obj.get("source"), str) and obj.get("source") else p.stem
-                out.rows.append(ChatRow(n, msgs, ids, mask, src, chars, cut))
+                    problems.append(problem)
         except UnicodeDecodeError as e:
-            raise GoushiError(f"--data {p}: not UTF-8 (byte {e.start} of line {out.lines + 1}); save it as UTF-8") from None
+            raise GoushiError(f"--data {path}: not UTF-8 (byte {e.start} of line {lines + 1}); save it as UTF-8") from None
+    return lines, problems
+
+
+def row_source(obj: dict[str, Any], path: Path) -> str:
+    """What a row credits in the model card: its "source" value, else the file's name."""
+    return obj["source"] if isinstance(obj.get("source"), str) and obj["source"] else path.stem
+
+
+def read_chat_file(path: str | Path, tokenizer: Tokenizer, template: ChatTemplate, context: int, *,
+                   strict: bool = False) -> ChatFile:
+    out = ChatFile(Path(path))
+
+    def parse(n: int, obj: Any) -> None:
+        msgs = row_messages(obj)
+        ids, mask = template.encode(tokenizer, msgs)
+        ids, mask, cut = fit_context(ids, mask, context, tokenizer.eot_id)
+        chars = sum(len(m["content"]) + 1 for m in msgs if m["role"] == "assistant")
+        out.rows.append(ChatRow(n, msgs, ids, mask, row_source(obj, out.path), chars, cut))
+
+    out.lines, out.problems = read_jsonl(out.path, parse, strict=strict,
+                                         rows="{\"prompt\", \"response\"} or {\"messages\"} rows")
     return out
 
 
@@ -165,6 +180,38 @@ def pack(rows: list[ChatRow], order: list[int], length: int) -> list[list[int]]:
     if current:
         seqs.append(current)
     return seqs
+
+
+def split_rows(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) row indices, each in file order: a seeded share of the rows, at least one, held out."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def window_batch(seqs: list[tuple[list[int], list[bool]]], length: int, pad_id: int) -> Batch:
+    """(x, y) of `length` columns from sequences of (ids, mask): x the ids but the last, y the next id where the
+    mask trains it and IGNORE_INDEX elsewhere (the padding after a sequence too)."""
+    x = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    y = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long)
+    for r, (ids, mask) in enumerate(seqs):
+        t = torch.tensor(ids, dtype=torch.long)
+        m = torch.tensor(mask, dtype=torch.bool)
+        x[r, : len(ids) - 1] = t[:-1]
+        y[r, : len(ids) - 1] = torch.where(m[1:], t[1:], torch.full_like(t[1:], IGNORE_INDEX))
+    return x, y
+
+
+def credited_sources(rows: list[tuple[str, int]], credit: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The model card's sources from (source, characters) per row, with the credit given for the whole file."""
+    counts, chars = Counter(s for s, _ in rows), Counter()
+    for s, n in rows:
+        chars[s] += n
+    total = sum(chars.values()) or 1
+    return {s: {"docs": counts[s], "chars": chars[s], "share": chars[s] / total,
+                "license": credit.get("license") or "", "author": credit.get("author") or "",
+                "url": credit.get("url") or "", "note": credit.get("note") or ""}
+            for s in sorted(counts, key=lambda s: -counts[s])}
 
 
 class ChatData:
@@ -189,11 +236,7 @@ class ChatData:
         self.base_data_dir = base_data_dir
         self.base_data_card = base_data_card
         self.val_fraction = val_fraction
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(n, generator=g).tolist()
-        n_val = min(n - 1, max(1, round(n * val_fraction)))
-        self.val_rows = sorted(perm[:n_val])
-        self.train_rows = sorted(perm[n_val:])
+        self.train_rows, self.val_rows = split_rows(n, val_fraction, seed)
         self.val_seqs = pack(chat.rows, self.val_rows, context + 1)
         self.epoch, self.cursor = 0, 0
         self._epoch_seqs: list[list[int]] | None = None
@@ -223,19 +266,9 @@ class ChatData:
             raise GoushiError(f"chat rows were fitted to context {self.context}, the model has {context}")
 
     def _tensors(self, seqs: list[list[int]], context: int) -> Batch:
-        x = torch.full((len(seqs), context), self.tokenizer.eot_id, dtype=torch.long)
-        y = torch.full((len(seqs), context), IGNORE_INDEX, dtype=torch.long)
-        for r, seq in enumerate(seqs):
-            ids: list[int] = []
-            mask: list[bool] = []
-            for i in seq:
-                ids += self.chat.rows[i].ids
-                mask += self.chat.rows[i].mask
-            t = torch.tensor(ids, dtype=torch.long)
-            m = torch.tensor(mask, dtype=torch.bool)
-            x[r, : len(ids) - 1] = t[:-1]
-            y[r, : len(ids) - 1] = torch.where(m[1:], t[1:], torch.full_like(t[1:], IGNORE_INDEX))
-        return x, y
+        rows = self.chat.rows
+        return window_batch([([t for i in seq for t in rows[i].ids], [m for i in seq for m in rows[i].mask])
+                             for seq in seqs], context, self.tokenizer.eot_id)
 
     def train_batch(self, batch: int, context: int, generator: torch.Generator, rank: int = 0,
                     world: int = 1) -> Batch:
@@ -271,15 +304,8 @@ class ChatData:
 
     def sources(self) -> dict[str, dict[str, Any]]:
         """Rows per "source" value (or the file's name), with the credit given for the file."""
-        counts = Counter(r.source for r in self.chat.rows)
-        chars = Counter()
-        for r in self.chat.rows:
-            chars[r.source] += sum(len(m["content"]) for m in r.messages)
-        total = sum(chars.values()) or 1
-        return {s: {"docs": counts[s], "chars": chars[s], "share": chars[s] / total,
-                    "license": self.credit.get("license") or "", "author": self.credit.get("author") or "",
-                    "url": self.credit.get("url") or "", "note": self.credit.get("note") or ""}
-                for s in sorted(counts, key=lambda s: -counts[s])}
+        return credited_sources([(r.source, sum(len(m["content"]) for m in r.messages)) for r in self.chat.rows],
+                                self.credit)
 
     def data_record(self) -> DataRecord:
         meta = {"tokenizer_kind": self.tokenizer.kind, "train_docs": len(self.train_rows), "val_docs": len(self.val_rows),
@@ -307,4 +333,5 @@ class ChatData:
         return self.base_data_card if self.base_data_card is not None and self.base_data_card.is_file() else None
 
 
-__all__ = ["ChatRow", "ChatFile", "ChatData", "row_messages", "fit_context", "read_chat_file", "pack"]
+__all__ = ["ChatRow", "ChatFile", "ChatData", "row_messages", "fit_context", "read_jsonl", "row_source", "read_chat_file",
+           "pack", "split_rows", "window_batch", "credited_sources"]

@@ -8,13 +8,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from goushi import rundir
 from goushi.chat import ChatTemplate
 from goushi.checkpoint import RunFiles, open_run
 from goushi.errors import ConfigError, GoushiError
+from goushi.run_record import RunRecord
 from goushi.sft.data import MAX_REPORTED, ChatData, ChatFile, read_chat_file
+from goushi.tokenizer import Tokenizer
 from goushi.train import Sampler, TrainConfig, train
 from goushi.train.config import merge_dict
 
@@ -35,21 +38,40 @@ class SftOptions:
     credit: dict[str, str] = dataclasses.field(default_factory=dict)  # license, author, url, note of the data file
 
     def validate(self) -> SftOptions:
-        if not self.epochs > 0:
-            raise ConfigError(f"--epochs {self.epochs}: must be > 0")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction {self.val_fraction}: must be in (0, 1)")
+        check_passes(self.epochs, self.val_fraction)
         return self
+
+
+def check_passes(epochs: float, val_fraction: float) -> None:
+    """ConfigError unless --epochs and --val-fraction make sense."""
+    if not epochs > 0:
+        raise ConfigError(f"--epochs {epochs}: must be > 0")
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"--val-fraction {val_fraction}: must be in (0, 1)")
+
+
+def finetune_config(base: str, out: str, overrides: dict[str, Any], *, defaults: dict[str, Any],
+                    lora_defaults: dict[str, Any], name: str) -> TrainConfig:
+    """A fine-tune's defaults (`name`'s; LoRA's on top with lora_rank), then the given settings (TrainConfig keys),
+    starting from `base`'s weights."""
+    settings = {**defaults, **(lora_defaults if overrides.get("lora_rank") else {})}
+    cfg = merge_dict(TrainConfig(), settings, source=f"{name} defaults")
+    cfg = merge_dict(cfg, overrides, source="command line")
+    return dataclasses.replace(cfg, init_from=base, out=out, data="").validate()
 
 
 def sft_train_config(base: str, out: str, overrides: dict[str, Any]) -> TrainConfig:
     """SFT's defaults, then the given settings (TrainConfig keys), starting from `base`'s weights."""
-    defaults = dict(SFT_DEFAULTS)
-    if overrides.get("lora_rank"):
-        defaults.update(LORA_DEFAULTS)
-    cfg = merge_dict(TrainConfig(), defaults, source="sft defaults")
-    cfg = merge_dict(cfg, overrides, source="command line")
-    return dataclasses.replace(cfg, init_from=base, out=out, data="").validate()
+    return finetune_config(base, out, overrides, defaults=SFT_DEFAULTS, lora_defaults=LORA_DEFAULTS, name="sft")
+
+
+def recorded_settings(out: str, record: RunRecord) -> tuple[str, dict[str, Any]]:
+    """(the run it started from, its TrainConfig settings but where it writes and reads), for --resume."""
+    train = dict(record.train)
+    base = merge_dict(TrainConfig(), train, source=f"{out}/{rundir.CONFIG}").init_from
+    for k in ("out", "data", "init_from"):
+        train.pop(k, None)
+    return base, train
 
 
 def resume_settings(out: str) -> tuple[SftOptions, dict[str, Any]]:
@@ -58,13 +80,9 @@ def resume_settings(out: str) -> tuple[SftOptions, dict[str, Any]]:
     if record.sft is None:
         raise GoushiError(f"--resume: {out} is not a chat fine-tuning run (no \"sft\" in {rundir.CONFIG}); continue "
                           "it with `goushi train --out ... --resume`")
-    train = dict(record.train)
-    base = merge_dict(TrainConfig(), train, source=f"{out}/{rundir.CONFIG}").init_from
-    opts = SftOptions(base=base, data=record.sft.data, val_fraction=record.sft.val_fraction,
-                      credit=dict(record.sft.credit))
-    for k in ("out", "data", "init_from"):
-        train.pop(k, None)
-    return opts, train
+    base, train = recorded_settings(out, record)
+    return SftOptions(base=base, data=record.sft.data, val_fraction=record.sft.val_fraction,
+                      credit=dict(record.sft.credit)), train
 
 
 def load_chat_file(opts: SftOptions, log: Callable[[str], None]) -> tuple[ChatFile, RunFiles, ChatTemplate]:
@@ -74,20 +92,25 @@ def load_chat_file(opts: SftOptions, log: Callable[[str], None]) -> tuple[ChatFi
     context = base.config.context_length
     template = base.record.template  # a chat run tuned again keeps its template; else ChatML
     chat = read_chat_file(opts.data, base.tokenizer, template, context, strict=opts.strict)
-    for problem in chat.problems[:MAX_REPORTED]:
+    report_rows(chat.problems, len(chat.rows) + len(chat.problems), chat.truncated, context, log)
+    return chat, base, template
+
+
+def report_rows(problems: list[str], total: int, truncated: int, context: int, log: Callable[[str], None]) -> None:
+    """What the log says about a data file's bad rows (the first few by file and line, then a count) and cut ones."""
+    for problem in problems[:MAX_REPORTED]:
         log(f"skipped {problem}")
-    if len(chat.problems) > MAX_REPORTED:
-        log(f"... and {len(chat.problems) - MAX_REPORTED} more bad rows")
-    if chat.problems:
-        log(f"skipped {len(chat.problems)} bad row(s) of {len(chat.rows) + len(chat.problems)} (--strict refuses instead)")
-        too_long = sum("longer than the context" in p for p in chat.problems)
+    if len(problems) > MAX_REPORTED:
+        log(f"... and {len(problems) - MAX_REPORTED} more bad rows")
+    if problems:
+        log(f"skipped {len(problems)} bad row(s) of {total} (--strict refuses instead)")
+        too_long = sum("longer than the context" in p for p in problems)
         if too_long:
             log(f"note: {too_long} of them have an answer longer than the model's context ({context} tokens); "
                 "a base run pre-trained with a longer --context keeps them")
-    if chat.truncated:
-        log(f"note: {chat.truncated} row(s) were longer than the context ({context} tokens); their oldest "
+    if truncated:
+        log(f"note: {truncated} row(s) were longer than the context ({context} tokens); their oldest "
             f"prompt tokens were cut, the answers kept whole")
-    return chat, base, template
 
 
 def run_sft(opts: SftOptions, cfg: TrainConfig, *, sampler: Sampler | None = None, progress: bool = True,
@@ -111,22 +134,32 @@ def run_sft(opts: SftOptions, cfg: TrainConfig, *, sampler: Sampler | None = Non
 def mask_table(opts: SftOptions, line: int, log: Callable[[str], None] = print) -> str:
     """One row's tokens as the model trains on them: position, id, piece, and whether it is a target."""
     chat, base, _ = load_chat_file(dataclasses.replace(opts, strict=False), lambda _m: None)
-    tok = base.tokenizer
     row = next((r for r in chat.rows if r.line == line), None)
     if row is None:
-        bad = next((p for p in chat.problems if p.startswith(f"{chat.path}:{line}:")), None)
-        if bad:
-            raise GoushiError(f"{bad}")
-        raise GoushiError(f"--row {line}: {chat.path} has no row on line {line} (it has {chat.lines} lines)")
-    width = max(len("piece"), *(len(_visible(tok.id_to_piece(i))) for i in row.ids))
-    lines = [f"{chat.path}:{line}" + (" (cut to the context: oldest prompt tokens dropped)" if row.truncated else ""),
-             f"{'pos':>5}  {'id':>6}  {'piece':<{width}}  trained"]
-    for pos, (i, trained) in enumerate(zip(row.ids, row.mask, strict=True)):
-        lines.append(f"{pos:>5}  {i:>6}  {_visible(tok.id_to_piece(i)):<{width}}  {'✓' if trained else ''}")
+        raise missing_row(chat.path, line, chat.problems, chat.lines)
+    lines = [f"{chat.path}:{line}" + (" (cut to the context: oldest prompt tokens dropped)" if row.truncated else "")]
+    lines += token_table(base.tokenizer, row.ids, row.mask)
     n = sum(row.mask)
     lines.append(f"{n} of {len(row.ids)} tokens trained: the assistant's answers and their end-of-turn token. Each "
                  "is predicted from the tokens before it; nothing else carries loss.")
     return "\n".join(lines)
+
+
+def missing_row(path: Path, line: int, problems: list[str], lines: int) -> GoushiError:
+    """Why --show-mask --row LINE has nothing to show: the row's own problem, or that the file has no such line."""
+    bad = next((p for p in problems if p.startswith(f"{path}:{line}:")), None)
+    if bad:
+        return GoushiError(bad)
+    return GoushiError(f"--row {line}: {path} has no row on line {line} (it has {lines} lines)")
+
+
+def token_table(tok: Tokenizer, ids: list[int], mask: list[bool]) -> list[str]:
+    """Lines of position, id, piece and whether the token is a training target."""
+    width = max(len("piece"), *(len(_visible(tok.id_to_piece(i))) for i in ids))
+    lines = [f"{'pos':>5}  {'id':>6}  {'piece':<{width}}  trained"]
+    for pos, (i, trained) in enumerate(zip(ids, mask, strict=True)):
+        lines.append(f"{pos:>5}  {i:>6}  {_visible(tok.id_to_piece(i)):<{width}}  {'✓' if trained else ''}")
+    return lines
 
 
 def _visible(piece: str) -> str:
@@ -134,4 +167,4 @@ def _visible(piece: str) -> str:
 
 
 __all__ = ["SFT_DEFAULTS", "LORA_DEFAULTS", "SftOptions", "sft_train_config", "resume_settings", "run_sft",
-           "mask_table", "load_chat_file"]
+           "mask_table", "load_chat_file", "finetune_config", "recorded_settings", "check_passes", "report_rows", "missing_row", "token_table"]

@@ -43,6 +43,7 @@ from goushi.train.data import TokenData, new_generator
 from goushi.train.distributed import setup
 from goushi.train.interrupt import StopRequest
 from goushi.train.metrics import MetricsLog, Throughput
+from goushi.train.objective import Objective
 from goushi.train.optim import build_optimizers, grad_scaler, lr_multiplier, optimizer_step, set_lr
 from goushi.train.source import BatchSource
 
@@ -54,16 +55,20 @@ Sampler = Callable[[nn.Module, BatchSource, int, int], str]
 class Trainer:
     """One run. `source` defaults to the token shards of `cfg.data`; pass another BatchSource (a chat
     dataset, say) to train on it with the same loop, checkpoints and budgets. Samples are printed only
-    with a `sampler`."""
+    with a `sampler`. An `objective` (goushi.train.objective) replaces the next-token loss and its evaluation."""
 
     def __init__(self, cfg: TrainConfig, *, source: BatchSource | None = None, sampler: Sampler | None = None,
                  on_step: Callable[[int, float], None] | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, objective: Objective | None = None):
         self.cfg = cfg.validate()
         if not cfg.out:
             raise ConfigError("train config: out is empty; give --out RUN_DIR")
         self.source = source
         self.sampler = sampler
+        self.objective = objective
+        if objective is not None and cfg.fsdp:
+            raise ConfigError("train config: fsdp shards the model, which this objective's reference pass cannot use; "
+                              "drop --fsdp (torchrun without it keeps a whole model per process)")
         self.on_step = on_step
         self.progress = progress
         self._log = log
@@ -209,7 +214,10 @@ class Trainer:
     def _micro_step(self, x, y):
         try:
             with self._autocast():
-                _, loss = self.net(x, y)
+                if self.objective is not None:
+                    loss = self.objective.loss(self.model, self.net, x, y)
+                else:
+                    _, loss = self.net(x, y)
             loss_for_grad = loss / self.cfg.grad_accum
             (self.scaler.scale(loss_for_grad) if self.scaler else loss_for_grad).backward()
             return loss.detach()
@@ -252,6 +260,11 @@ class Trainer:
         total, count = 0.0, 0
         batches = self.source.val_batches(self.cfg.eval_batches, self.cfg.batch_size, self.mc.context_length,
                                           self.dist.rank, self.dist.world)
+        if self.objective is not None:
+            totals = self.dist.sum(self.objective.eval_sums(self.model, batches, self._autocast, self.device),
+                                   self.device)
+            self.model.train()
+            return self.objective.eval_record(totals)
         if self.fsdp:
             batches = distributed.even_batches(batches, self.dist, self.device)
         for x, y in batches:
@@ -282,8 +295,9 @@ class Trainer:
             self.best_val, self.best_step = rec["val_loss"], self.step
         self.metrics.write(rec)
         bpc = f", val bpc {rec['val_bpc']:.3f}" if "val_bpc" in rec else ""
-        self.log(f"step {self.step}: val loss {rec['val_loss']:.4f}, ppl {rec['val_ppl']:.1f}{bpc}"
-                 + (" (best)" if improved else ""))
+        line = self.objective.describe(rec) if self.objective is not None else \
+            f"val loss {rec['val_loss']:.4f}, ppl {rec['val_ppl']:.1f}{bpc}"
+        self.log(f"step {self.step}: {line}" + (" (best)" if improved else ""))
         sample = self.sampler is not None and bool(self.cfg.sample_tokens) and (
             not self.cfg.sample_every or final or self.step % self.cfg.sample_every == 0)
         save_best = improved and self.step > 0
@@ -422,6 +436,8 @@ class Trainer:
             processes=self.dist.world, fsdp=self.fsdp, trainable=lora.trainable_parameters(self.model),
             last_loss=last_loss, last_eval=last_rec, best_val=self.best_val, best_step=self.best_step,
             tokens_per_s=self.metrics.median_tokens_per_s(), served_best=served)
+        if self.objective is not None:
+            summary.update(self.objective.summary(last_rec))
         if self.dist.is_main:
             artifacts.write_end(self.out, model_config=self.mc, summary=summary, source=self.source, base=self.base)
             self.metrics.close()
@@ -431,7 +447,7 @@ class Trainer:
 
 def train(cfg: TrainConfig | dict[str, Any], *, source: BatchSource | None = None, sampler: Sampler | None = None,
           on_step: Callable[[int, float], None] | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print, objective: Objective | None = None) -> dict[str, Any]:
     """Train a model; returns a run summary (steps, tokens, seconds, final/best val loss and bpc, ...).
 
     `cfg` is a TrainConfig or a dict of its fields (model fields allowed, flat or under "model").
@@ -440,10 +456,12 @@ def train(cfg: TrainConfig | dict[str, Any], *, source: BatchSource | None = Non
     goushi.cli.train.sample_line is the one `goushi train` and `goushi sft` hand in.
     `on_step(step, loss)` is called after every optimizer step; raising KeyboardInterrupt there stops the
     run cleanly with a checkpoint, exactly like Ctrl-C.
+    `objective` replaces the next-token loss and its evaluation (goushi.train.objective; DPO's is one).
     """
     if isinstance(cfg, dict):
         cfg = load_train_config(None, cfg)
-    return Trainer(cfg, source=source, sampler=sampler, on_step=on_step, progress=progress, log=log).run()
+    return Trainer(cfg, source=source, sampler=sampler, on_step=on_step, progress=progress, log=log,
+                   objective=objective).run()
 
 
 __all__ = ["Sampler", "Trainer", "train"]
