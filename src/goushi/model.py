@@ -338,15 +338,16 @@ def _decode_attention(q, k, v, mask) -> torch.Tensor:
     single query over a masked cache (measured on a Xeon at 2-32 rows). Softmax and sums in fp32."""
     C, S = DECODE_CHUNK, k.size(2)
     scale = 1.0 / math.sqrt(q.size(-1))
-    scores = torch.cat([q @ k[:, :, c: c + C].transpose(-2, -1) for c in range(0, S, C)], dim=-1).float() * scale
-    e = scores.masked_fill_(~mask, float("-inf"))
-    e = (e - e.amax(-1, keepdim=True)).exp_()
+    parts = [q @ k[:, :, c: c + C].transpose(-2, -1) for c in range(0, S, C)]
+    e = (torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]).float().mul_(scale)
+    e = e.masked_fill_(~mask, float("-inf"))
+    e = e.sub_(e.amax(-1, keepdim=True)).exp_()
     total, y = None, None
     for c in range(0, S, C):
         ec = e[..., c: c + C]
         part, part_sum = (ec.to(v.dtype) @ v[:, :, c: c + C]).float(), ec.sum(-1, keepdim=True)
         total, y = (part_sum, part) if y is None else (total + part_sum, y + part)
-    return (y / total).to(v.dtype)
+    return y.div_(total).to(v.dtype)
 
 
 def _sdpa(q, k, v, mask, T: int, drop: float) -> torch.Tensor:

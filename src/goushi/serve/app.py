@@ -80,7 +80,8 @@ class Generations:
             self.freed.set()
 
     async def events(self, start: Callable[[], Iterator[StreamEvent]] | Batched,
-                     disconnected: Callable[[], Any]) -> AsyncIterator[StreamEvent]:
+                     disconnected: Callable[[], Any]) -> AsyncIterator[list[StreamEvent]]:
+        """The generation's events, a list at a time (those that arrived together), after its turn in the queue."""
         if self.waiting >= self.limits.max_queue:
             raise APIError(503, f"server busy: {self.waiting} requests are waiting; try again shortly",
                            type="server_error", code="server_busy")
@@ -124,23 +125,32 @@ class Generations:
             # write that would fail when its client is gone.
             next_check = loop.time() + POLL_SECONDS
             while True:
-                try:
-                    kind, value = await asyncio.wait_for(queue.get(), max(0.0, next_check - loop.time()))
-                except asyncio.TimeoutError:
-                    kind, value = "tick", None
+                try:  # what has arrived already needs no timer (wait_for makes a task per call)
+                    kind, value = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    try:
+                        kind, value = await asyncio.wait_for(queue.get(), max(0.0, next_check - loop.time()))
+                    except asyncio.TimeoutError:
+                        kind, value = "tick", None
                 if loop.time() >= next_check:
                     if await disconnected():
                         log.info("client went away; generation stopped")
                         return
                     next_check = loop.time() + POLL_SECONDS
-                if kind == "event":
-                    yield value
-                elif kind == "events":  # a batch step's events of this request
-                    for ev in value:
-                        yield ev
-                elif kind == "done":
+                # Everything that has arrived goes out together: when the loop falls behind the decoding, a client
+                # gets several tokens in one write instead of a write per token.
+                ready: list[StreamEvent] = []
+                while kind in ("event", "events"):
+                    ready.extend(value if kind == "events" else [value])
+                    try:
+                        kind, value = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        kind, value = "tick", None
+                if ready:
+                    yield ready
+                if kind == "done":
                     return
-                elif kind == "error":
+                if kind == "error":
                     raise value
         finally:
             stop()
@@ -352,9 +362,10 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
         results = {}
         try:
             async with contextlib.aclosing(events):
-                async for ev in events:
-                    if ev.result is not None:
-                        results[ev.index] = ev.result
+                async for ready in events:
+                    for ev in ready:
+                        if ev.result is not None:
+                            results[ev.index] = ev.result
         except GoushiError as e:
             raise APIError(400, str(e), code="invalid_value") from None
         gens_sorted = [results[i] for i in sorted(results)]
@@ -370,8 +381,8 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
         return {"id": rid, "object": kind, "created": now(), "model": req.model, "choices": choices,
                 "usage": usage(prompt_tokens, completion_tokens), "system_fingerprint": f"goushi-{goushi.__version__}"}
 
-    async def stream_body(events: AsyncIterator[StreamEvent], rid: str, kind: str, model: str, cfg: SampleConfig,
-                          prompts: int, include_usage: bool) -> AsyncIterator[str]:
+    async def stream_body(events: AsyncIterator[list[StreamEvent]], rid: str, kind: str, model: str,
+                          cfg: SampleConfig, prompts: int, include_usage: bool) -> AsyncIterator[str]:
         chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
         base = {"id": rid, "object": chunk_kind, "created": now(), "model": model,
                 "system_fingerprint": f"goushi-{goushi.__version__}"}
@@ -380,26 +391,31 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
         completion_tokens = 0
         try:
             async with contextlib.aclosing(events):  # closing it stops the generation (Generations.events)
-                async for ev in events:
-                    prompt_tokens.setdefault(ev.index // cfg.num_samples, ev.prompt_tokens)
-                    finish = FINISH.get(ev.finish_reason, "stop") if ev.finish_reason else None
-                    if ev.result is not None:
-                        completion_tokens += ev.result.completion_tokens
-                    if kind == "chat.completion":
-                        delta: dict[str, Any] = {}
-                        if ev.index not in started:
-                            delta["role"] = "assistant"
-                            started.add(ev.index)
-                        if ev.delta:
-                            delta["content"] = ev.delta
-                        if not delta and finish is None:
-                            continue
-                        choice = {"index": ev.index, "delta": delta, "finish_reason": finish, "logprobs": None}
-                    else:
-                        if not ev.delta and finish is None:
-                            continue
-                        choice = {"index": ev.index, "text": ev.delta, "finish_reason": finish, "logprobs": None}
-                    yield sse({**base, "choices": [choice]})
+                async for ready in events:
+                    out = []  # one chunk per event, written together
+                    for ev in ready:
+                        prompt_tokens.setdefault(ev.index // cfg.num_samples, ev.prompt_tokens)
+                        finish = FINISH.get(ev.finish_reason, "stop") if ev.finish_reason else None
+                        if ev.result is not None:
+                            completion_tokens += ev.result.completion_tokens
+                        if kind == "chat.completion":
+                            delta: dict[str, Any] = {}
+                            if ev.index not in started:
+                                delta["role"] = "assistant"
+                                started.add(ev.index)
+                            if ev.delta:
+                                delta["content"] = ev.delta
+                            if not delta and finish is None:
+                                continue
+                            choice = {"index": ev.index, "delta": delta, "finish_reason": finish, "logprobs": None}
+                        else:
+                            if not ev.delta and finish is None:
+                                continue
+                            choice = {"index": ev.index, "text": ev.delta, "finish_reason": finish,
+                                      "logprobs": None}
+                        out.append(sse({**base, "choices": [choice]}))
+                    if out:
+                        yield "".join(out)
             if include_usage:
                 yield sse({**base, "choices": [], "usage": usage(sum(prompt_tokens.values()), completion_tokens)})
         except (APIError, GoushiError) as e:
