@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -37,7 +38,9 @@ httpx = pytest.importorskip("httpx")
 
 from goushi.cli import main  # noqa: E402
 from goushi.engine import Engine, SampleConfig  # noqa: E402
+from goushi.generation.batch import DecodeBatch  # noqa: E402
 from goushi.generation.options import SEED_LIMIT  # noqa: E402
+from goushi.serve import scheduler as scheduler_module  # noqa: E402
 from goushi.serve.app import POLL_SECONDS, build_app  # noqa: E402
 from goushi.serve.limits import Limits  # noqa: E402
 from goushi.serve.server import start_background  # noqa: E402
@@ -632,6 +635,137 @@ def test_a_client_that_leaves_during_a_slow_write_stops_its_generation(runs):
         app.state.generations.close()
 
 
+# ---- batched decoding (--max-batch > 1: the default) ----------------------------------------------------------
+class PacedBatch(DecodeBatch):
+    """DecodeBatch that records how many rows run at each step and how many tokens it made, pacing each step by
+    `pace` s, so that requests overlap and a test can act in the middle of a generation."""
+
+    pace = PACE
+    most = 0
+    tokens = 0
+    live: list[DecodeBatch] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        PacedBatch.live.append(self)
+
+    def choose(self):
+        PacedBatch.most = max(PacedBatch.most, len(self.running))
+        events = super().choose()
+        PacedBatch.tokens += len(events)
+        time.sleep(self.pace)
+        return events
+
+
+@pytest.fixture()
+def paced_batches(monkeypatch):
+    """Every scheduler started from now on decodes with a PacedBatch."""
+    monkeypatch.setattr(scheduler_module, "DecodeBatch", PacedBatch)
+    monkeypatch.setattr(PacedBatch, "most", 0)
+    monkeypatch.setattr(PacedBatch, "tokens", 0)
+    monkeypatch.setattr(PacedBatch, "live", [])
+    return PacedBatch
+
+
+def batched_app(runs, **limits):
+    engines = {name: Engine.load(path, device="cpu") for name, path in runs.items()}
+    return build_app(engines, limits=dataclasses.replace(LIMITS, **limits))
+
+
+def test_a_batched_server_decodes_requests_together_and_each_gets_its_own_text(runs, ref, paced_batches):
+    """8 clients at once with every decoding option (beam search too), 4 rows per batch: the requests share
+    decode steps, and each answer equals what the engine gives that request alone."""
+    paced_batches.pace = 0.002
+    options = [dict(temperature=0.0), dict(temperature=1.0, top_p=0.9), dict(temperature=1.2, extra={"top_k": 5}),
+               dict(temperature=1.0, extra={"repetition_penalty": 1.4, "no_repeat_ngram_size": 2}),
+               dict(temperature=1.0, stop=["。"], extra={"min_tokens": 3}), dict(temperature=1.0, n=2),
+               dict(temperature=1.0, extra={"min_p": 0.2}), dict(temperature=0.0, n=2, extra={"num_beams": 3})]
+    jobs = []
+    for k, o in enumerate(options):
+        extra = o.get("extra", {})
+        sc = cfg(temperature=o["temperature"], top_p=o.get("top_p", 1.0), n=o.get("n", 1), max_tokens=24 + k,
+                 seed=300 + k, stop=o.get("stop"), **extra)
+        prompt = ["今天我终于", "春眠", "好评！", "", "床前"][k % 5]
+        jobs.append((k, o, prompt, sc, [g.text for g in ref["tiny"].generate(prompt, sc)]))
+    app = batched_app(runs, max_batch=4, max_queue=16)
+    bg = start_background(app)
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(len(jobs))
+
+    def run(k, o, prompt, sc):
+        try:
+            barrier.wait(timeout=30)
+            r = client(bg.url).completions.create(
+                model="tiny", prompt=prompt, n=sc.num_samples, max_tokens=sc.max_new_tokens, seed=sc.seed,
+                temperature=o["temperature"], top_p=o.get("top_p", 1.0), stop=o.get("stop"),
+                extra_body=o.get("extra") or None, stream=k % 2 == 0)
+            results[k] = collect(r).text if k % 2 == 0 else {c.index: c.text for c in r.choices}
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            results[k] = e
+
+    try:
+        threads = [threading.Thread(target=run, args=(k, o, p, sc)) for k, o, p, sc, _ in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for k, _, _, sc, want in jobs:
+            got = results.get(k)
+            assert isinstance(got, dict), f"request {k}: {got!r}"
+            assert [got[i] for i in range(sc.num_samples)] == want, k
+        assert 1 < paced_batches.most <= 4  # requests shared steps; never more rows than --max-batch
+        assert app.state.generations.running == 0 and httpx.get(bg.url + "/health").json()["waiting"] == 0
+    finally:
+        bg.stop()
+        app.state.generations.close()
+
+
+def test_a_batched_client_that_disconnects_frees_its_rows(runs, ref, paced_batches):
+    app = batched_app(runs, max_tokens=PACED_MAX)
+    bg = start_background(app)
+    try:
+        other = client(bg.url).completions.create(model="tiny", prompt="今天", max_tokens=20, seed=3, stream=True)
+        leaving = client(bg.url).completions.create(**{**LONG, "model": "tiny"}, seed=1, stream=True)
+        chunks = iter(leaving)
+        got = "".join(next(chunks).choices[0].text for _ in range(3))
+        assert long_reference(ref, 1).startswith(got)
+        leaving.close()
+        batch = paced_batches.live[0]
+        assert wait_for(lambda: app.state.generations.running <= 1 and len(batch.running) <= 1, POLL_SECONDS * 4 + 2)
+        assert collect(other).text[0] == ref["tiny"].generate("今天", cfg(max_tokens=20, seed=3))[0].text
+        assert wait_for(lambda: app.state.generations.running == 0 and not batch.busy)
+        assert paced_batches.tokens < PACED_MAX  # the long request stopped when its client left
+    finally:
+        bg.stop()
+        app.state.generations.close()
+
+
+def test_a_batched_server_queues_beyond_max_batch_and_answers_503_beyond_the_queue(runs, ref, paced_batches):
+    app = batched_app(runs, max_tokens=PACED_MAX, max_batch=2, max_queue=1)
+    bg = start_background(app)
+    try:
+        holders = [client(bg.url).completions.create(**{**LONG, "model": "tiny"}, seed=s, stream=True) for s in (1, 2)]
+        for h in holders:
+            next(iter(h))
+        waiter = client(bg.url).completions.create(**{**LONG, "model": "tiny"}, seed=8, stream=True)
+        assert wait_for(lambda: httpx.get(bg.url + "/health").json()["waiting"] == 1)
+        for stream in (False, True):
+            with pytest.raises(openai.InternalServerError) as e:
+                client(bg.url).completions.create(model="tiny", prompt="x", max_tokens=2, stream=stream)
+            assert (e.value.status_code, e.value.code) == (503, "server_busy")
+        assert paced_batches.most <= 2
+        holders[0].close()  # the waiter gets the freed place and streams its own text
+        chunks = iter(waiter)
+        got = "".join(next(chunks).choices[0].text for _ in range(4))
+        assert long_reference(ref, 8).startswith(got) and got
+        waiter.close()
+        holders[1].close()
+        assert wait_for(lambda: app.state.generations.running == 0 and not paced_batches.live[0].busy)
+    finally:
+        bg.stop()
+        app.state.generations.close()
+
+
 # ---- the command -----------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -692,6 +826,7 @@ def test_goushi_serve_refuses_bad_arguments_in_one_line(runs, tmp_path, capsys, 
                         ((run, "--api-key", "  "), "--api-key is empty"),
                         ((run, "--max-n", "0"), "--max-n 0"),
                         ((run, "--concurrency", "0"), "--concurrency 0"),
+                        ((run, "--max-batch", "0"), "--max-batch 0"),
                         ((run, run), "given twice")]:
         rc, err = run_main(capsys, *argv)
         assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and words in err[0], (argv, err)
