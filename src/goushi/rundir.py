@@ -12,6 +12,8 @@ and the report read runs through it without loading a model.
       loss.png, tb/       the loss curve; TensorBoard events when tensorboard is installed
       DATA_CARD.md        copy of the data's card; MODEL_CARD.md and its inputs model_card.json
       eval.json           results of `goushi eval`; report.html from `goushi report`
+      feedback.jsonl      preferences collected on the web page (`goushi dpo RUN_DIR --data` reads it); a
+                          person's work, so `--force` leaves it where it is
       best/               the same layout (no trainer state) for the best validation loss
       .saving/            a `last` checkpoint being written (finished or discarded on --resume)
 """
@@ -42,6 +44,7 @@ MODEL_CARD = "MODEL_CARD.md"
 CARD_INPUTS = "model_card.json"
 EVAL = "eval.json"
 HTML_REPORT = "report.html"  # `goushi report` (not the data build's report.json, data.layout.BUILD_REPORT)
+FEEDBACK = "feedback.jsonl"  # the page's preference rows (goushi.ui.feedback); not a RUN_FILE: --force keeps it
 BEST = "best"
 SAVING = ".saving"
 REQUIRED = (CONFIG, WEIGHTS, TOKENIZER)

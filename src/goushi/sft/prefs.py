@@ -8,6 +8,8 @@ Each line is one row, in any of the formats TRL's DPO trainer reads:
     {"prompt": [messages], "chosen": [{"role": "assistant", "content": "……"}], "rejected": [...]}
     {"chosen": [whole conversation], "rejected": [whole conversation]}   (the prompt is what the two share)
     {"prompt" | "messages", "completion": "……", "label": true | false}   (one answer rated 👍 / 👎: the page's)
+    {"prefix": "今天我终于", "chosen": "……", "rejected": "……"}            (a plain text continued, no chat template:
+                                                                          the page's Generate tab; rated too)
 
 Other keys are ignored, except "source" (counted per value for the model card). Rated answers are paired up
 per prompt, each 👍 answer with a 👎 one in file order (the pair is named by the first of its two lines); a
@@ -15,7 +17,8 @@ rated answer left without a partner is counted, not trained, and not an error: i
 
 Each side is the prompt plus its answer rendered by the run's chat template (goushi.chat), as `goushi sft`
 renders a row, but only the final answer and its end-of-turn token are targets: earlier assistant turns are
-part of the prompt. A side longer than the context loses its oldest prompt tokens (sft.data.fit_context).
+part of the prompt. A "prefix" row is <|endoftext|>, the prefix and the continuation, each encoded on its own
+(no token straddles the boundary), as the engine continues a text; only the continuation is scored. A side longer than the context loses its oldest prompt tokens (sft.data.fit_context).
 A bad row (file and line) is skipped and counted, or refuses the run with `strict`; a chosen answer identical
 to the rejected one is a bad row (nothing to prefer).
 
@@ -71,7 +74,7 @@ class Side:
 @dataclass
 class PrefRow:
     line: int  # 1-based line in the file (the first of the two for a pair of rated answers)
-    prompt: list[dict[str, str]]  # the conversation up to the user's last message
+    prompt: list[dict[str, str]] | str  # the conversation up to the user's last message, or a text to continue
     chosen: Side
     rejected: Side
     source: str
@@ -82,7 +85,8 @@ class PrefRow:
 
     @property
     def chars(self) -> int:
-        return sum(len(m["content"]) for m in self.prompt) + len(self.chosen.text) + len(self.rejected.text)
+        prompt = len(self.prompt) if isinstance(self.prompt, str) else sum(len(m["content"]) for m in self.prompt)
+        return prompt + len(self.chosen.text) + len(self.rejected.text)
 
 
 @dataclass
@@ -115,8 +119,14 @@ def _answer(obj: dict[str, Any], key: str) -> str:
     return v
 
 
-def _prompt(obj: dict[str, Any]) -> list[dict[str, str]]:
-    """The conversation a row's answers answer, from "messages", "prompt" (text or messages) and "system"."""
+def _prompt(obj: dict[str, Any]) -> list[dict[str, str]] | str:
+    """The conversation a row's answers answer, from "messages", "prompt" (text or messages) and "system"; or the
+    text they continue ("prefix")."""
+    if "prefix" in obj:
+        if not isinstance(obj["prefix"], str):
+            raise GoushiError(f"\"prefix\" must be a string (the text the answers continue), not "
+                              f"{type(obj['prefix']).__name__}")
+        return obj["prefix"]
     if "messages" in obj:
         msgs = obj["messages"]
     elif isinstance(obj.get("prompt"), str):
@@ -154,9 +164,14 @@ def _implicit(obj: dict[str, Any]) -> tuple[list[dict[str, str]], str, str]:
     return _prompt({"messages": c[:n]}), _answer({"chosen": c[n]}, "chosen"), _answer({"rejected": r[n]}, "rejected")
 
 
-def encode_side(tokenizer: Tokenizer, template: ChatTemplate, prompt: list[dict[str, str]], answer: str,
+def encode_side(tokenizer: Tokenizer, template: ChatTemplate, prompt: list[dict[str, str]] | str, answer: str,
                 context: int) -> Side:
-    """Prompt + answer as the model reads them; targets only on the answer and its end-of-turn token."""
+    """Prompt + answer as the model reads them; targets only on the answer (and its end-of-turn token)."""
+    if isinstance(prompt, str):  # a text continued: no template, no end token (the text may go on)
+        head, tail = tokenizer.encode(prompt), tokenizer.encode(answer)
+        ids, mask = [tokenizer.eot_id, *head, *tail], [False] * (1 + len(head)) + [True] * len(tail)
+        ids, mask, cut = fit_context(ids, mask, context, tokenizer.eot_id)
+        return Side(answer, ids, mask, cut)
     ids, mask = template.encode(tokenizer, [*prompt, {"role": "assistant", "content": answer}])
     start = len(mask)  # the final answer is the last run of targets; earlier answers are prompt here
     while start > 0 and mask[start - 1]:
@@ -169,7 +184,7 @@ def encode_side(tokenizer: Tokenizer, template: ChatTemplate, prompt: list[dict[
 @dataclass
 class _Rated:
     line: int
-    prompt: list[dict[str, str]]
+    prompt: list[dict[str, str]] | str
     text: str
     good: bool
     source: str
@@ -180,7 +195,7 @@ def read_pref_file(path: str | Path, tokenizer: Tokenizer, template: ChatTemplat
     out = PrefFile(Path(path))
     rated: dict[str, list[_Rated]] = {}
 
-    def pair(line: int, prompt: list[dict[str, str]], chosen: str, rejected: str, source: str) -> None:
+    def pair(line: int, prompt: list[dict[str, str]] | str, chosen: str, rejected: str, source: str) -> None:
         c = encode_side(tokenizer, template, prompt, chosen, context)
         r = encode_side(tokenizer, template, prompt, rejected, context)
         if c.answer_ids == r.answer_ids:
@@ -201,7 +216,7 @@ def read_pref_file(path: str | Path, tokenizer: Tokenizer, template: ChatTemplat
         for k in ("chosen", "rejected"):
             if k not in obj:
                 raise GoushiError(f"no \"{k}\" (a row is {{\"prompt\" | \"messages\", \"chosen\", \"rejected\"}})")
-        if "messages" in obj or "prompt" in obj:
+        if "messages" in obj or "prompt" in obj or "prefix" in obj:
             prompt, chosen, rejected = _prompt(obj), _answer(obj, "chosen"), _answer(obj, "rejected")
         else:
             prompt, chosen, rejected = _implicit(obj)
@@ -298,8 +313,9 @@ class PrefData:
     def count_tokens(self, targets: torch.Tensor) -> int:
         return int((targets != IGNORE_INDEX).sum())
 
-    def sample_prompt(self) -> list[dict[str, str]]:
-        """The first held-out prompt: the sample printed at evaluations is the model's answer to it."""
+    def sample_prompt(self) -> list[dict[str, str]] | str:
+        """The first held-out prompt: the sample printed at evaluations is the model's answer to it (or its
+        continuation of a prefix)."""
         return self.prefs.rows[self.val_pairs[0]].prompt
 
     def sources(self) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from goushi.generation.options import FRESH_SEED_LIMIT
-from goushi.ui import handlers, views
+from goushi.ui import handlers, preferences, views
 from goushi.ui.models import ModelRegistry
 
 EXAMPLES = ["今天我终于", "这家店的", "说实话", "我宣布，从今天起", "疯狂星期四"]
@@ -68,6 +68,39 @@ INSPECT_INTRO = (
 )
 
 
+FEEDBACK_NOTE = (
+    "教它你喜欢什么：看两个回答选更好的，或者给一个回答点 👍 / 👎。每次点击都会记到模型目录下的 `feedback.jsonl`"
+    "（带日期），之后用 `goushi dpo 模型目录 --data 模型目录/feedback.jsonl --out 新目录` 训练（DPO）。 · Teach it what "
+    "you prefer: pick the better of two answers, or rate one 👍 / 👎. Every click appends a row, with the date, to "
+    "`feedback.jsonl` in the run's folder, which `goushi dpo RUN_DIR --data RUN_DIR/feedback.jsonl --out NEW_DIR` "
+    "trains on.")
+
+
+class ComparePanel:
+    """Two answers side by side, each with "this one is better" and 👍 / 👎, and where the feedback went."""
+
+    def __init__(self, prefix: str, what: str):
+        with gr.Row():
+            self.boxes, self.picks, self.rates = [], [], []
+            for name in "AB":
+                with gr.Column():
+                    self.boxes.append(gr.Textbox(label=f"{what} {name}", lines=4, interactive=False,
+                                                 elem_id=f"{prefix}-{name.lower()}"))
+                    with gr.Row():
+                        self.picks.append(gr.Button(f"{name} 更好 {name} is better", variant="primary",
+                                                    elem_id=f"{prefix}-pick-{name.lower()}"))
+                        self.rates.append([gr.Button(icon, min_width=60, elem_id=f"{prefix}-{kind}-{name.lower()}")
+                                           for icon, kind in (("👍", "up"), ("👎", "down"))])
+        self.status = gr.Markdown(elem_id=f"{prefix}-feedback-status")
+        self.pending = gr.State(None)
+
+    def wire_rates(self, registry: ModelRegistry) -> None:
+        for which, (up, down) in enumerate(self.rates):
+            for button, good in ((up, True), (down, False)):
+                button.click(functools.partial(preferences.rate, registry, which=which, good=good), [self.pending],
+                             [self.status], api_visibility="undocumented")
+
+
 def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | None = None, *,
               registry: ModelRegistry | None = None) -> gr.Blocks:
     """The whole page. Models are found now and loaded when first chosen; pass `registry` to share one."""
@@ -109,6 +142,11 @@ def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | N
                                         label="试试这些开头 · example prompts")
                             output = gr.HTML(views.output_html("", ""), elem_id="gen-output")
                             gen_status = gr.Markdown(elem_id="gen-status")
+                            with gr.Accordion("哪个更好？· which is better? (feedback for `goushi dpo`)", open=False,
+                                              elem_id="gen-feedback"):
+                                gr.Markdown(FEEDBACK_NOTE)
+                                gen_two_btn = gr.Button("两个续写 Two continuations ▶", elem_id="gen-two")
+                                gen_cmp = ComparePanel("gen", "续写 continuation")
                         with gr.Column(scale=2):
                             gr.Markdown("### 怎么挑下一个 token · how the next token is picked")
                             strategy = gr.Radio(
@@ -149,6 +187,13 @@ def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | N
                         chat_send = gr.Button("发送 Send", variant="primary", scale=1, min_width=90)
                         chat_stop = gr.Button("停止 Stop", variant="stop", scale=1, min_width=90)
                         chat_clear = gr.Button("清空 Clear", scale=1, min_width=90)
+                        chat_two_btn = gr.Button("两个回答 Two answers", scale=1, min_width=120, elem_id="chat-two")
+                    chat_feedback = gr.Markdown(elem_id="chat-feedback-status")
+                    with gr.Accordion("两个回答选一个 · two answers, pick the better (feedback for `goushi dpo`)",
+                                      open=False, elem_id="chat-compare") as chat_compare:
+                        gr.Markdown(FEEDBACK_NOTE + " 对话里的每个回答也可以点 👍 / 👎 · every answer in the chat can "
+                                    "be rated 👍 / 👎 too.")
+                        chat_cmp = ComparePanel("chat", "回答 answer")
                     with gr.Accordion("采样设置 · sampling", open=False):
                         chat_temp = gr.Slider(0, 2, value=0.7, step=0.05, label="温度 temperature")
                         chat_top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="top-p")
@@ -242,6 +287,30 @@ def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | N
                                        [model, system, chatbot, chat_temp, chat_top_p, chat_rep, chat_max], [chatbot],
                                        api_visibility="undocumented", **heavy))
         chat_stop.click(None, None, None, cancels=chat_events, queue=False)
+
+        # ---- feedback for DPO: each click appends a row to RUN_DIR/feedback.jsonl (goushi.ui.preferences)
+        def on_like(key: str, system_prompt: str, history: list, data: gr.LikeData) -> str:
+            return preferences.chat_like(registry, key, system_prompt, history, data.index, data.liked)
+
+        chatbot.like(on_like, [model, system, chatbot], [chat_feedback], api_visibility="undocumented")
+        chat_two_btn.click(
+            bind(preferences.chat_two, registry), [model, system, chat_msg, chatbot, chat_temp, chat_top_p, chat_rep,
+                                                   chat_max],
+            [chatbot, chat_msg, *chat_cmp.boxes, chat_cmp.pending, chat_cmp.status], api_name="chat_two",
+            **heavy).then(lambda: gr.update(open=True), None, [chat_compare], api_visibility="undocumented")
+        for which, button in enumerate(chat_cmp.picks):
+            button.click(functools.partial(preferences.chat_pick, registry, which=which),
+                         [chat_cmp.pending, chatbot], [chatbot, *chat_cmp.boxes, chat_cmp.pending, chat_cmp.status],
+                         api_visibility="undocumented")
+        chat_cmp.wire_rates(registry)
+        gen_two_btn.click(
+            bind(preferences.generate_two, registry),
+            [model, prompt, *sampling, max_new, beams, seed, no_repeat, stop_text],
+            [*gen_cmp.boxes, gen_cmp.pending, gen_cmp.status], api_name="generate_two", **heavy)
+        for which, button in enumerate(gen_cmp.picks):
+            button.click(functools.partial(preferences.pick, registry, which=which), [gen_cmp.pending],
+                         [gen_cmp.pending, gen_cmp.status], api_visibility="undocumented")
+        gen_cmp.wire_rates(registry)
         chat_clear.click(lambda: [], None, [chatbot], queue=False, api_visibility="undocumented")
 
         ins_btn.click(
