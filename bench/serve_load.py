@@ -148,7 +148,12 @@ async def one_request(http: httpx.AsyncClient, url: str, model: str, job: Job, a
                 if data == "[DONE]":
                     done = True
                     break
-                chunk = json.loads(data)
+                try:
+                    chunk = json.loads(data)
+                except json.JSONDecodeError:
+                    stats.errors["chunk is not JSON"] += 1
+                    stats.problem("chunk is not JSON", data[:200])
+                    return
                 if "error" in chunk:
                     stats.errors["error event in stream"] += 1
                     stats.problem("error event", data[:200])

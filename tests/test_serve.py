@@ -41,7 +41,7 @@ from goushi.engine import Engine, SampleConfig  # noqa: E402
 from goushi.generation.batch import DecodeBatch  # noqa: E402
 from goushi.generation.options import SEED_LIMIT  # noqa: E402
 from goushi.serve import scheduler as scheduler_module  # noqa: E402
-from goushi.serve.app import POLL_SECONDS, build_app  # noqa: E402
+from goushi.serve.app import POLL_SECONDS, build_app, sse  # noqa: E402
 from goushi.serve.limits import Limits  # noqa: E402
 from goushi.serve.server import start_background  # noqa: E402
 from run_files import read_config, write_config  # noqa: E402
@@ -633,6 +633,15 @@ def test_a_client_that_leaves_during_a_slow_write_stops_its_generation(runs):
             call.abort.set()
             call.closed.wait(10)
         app.state.generations.close()
+
+
+def test_a_streamed_chunk_is_one_line_whatever_the_text_holds():
+    """Byte tokens can write U+0085, U+2028 or U+2029, where httpx's line reader (and so the openai client) cuts a
+    line: a chunk escapes them, and still reads back as the same text."""
+    text = "今天\x85好\u2028天气\u2029。\n\r\x0b\x1c"
+    line = sse({"choices": [{"text": text}]})
+    assert line.endswith("\n\n") and len(line[:-2].splitlines()) == 1
+    assert json.loads(line.removeprefix("data: "))["choices"][0]["text"] == text
 
 
 # ---- batched decoding (--max-batch > 1: the default) ----------------------------------------------------------

@@ -251,8 +251,13 @@ async def read_body(request: Request, model: type[BaseModel], limits: Limits) ->
         raise validation_error(e) from None
 
 
+# Characters JSON leaves as they are but Python's str.splitlines breaks a line at, as httpx's line reader (and so
+# the `openai` client) does: a model writing byte tokens can produce them, and a chunk cut in two is no JSON.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)}\n\n"
 
 
 def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
