@@ -188,7 +188,7 @@ def build_app(run_dirs: list[str | Path] | None = None, runs_dir: str | Path | N
                         chat_stop = gr.Button("停止 Stop", variant="stop", scale=1, min_width=90)
                         chat_clear = gr.Button("清空 Clear", scale=1, min_width=90)
                         chat_two_btn = gr.Button("两个回答 Two answers", scale=1, min_width=120, elem_id="chat-two")
-                    chat_feedback = gr.Markdown(elem_id="chat-feedback-status")
+                    chat_feedback = gr.Markdown(elem_id="chat-like-status")
                     with gr.Accordion("两个回答选一个 · two answers, pick the better (feedback for `goushi dpo`)",
                                       open=False, elem_id="chat-compare") as chat_compare:
                         gr.Markdown(FEEDBACK_NOTE + " 对话里的每个回答也可以点 👍 / 👎 · every answer in the chat can "

@@ -9,6 +9,7 @@ until one is picked; nothing is kept anywhere else. Answers come from the Engine
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -19,6 +20,20 @@ from goushi.ui.handlers import chat_messages, engine_for, make_config, message_t
 from goushi.ui.models import ModelRegistry
 
 NO_PENDING = "先点「两个回答」得到两个回答 · first press Two answers to get two answers to compare"
+TRIES = 4  # draws of two answers before showing two equal ones (a model that learned a text by heart repeats it)
+SAME = ("两个回答一样，调高温度再试 · the model wrote the same answer twice; raise the temperature and try again")
+
+
+def _distinct(answer: Callable[[Any], list[Any]], cfg: Any) -> tuple[str, str, str]:
+    """Two different answers if a few draws (other seeds) give them: (A, B, a note when they are still equal)."""
+    for k in range(TRIES):
+        try:
+            a, b = (r.text for r in answer(dataclasses.replace(cfg, seed=cfg.seed + 1000 * k)))
+        except GoushiError as e:
+            raise gr.Error(str(e), title="生成失败 Generation failed") from None
+        if a != b:
+            return a, b, ""
+    return a, b, f" · **{SAME}**"
 
 
 def _two(cfg_args: tuple, strategy: str) -> Any:
@@ -57,12 +72,9 @@ def chat_two(registry: ModelRegistry, key: str, system: str, message: str, histo
         raise gr.Error("请输入消息 · type a message", title="空消息 Empty message")
     messages = chat_messages(system, history)
     cfg, _ = _two((temperature, 0, top_p, repetition_penalty, max_new_tokens, 1, -1), "sample")
-    try:
-        a, b = (r.text for r in engine.chat(messages, cfg))
-    except GoushiError as e:
-        raise gr.Error(str(e), title="生成失败 Generation failed") from None
+    a, b, note = _distinct(lambda c: engine.chat(messages, c), cfg)
     pending = {"prompt": messages, "answers": [a, b], "model": key, "source": feedback.CHAT}
-    return history, "", a, b, pending, "选一个更好的 · pick the better answer (it joins the conversation), or rate one"
+    return history, "", a, b, pending, "选一个更好的 · pick the better answer (it joins the conversation), or rate one" + note
 
 
 def chat_pick(registry: ModelRegistry, pending: dict[str, Any] | None, history: list[Any], which: int) -> tuple:
@@ -102,12 +114,9 @@ def generate_two(registry: ModelRegistry, key: str, prompt: str, strategy: str, 
     prompt = prompt or ""
     cfg, seed_used = _two((temperature, top_k, top_p, repetition_penalty, max_new_tokens, num_beams, seed,
                            no_repeat_ngram_size, stop_text), strategy)
-    try:
-        a, b = (r.text for r in engine.generate([prompt], cfg))
-    except GoushiError as e:
-        raise gr.Error(str(e), title="生成失败 Generation failed") from None
+    a, b, note = _distinct(lambda c: engine.generate([prompt], c), cfg)
     pending = {"prompt": prompt, "answers": [a, b], "model": key, "source": feedback.GENERATE}
-    return a, b, pending, f"选一个更好的 · pick the better continuation, or rate one · 种子 seed {seed_used}"
+    return a, b, pending, f"选一个更好的 · pick the better continuation, or rate one · 种子 seed {seed_used}{note}"
 
 
 # ---- both tabs ----------------------------------------------------------------------------------
