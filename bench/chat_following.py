@@ -31,6 +31,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def follow_counts(engine: Engine, prompt: str, samples: int, seed: int) -> tuple[int, int, list[str]]:
+    """(answers with positive words, answers with negative words, the answers) to `prompt`, sampled as the page
+    samples chat answers."""
+    cfg = SampleConfig(temperature=0.7, top_p=0.9, repetition_penalty=1.1, max_new_tokens=60, num_samples=samples,
+                       seed=seed)
+    texts = [g.text for g in engine.chat([{"role": "user", "content": prompt}], cfg)]
+    return sum(any(w in t for w in POSITIVE) for t in texts), sum(any(w in t for w in NEGATIVE) for t in texts), texts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="chat runs (from `goushi sft`)")
@@ -41,11 +50,7 @@ def main() -> None:
     for run in args.runs:
         engine = Engine.load(run, device="cpu")
         for prompt in ("写一条好评", "写一条差评"):
-            cfg = SampleConfig(temperature=0.7, top_p=0.9, repetition_penalty=1.1, max_new_tokens=60,
-                               num_samples=args.samples, seed=args.seed)
-            texts = [g.text for g in engine.chat([{"role": "user", "content": prompt}], cfg)]
-            pos = sum(any(w in t for w in POSITIVE) for t in texts)
-            neg = sum(any(w in t for w in NEGATIVE) for t in texts)
+            pos, neg, texts = follow_counts(engine, prompt, args.samples, args.seed)
             print(f"{run}  {prompt}: {pos}/{len(texts)} answers with positive words, {neg}/{len(texts)} with negative "
                   f"words; first: {texts[0][:40]}")
 

@@ -1,0 +1,67 @@
+"""Issue 27's targets for a DPO run beside the SFT run it started from, on the same prompts and seeds:
+
+- how often each follows 写一条好评 and 写一条差评 (bench/chat_following.py's word lists and sampling; the DPO
+  target is at least 36 of 40 answers with positive words after 好评 and 34 of 40 with negative words after 差评).
+  reviews-prefs never asks these two requests, so they are held out from the preference data;
+- bits per character on held-out reviews: the data build's validation documents (DATA_DIR/val.jsonl) that none
+  of the --exclude files (the chat pairs, the preference pairs) holds; the target is DPO at most 3 % above SFT.
+
+    python bench/dpo_targets.py demo_out/chat demo_out/dpo --data demo_out/data \\
+        --exclude demo_out/chat_corpus/reviews-chat/sft.jsonl demo_out/chat_corpus/reviews-prefs/prefs.jsonl
+
+Prints the figures, the ratios and the CPU; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from chat_following import cpu_name, follow_counts
+from goushi.data import layout
+from goushi.engine import Engine
+from goushi.eval.metrics import read_documents, score_documents
+
+
+def excluded_texts(paths: list[str]) -> set[str]:
+    """Every answer a chat or preference file trains on ("response", "chosen", "rejected", "completion")."""
+    out: set[str] = set()
+    for p in paths:
+        for line in Path(p).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line) if line.strip() else {}
+            out.update(v for k, v in row.items() if k in ("response", "chosen", "rejected", "completion")
+                       and isinstance(v, str))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sft", metavar="SFT_RUN")
+    ap.add_argument("dpo", metavar="DPO_RUN")
+    ap.add_argument("--data", required=True, metavar="DATA_DIR", help="the data build the base run trained on")
+    ap.add_argument("--exclude", nargs="*", default=[], metavar="FILE", help="chat / preference JSONL files whose "
+                    "answers are not held out")
+    ap.add_argument("--samples", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    print(f"CPU: {cpu_name()}")
+    seen = excluded_texts(args.exclude)
+    docs = [d for d in read_documents(Path(args.data) / layout.VAL_JSONL) if d not in seen]
+    print(f"held-out reviews: {len(docs):,} validation documents of {args.data} outside {len(args.exclude)} file(s)")
+    bpc = {}
+    for name, run in (("SFT", args.sft), ("DPO", args.dpo)):
+        engine = Engine.load(run, device="cpu")
+        pos, _, _ = follow_counts(engine, "写一条好评", args.samples, args.seed)
+        _, neg, _ = follow_counts(engine, "写一条差评", args.samples, args.seed)
+        s = score_documents(engine.model, engine.tokenizer, docs, context_length=engine.context_length)
+        bpc[name] = s.nats / math.log(2) / max(s.chars, 1)
+        print(f"{name} {run}: 写一条好评 {pos}/{args.samples} with positive words, 写一条差评 {neg}/{args.samples} with "
+              f"negative words; held-out bits/char {bpc[name]:.4f}")
+    print(f"DPO / SFT bits per character: {bpc['DPO'] / bpc['SFT']:.4f} (target <= 1.03); follows targets: "
+          f"好评 >= 36/40, 差评 >= 34/40")
+
+
+if __name__ == "__main__":
+    main()
