@@ -229,3 +229,22 @@ def test_logits_are_the_same_bits_alone_and_among_others_where_the_kernels_allow
                 assert torch.equal(got, want), t
             else:
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_admission_prefills_a_bounded_number_of_prompt_tokens_per_step(engine):
+    """Newcomers join a few prompts a step, so the running rows never wait long between two tokens."""
+    batch = DecodeBatch(engine.model, 8, engine.vocab.eot_id, prefill_budget=10)
+    with torch.inference_mode():
+        for r in range(4):  # 7 tokens each with the leading <|endoftext|>
+            c, specs, vocab = engine.request("床前明月光，", SampleConfig(strategy="greedy", max_new_tokens=5))
+            batch.add(r, specs, c, vocab)
+        joined = []
+        while batch.waiting:
+            joined.append(batch.admit())
+            batch.step()
+    assert joined == [2, 2]  # 7 < 10 lets a second prompt in, 14 stops the step's admissions
+    one = DecodeBatch(engine.model, 4, engine.vocab.eot_id, prefill_budget=1)
+    with torch.inference_mode():
+        c, specs, vocab = engine.request(["床前明月光，疑是地上霜。举头望明月"], SampleConfig(strategy="greedy", max_new_tokens=2))
+        one.add(0, specs, c, vocab)
+        assert one.admit() == 1  # one prompt always goes in, however long
