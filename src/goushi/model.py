@@ -132,15 +132,16 @@ class KVCache:
 
 class SlotKVCache(KVCache):
     """A KVCache whose rows stand at different lengths (goushi.generation.slots: rows join and leave a running
-    batch). A decode step (one token per row) writes row b's key and value at position `at[b]` and attends over
-    all max_len positions; the caller's key_padding_mask (B, max_len) says which hold each row's tokens, its own
-    new one included. A step may run the first B <= batch rows and attends over the first `span` positions;
-    `pos` is ignored."""
+    batch). A decode step (one token per row) runs the first B <= batch rows; of those, rows `rows` write their
+    key and value at positions `at` (the others are blanks that write nothing), and every row attends over the
+    first `span` positions, where the caller's key_padding_mask (B, max_len) says which hold its tokens, its own
+    new one included. `pos` is ignored."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
         super().__init__(cfg, batch, max_len, device, dtype)
-        self.at = torch.zeros(batch, dtype=torch.long, device=device)
-        self.span = max_len  # positions a step attends over: the caller sets it to cover every row's tokens
+        self.rows = torch.zeros(0, dtype=torch.long, device=device)  # set by the caller before each step
+        self.at = torch.zeros(0, dtype=torch.long, device=device)
+        self.span = max_len
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.update_kv(layer, torch.stack([k, v]), pos)
@@ -150,9 +151,8 @@ class SlotKVCache(KVCache):
         if kv_new.size(3) != 1:
             raise ValueError(f"a SlotKVCache step writes one token per row, not {kv_new.size(3)}")
         kv = self.kv[layer].narrow(1, 0, B)
-        rows = torch.arange(B, device=kv.device)
-        # (B, max_len, 2, kv_heads, head_dim) view: row b's token goes to position at[b], one indexed copy.
-        kv.permute(1, 3, 0, 2, 4)[rows, self.at[:B]] = kv_new.permute(1, 3, 0, 2, 4)[:, 0]
+        # (rows, max_len, 2, kv_heads, head_dim) views: row r's token goes to position at[r], one indexed copy.
+        kv.permute(1, 3, 0, 2, 4)[self.rows, self.at] = kv_new[:, :, :, 0].permute(1, 0, 2, 3)[self.rows]
         return kv.narrow(3, 0, self.span).unbind(0)
 
 
@@ -327,9 +327,9 @@ class Attention(nn.Module):
 DECODE_CHUNK = 64
 
 
-def _decode_attention(q, k, v, mask) -> torch.Tensor:
+def _decode_attention(q, k, v, hidden) -> torch.Tensor:
     """One query per row over the first `span` positions of a SlotKVCache (a multiple of DECODE_CHUNK that covers
-    every row's tokens), by plain matmuls over fixed chunks of DECODE_CHUNK positions, summed chunk after chunk.
+    every row's tokens; `hidden` True where a row must not look), by plain matmuls over fixed chunks of DECODE_CHUNK positions, summed chunk after chunk.
 
     Why chunks: a CPU matmul's summation order (even the order of its output columns' blocking) changes with the
     number of positions, so a row's floats would depend on the longest row beside it. Here every matmul has the
@@ -340,7 +340,7 @@ def _decode_attention(q, k, v, mask) -> torch.Tensor:
     scale = 1.0 / math.sqrt(q.size(-1))
     parts = [q @ k[:, :, c: c + C].transpose(-2, -1) for c in range(0, S, C)]
     e = (torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]).float().mul_(scale)
-    e = e.masked_fill_(~mask, float("-inf"))
+    e = e.masked_fill_(hidden, float("-inf"))
     e = e.sub_(e.amax(-1, keepdim=True)).exp_()
     total, y = None, None
     for c in range(0, S, C):
@@ -685,8 +685,8 @@ class GPT(nn.Module):
             rope = (self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1))
         if self.training and self.drop.p > 0:
             x = self.drop(x)
-        if isinstance(cache, SlotKVCache):  # rows at their own lengths: the caller's mask covers the whole cache
-            mask = key_padding_mask[:, None, None, : cache.span]
+        if isinstance(cache, SlotKVCache):  # rows at their own lengths: True where a row must not look, made once
+            mask = ~key_padding_mask[:, None, None, : cache.span]
         else:
             mask = self._mask(B, T, pos, key_padding_mask, idx.device, explicit=need_weights)
         fast = None

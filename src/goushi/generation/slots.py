@@ -97,23 +97,27 @@ class Slots:
     # ---- decoding ------------------------------------------------------------------------------------------
     def step(self, tokens: dict[int, int]) -> torch.Tensor:
         """Append one token to each slot in `tokens` (slot -> token id) and return the next-token logits of slots
-        0 .. max(tokens) (at least MIN_ROWS rows; rows of other slots are blanks to ignore)."""
+        0 .. max(tokens) (at least MIN_ROWS rows; rows of other slots are blanks to ignore: they write nothing, so
+        a slot just placed or slid and not stepping keeps its cache as it is)."""
         rows = max(MIN_ROWS, max(tokens) + 1)
         ids = [self.pad_id] * rows
-        at = [0] * rows
+        positions = [0] * rows
+        active = list(tokens)
         for slot, t in tokens.items():
             if self.full(slot):
                 raise ValueError(f"slot {slot} is full; prefill its window and place it again first")
-            ids[slot], at[slot] = t, self.lengths[slot]
-        at_t = torch.tensor(at, dtype=torch.long, device=self.device)
-        self.cache.at[:rows] = at_t
-        chunk = DECODE_CHUNK
-        self.cache.span = min(self.max_len, (max(at) // chunk + 1) * chunk)
-        active = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
-        self.mask[active, at_t[active]] = True
-        logits, _ = self.model(torch.tensor(ids, device=self.device).view(-1, 1), kv_cache=self.cache,
-                               position_ids=at_t.view(-1, 1), key_padding_mask=self.mask[:rows], last_only=True)
-        for slot in tokens:
+            ids[slot], positions[slot] = t, self.lengths[slot]
+        # One tensor for ids, positions, writing rows and where they write: each torch.tensor call costs as much
+        # as a small model's matmul.
+        packed = torch.tensor(ids + positions + active + [positions[s] for s in active], dtype=torch.long,
+                              device=self.device)
+        ids_t, pos_t = packed[:rows], packed[rows: 2 * rows]
+        self.cache.rows, self.cache.at = packed[2 * rows: 2 * rows + len(active)], packed[2 * rows + len(active):]
+        self.mask[self.cache.rows, self.cache.at] = True
+        self.cache.span = min(self.max_len, (max(positions) // DECODE_CHUNK + 1) * DECODE_CHUNK)
+        logits, _ = self.model(ids_t.view(-1, 1), kv_cache=self.cache, position_ids=pos_t.view(-1, 1),
+                               key_padding_mask=self.mask[:rows], last_only=True)
+        for slot in active:
             self.lengths[slot] += 1
         return logits[:, -1]
 
