@@ -35,7 +35,7 @@ from goushi.errors import ConfigError, GoushiError
 from goushi.model import GPT
 from goushi.precision import Plan, peak_flops, should_compile, train_plan
 from goushi.tokenizer import Tokenizer
-from goushi.train import artifacts, distributed
+from goushi.train import artifacts, compile_race, distributed
 from goushi.train import checkpoint as ckpt
 from goushi.train.budget import Budget
 from goushi.train.config import TrainConfig, check_resumable, load_train_config, run_model_config
@@ -77,7 +77,7 @@ class Trainer:
 
     def log(self, msg: str) -> None:
         if self.dist.is_main:
-            if self.bar is not None:
+            if self.bar is not None and not self.bar.disable:  # a disabled bar would print, bypassing `log`
                 self.bar.write(msg)
             else:
                 self._log(msg)
@@ -178,6 +178,11 @@ class Trainer:
                 self.compiled = True
             except Exception as e:  # noqa: BLE001 - any compile failure means: run eagerly and say so
                 self.log(f"note: torch.compile unavailable ({type(e).__name__}: {e}); training without it")
+        key, self.race = (self.mc, cfg.batch_size, self.dtype), None
+        if not want and compile_race.wanted(cfg.compile, self.device, key, budget_seconds=cfg.budget_seconds,
+                                            steps=self.budget.fixed_total(), processes=self.dist.world):
+            self.race, self.compiled = compile_race.start(self.net, key), True
+            self.compile_note = "auto: not measured here for this shape yet, so raced against eager on the first steps"
 
     def _load_state(self) -> None:
         st, self._loaded_state = self._resume_state(), None  # its optimizer state is big; once loaded not needed
@@ -339,6 +344,17 @@ class Trainer:
         finally:
             self.dist.close()
 
+    def _race_step(self, seconds: float) -> bool:
+        """Time a raced step; True once the race is over (decided, or compiling failed and eager took over)."""
+        verdict = self.race.timed(seconds) if self.compiled else None
+        if self.compiled and verdict is None:
+            return False
+        if verdict is not None:
+            self.net, self.compiled = self.race.winner, self.race.winner is self.race.compiled
+            self.log(verdict)
+        self.race = None
+        return True
+
     def _announce(self, peak: float, peak_src: str) -> None:
         for line in artifacts.opening_lines(
                 self.cfg, self.mc, trainable=lora.trainable_parameters(self.model), plan_lines=self.plan.lines(),
@@ -388,6 +404,8 @@ class Trainer:
                         break
                     if self.budget.may_replan(self.step):
                         self._plan_time(step_times[2:])
+                if self.race is not None:
+                    self.net = self.race.net()
                 t0 = time.perf_counter()
                 tokens_before = self.tokens
                 loss, lr = self.train_step()
@@ -395,6 +413,8 @@ class Trainer:
                     raise GoushiError(f"loss became {loss} at step {self.step}; lower --lr (now {cfg.lr}) or use "
                                       f"--dtype float32; the last checkpoint in {self.out} is intact")
                 step_times.append(time.perf_counter() - t0)
+                if self.race is not None and self._race_step(step_times[-1]):
+                    step_times, session_start_step = [], self.step  # plan the time budget on the winner's steps
                 last_loss = self.dist.mean(loss, self.device)
                 meter.add(self.tokens - tokens_before)
                 positions += self.positions_per_step
