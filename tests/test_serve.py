@@ -723,7 +723,9 @@ def test_a_batched_server_decodes_requests_together_and_each_gets_its_own_text(r
             assert isinstance(got, dict), f"request {k}: {got!r}"
             assert [got[i] for i in range(sc.num_samples)] == want, k
         assert 1 < paced_batches.most <= 4  # requests shared steps; never more rows than --max-batch
-        assert app.state.generations.running == 0 and httpx.get(bg.url + "/health").json()["waiting"] == 0
+        # a request's place is given back once its rows are out of the batch, just after its last event
+        assert wait_for(lambda: app.state.generations.running == 0)
+        assert httpx.get(bg.url + "/health").json()["waiting"] == 0
     finally:
         bg.stop()
         app.state.generations.close()
