@@ -63,7 +63,7 @@ class _Running(Row):
     cfg: SampleConfig = None  # type: ignore[assignment]
     vocab: Vocab = None  # type: ignore[assignment]
     order: int = 0  # admission order: events go out in it, so a request's rows stay prompt-major
-    uniforms: torch.Tensor | None = None  # one per step from the row's own generator (sampling only)
+    uniforms: list[float] | None = None  # one per step from the row's own generator (sampling only)
     seen: torch.Tensor | None = None  # (1, V) prompt and text tokens, for the repetition penalty
     state: int = 0  # UTF-8 guard state
     logits: torch.Tensor | None = None  # (V,) the model's scores for the next token
@@ -146,7 +146,7 @@ class DecodeBatch:
             # The row's own generator: reproducible per row, whatever the batch and other threads (the global
             # torch RNG is never touched); drawn for max_new_tokens at once, as alone.
             gen = torch.Generator().manual_seed(spec.seed or 0)
-            row.uniforms = torch.rand(cfg.max_new_tokens, generator=gen).to(self.slots.device)
+            row.uniforms = torch.rand(cfg.max_new_tokens, generator=gen).tolist()  # float32 values, exact as floats
         if cfg.repetition_penalty != 1.0:
             seen = torch.zeros((1, vocab.size), dtype=torch.bool)
             seen[0, spec.ids] = True
@@ -217,7 +217,7 @@ class DecodeBatch:
         else:
             work = top_k_top_p_min_p(work / cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
             probs = work.softmax(-1)
-            u = torch.stack([r.uniforms[len(r.token_ids)] for r in rows])
+            u = torch.tensor([r.uniforms[len(r.token_ids)] for r in rows], dtype=torch.float32, device=raw.device)
             choice = draw(probs, u)
         chosen = choice.tolist()
         if guard is not None:
