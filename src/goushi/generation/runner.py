@@ -1,4 +1,5 @@
 """Runs the model over a batch of growing sequences: prefill once, then one token at a time from the KV cache.
+Beam search uses it (its rows are reordered at every step); greedy decoding and sampling use goushi.generation.slots.
 
 Sequences of different lengths are left-padded; a key-padding mask hides the padding and each
 row gets its own position ids, so a row's logits do not depend on what else is in the batch.
