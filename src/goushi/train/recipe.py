@@ -50,7 +50,9 @@ RECIPES: dict[str, Recipe] = {
 RECIPES["big"] = Recipe(
     "big", {"family": "llama", "schedule": "wsd", "lr": 3e-3, "weight_decay": 0.1},
     summary="for big corpora: llama family, warmup-stable-decay, peak lr 3e-3, weight decay 0.1, the tiny shape",
-    evidence="bench/quality_budget.py on poetry-full (docs/recipe.md, 'Big corpora')",
+    evidence="bench/quality_budget.py on poetry-full (docs/recipe.md, 'Big corpora'): 10 minutes of one Xeon core, "
+             "with the data build's 6,000-character vocabulary, 6.245 held-out bits/char against the classic recipe's "
+             "6.927 (0.90x) and recipe short's 6.432 on every character",
     budgets="budgets up to 10 minutes on a corpus of 10 M characters or more")
 RECIPES["big-long"] = Recipe(
     "big-long", {"family": "llama", "schedule": "wsd", "lr": 2e-3, "weight_decay": 0.1,
