@@ -108,6 +108,8 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "big-long": ("char", ["--recipe", "big-long"]),
     "big-long-c6k": ("char6000", ["--recipe", "big-long"]),
     "big-long-bpe8k": ("bpe8192-deepseek-v3", ["--recipe", "big-long"]),
+    "big-c6k-muon": ("char6000", ["--recipe", "big", "--optimizer", "muon"]),
+    "big-long-c6k-muon": ("char6000", ["--recipe", "big-long", "--optimizer", "muon"]),
     # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
     "default": ("default", []),
 }
@@ -283,29 +285,34 @@ def train_config_for(flags: list[str], data_dir: Path):
     return cfg, resolve_model_config(cfg, int(layout.read_meta(data_dir)["vocab_size"]))
 
 
-def measure_speeds(setups: dict[str, tuple[Path, list[str]]], rounds: int = 4, steps: int = 3) -> dict[str, float]:
+def measure_speeds(setups: dict[str, tuple[Path, list[str]]], rounds: int = 4, steps: int = 3,
+                   compiled: bool = False, compile_s: dict[str, float] | None = None) -> dict[str, float]:
     """Training tokens/s of each configuration on this machine: forward, backward, clip and optimiser step on
-    random batches of the configuration's shape, interleaved across configurations, best round kept."""
+    random batches of the configuration's shape, interleaved across configurations, best round kept. `compiled`:
+    the model under torch.compile, as `goushi train --compile` runs it (compiled before the rounds); the seconds
+    its first step took beyond a compiled step's go into `compile_s`, so that a row's budget can pay for them."""
     import torch
 
     from goushi.model import GPT
     from goushi.precision import train_plan
-    from goushi.train.optim import build_optimizers
+    from goushi.train.optim import build_optimizers, muon_ns_dtype
 
     torch.manual_seed(0)
     jobs, plans = {}, {}
     for name, (data_dir, flags) in setups.items():
         cfg, mc = train_config_for(flags, data_dir)
         model = GPT(mc).train()
-        opts = build_optimizers(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                betas=(cfg.beta1, cfg.beta2), device=torch.device("cpu"))
         xy = torch.randint(0, mc.vocab_size, (cfg.batch_size, mc.context_length + 1))
         # the precision and threads `goushi train` would pick here (goushi.precision; the probe is cached)
         plan = train_plan(mc, cfg.batch_size, torch.device("cpu"))
+        opts = build_optimizers(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                betas=(cfg.beta1, cfg.beta2), device=torch.device("cpu"),
+                                ns_dtype=muon_ns_dtype(plan.dtype))
         plan.apply_to(model)
         plans[name] = plan
+        net = torch.compile(model) if compiled else model
 
-        def step(model=model, opts=opts, xy=xy, plan=plan):
+        def step(model=net, opts=opts, xy=xy, plan=plan):
             plan.apply_threads()
             with torch.autocast("cpu", dtype=plan.dtype, enabled=plan.dtype != torch.float32):
                 _, loss = model(xy[:, :-1], xy[:, 1:])
@@ -315,7 +322,15 @@ def measure_speeds(setups: dict[str, tuple[Path, list[str]]], rounds: int = 4, s
                 o.step()
                 o.zero_grad(set_to_none=True)
 
-        step()  # warm up
+        t0 = time.perf_counter()
+        step()  # warm up (and compile)
+        first = time.perf_counter() - t0
+        if compiled:
+            step()  # the first step after compiling still pays for lazy initialisation
+            t0 = time.perf_counter()
+            step()
+            if compile_s is not None:
+                compile_s[name] = max(0.0, first - (time.perf_counter() - t0))
         jobs[name] = (step, cfg.batch_size * mc.context_length)
     best = {n: float("inf") for n in setups}
     for _ in range(rounds):
@@ -327,6 +342,11 @@ def measure_speeds(setups: dict[str, tuple[Path, list[str]]], rounds: int = 4, s
     for n, plan in plans.items():
         print(f"  {n}: {plan.describe_dtype()}, {plan.threads or torch.get_num_threads()} threads")
     return {n: jobs[n][1] / best[n] for n in setups}
+
+
+def speed_key(data_dir: Path, flags: list[str], compiled: bool) -> str:
+    """WORK/speeds.json's key: the data, the flags, and whether compiled."""
+    return f"{data_dir.name} {shlex.join(flags)}" + (" [compiled]" if compiled else "")
 
 
 def heldout_bpc(res: dict) -> float:
@@ -354,6 +374,9 @@ def main() -> int:
                     "WORK/speeds.json) and stop; measure on a quiet machine, then train with --jobs")
     ap.add_argument("--reuse", action="store_true", help="evaluate a row's earlier run instead of training it again "
                     "when it finished with the very same command (kept in RUN/bench-command.json)")
+    ap.add_argument("--compile", action="store_true", help="with --equal-tokens: measure every row's speed under "
+                    "torch.compile (as a long `goushi train` runs once its compile race has won) and train with "
+                    "--compile; speeds are kept apart from eager ones")
     ap.add_argument("--list", action="store_true", help="list the configurations and exit")
     args = ap.parse_args()
     if args.list:
@@ -379,6 +402,7 @@ def main() -> int:
     print(f"corpus: {', '.join(args.corpus)}; held-out: {heldout} ({heldout.stat().st_size:,} bytes); "
           f"budget {args.budget} per configuration")
     speeds: dict[str, float] = {}
+    compile_secs: dict[str, float] = {}
     if args.equal_tokens:
         from goushi.train.config import parse_duration
 
@@ -391,8 +415,9 @@ def main() -> int:
         for row in args.configs:
             d = data[CONFIGS[base_name(row)][0]]
             flags = config_flags(base_name(row), row_budget(row, args.budget), d)
-            setups[f"{d.name} {shlex.join(flags)}"] = (d, flags)
-        now = measure_speeds(setups)
+            setups[speed_key(d, flags, args.compile)] = (d, flags)
+        compile_now: dict[str, float] = {}
+        now = measure_speeds(setups, compiled=args.compile, compile_s=compile_now)
         # A configuration measured for the first time on a busy machine would be slowed by the load while the
         # classic row keeps its best speed seen; so every speed measured now is also scaled by the classic's
         # best / now, the ratio against the peer measured in the same interleaved rounds.
@@ -404,29 +429,37 @@ def main() -> int:
         for n in speeds:
             same = [m for m in speeds if shape_key(setups[m]) == shape_key(setups[n])]
             speeds[n] = max(speeds[m] for m in same)
-        cache.write_text(json.dumps({**seen, **speeds}, indent=1), encoding="utf-8")
+        # Compiling costs a compiled row part of its budget (torch.compile's own caches make it shorter after the
+        # first time on a machine, so the shortest seen counts, as the fastest speed does).
+        compile_secs = {n: min(v, seen.get(n + " [compile s]", v)) for n, v in compile_now.items()}
+        cache.write_text(json.dumps({**seen, **speeds, **{n + " [compile s]": v for n, v in compile_secs.items()}},
+                                    indent=1), encoding="utf-8")
         print(f"training speed (interleaved, best of 4 rounds; now -> best seen in {cache}, "
               f"measurements now scaled by {load:.2f}, the classic row's best / now):")
         for n, v in speeds.items():
-            print(f"  {now[n]:>9,.0f} -> {v:>9,.0f} tokens/s  {n}")
+            paid = f" (compiling: {compile_secs[n]:.0f} s of the budget)" if n in compile_secs else ""
+            print(f"  {now[n]:>9,.0f} -> {v:>9,.0f} tokens/s  {n}{paid}")
         if args.measure_only:
             return 0
     def train_one(row_name: str) -> dict:
         name, budget_text = base_name(row_name), row_budget(row_name, args.budget)
         kind, flags = CONFIGS[name]
         flags = config_flags(name, budget_text, data[kind])
-        out = work / "runs" / (f"{name}-{budget_text}" + ("-eq" if args.equal_tokens else ""))
-        key = f"{data[kind].name} {shlex.join(flags)}"
-        budget = (["--tokens", str(int(speeds[key] * parse_duration(budget_text)))] if args.equal_tokens
+        out = work / "runs" / (f"{name}-{budget_text}" + ("-eq" if args.equal_tokens else "")
+                               + ("-compiled" if args.compile else ""))
+        key = speed_key(data[kind], flags, args.compile)
+        seconds = parse_duration(budget_text) - (compile_secs.get(key, 0.0) if args.equal_tokens else 0.0)
+        budget = (["--tokens", str(int(speeds[key] * max(0.0, seconds)))] if args.equal_tokens
                   else ["--time-budget", budget_text])
         cmd = GOUSHI + ["train", "--data", str(data[kind]), "--out", str(out), "--force", "--no-progress",
                         "--sample-tokens", "0", "--eval-every", "0"] + budget + flags
+        cmd += ["--compile"] if args.compile else []
         cmd += shlex.split(args.extra)
         env = None
         if args.jobs > 1:  # each job gets its share of the cores; only the token count matters (--equal-tokens)
             env = {**os.environ, "GOUSHI_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
         t = time.perf_counter()
-        logf = work / f"train-{name}-{budget_text}.log"
+        logf = work / f"train-{name}-{budget_text}{'-compiled' if args.compile else ''}.log"
         stamp = out / "bench-command.json"
         reused = (args.reuse and stamp.exists() and logf.exists()
                   and json.loads(stamp.read_text(encoding="utf-8")).get("cmd") == cmd)

@@ -22,7 +22,7 @@ from goushi.tokenizer import Tokenizer
 from goushi.train import TrainConfig, load_train_config, parse_duration, train
 from goushi.train import checkpoint as ckpt
 from goushi.train.config import run_config
-from goushi.train.optim import build_optimizers, lr_multiplier
+from goushi.train.optim import Muon, build_optimizers, lr_multiplier, muon_ns_dtype, newton_schulz
 
 WORDS = "今天 我 终于 吃 到 了 这家 店 的 烤鸭 说实话 味道 一般 但是 服务 很好 下次 还 来 ， 。 ！".split()
 TINY = dict(n_layer=2, n_head=2, n_embd=32, context_length=32)
@@ -131,9 +131,35 @@ def test_parameter_groups(family, tied):
     decayed = {id(p) for grp in opt.param_groups if grp["weight_decay"] > 0 for p in grp["params"]}
     assert decayed == {id(p) for _, p in g["hidden"]}
     muon, adamw = build_optimizers(model, name="muon", lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
-    assert isinstance(muon, torch.optim.Muon)
+    assert isinstance(muon, Muon) and muon.ns_dtype == torch.bfloat16
     assert {id(p) for grp in muon.param_groups for p in grp["params"]} == {id(p) for _, p in g["hidden"]}
     assert all(grp["weight_decay"] == 0 for grp in adamw.param_groups)
+
+
+def test_muon_equals_torchs_in_bf16_and_orthogonalises_in_fp32():
+    """Our Muon is torch.optim.Muon with the Newton-Schulz precision chosen: in bf16 the very same updates (three
+    steps, momentum included); in fp32 (CPUs without native bf16) the same orthogonalisation, to bf16's rounding."""
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(24, 40, generator=gen), torch.randn(40, 16, generator=gen)]
+    grads = [[torch.randn_like(w) for w in start] for _ in range(3)]
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True, adjust_lr_fn="match_rms_adamw")
+    ends = []
+    for make in (lambda ps: torch.optim.Muon(ps, **kw), lambda ps: Muon(ps, ns_dtype=torch.bfloat16, **kw),
+                 lambda ps: Muon(ps, ns_dtype=torch.float32, **kw)):
+        ps = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = make(ps)
+        for gs in grads:
+            for p, g in zip(ps, gs, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        ends.append([p.detach() for p in ps])
+    assert all(torch.equal(a, b) for a, b in zip(ends[0], ends[1], strict=True))
+    assert all(torch.allclose(a, c, atol=2e-3) and not torch.equal(a, c) for a, c in zip(ends[0], ends[2], strict=True))
+    for g in start:  # singular values pushed near 1 (the quintic lands them in about [0.5, 1.5])
+        s = torch.linalg.svdvals(newton_schulz(g, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.float32))
+        assert s.min() > 0.4 and s.max() < 1.6
+    assert muon_ns_dtype(torch.bfloat16) == torch.bfloat16
+    assert muon_ns_dtype(torch.float32) == muon_ns_dtype(torch.float16) == torch.float32
 
 
 def test_schedule_shapes():

@@ -3,8 +3,10 @@
 The model says which parameter is which (GPT.param_groups, checked to hold each trainable one exactly once).
 AdamW: weight decay only on the hidden matrices of the blocks; norms, biases and embeddings keep theirs
 (decaying an embedding pulls rare tokens to zero; decaying a norm gain fights the norm).
-Muon (torch.optim.Muon, torch >= 2.9): orthogonalised momentum for the hidden matrices; embeddings, the LM
-head, norms and biases stay on AdamW, as Muon's authors recommend.
+Muon (torch.optim.Muon's algorithm, torch >= 2.9): orthogonalised momentum for the hidden matrices; embeddings,
+the LM head, norms and biases stay on AdamW, as Muon's authors recommend. Its Newton-Schulz iteration runs in the
+training's own low precision: torch's Muon always runs it in bfloat16, which a CPU without native bf16 (AVX2 only)
+computes many times slower than fp32 (see `Muon`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,80 @@ def _adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: to
         return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
 
 
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon with its Newton-Schulz iteration in `ns_dtype`: the same state, settings and update, but
+    torch's runs the iteration in bfloat16 whatever the machine. On a CPU without native bf16 a bf16 matmul is
+    emulated (~26x slower than fp32 on a Zen 3), so the trainer passes fp32 there, and bf16 where its own matmuls
+    run in bf16 (measured faster: goushi.precision). With ns_dtype=bfloat16 the updates equal torch's bit for bit."""
+
+    def __init__(self, params, *, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if grad.ndim != 2 or torch.is_complex(p):
+                    raise ValueError(f"Muon updates real 2-D matrices only, not a {tuple(p.shape)} {p.dtype} one")
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(grad, 1 - momentum)
+                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                       self.ns_dtype)
+                p.mul_(1 - lr * wd)
+                p.add_(update, alpha=-_muon_lr(lr, group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """An approximate orthogonalisation of g (U S' V^T with S' near 1), by the quintic iteration of torch's Muon
+    (Keller Jordan's), in `dtype`."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    x = x.div(x.norm().clamp(min=eps))  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def _muon_lr(lr: float, adjust: str | None, shape: torch.Size) -> float:
+    """torch's Muon learning-rate adjustment for a matrix of `shape`."""
+    rows, cols = shape[:2]
+    if adjust is None or adjust == "original":
+        return lr * math.sqrt(max(1, rows / cols))
+    if adjust == "match_rms_adamw":
+        return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr
+
+
+def muon_ns_dtype(train_dtype: torch.dtype) -> torch.dtype:
+    """Muon's Newton-Schulz precision for a run training in `train_dtype`: bf16 only where the run's matmuls are
+    bf16 (the machine does them fast), else fp32 (fp16's range is too narrow for the iteration)."""
+    return torch.bfloat16 if train_dtype == torch.bfloat16 else torch.float32
+
+
 def build_optimizers(model: GPT, *, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
-                     muon_momentum: float = 0.95, device: torch.device | None = None) -> list[torch.optim.Optimizer]:
-    """One optimiser (AdamW) or two (Muon + AdamW). Each param group carries `base_lr` for the schedule."""
+                     muon_momentum: float = 0.95, device: torch.device | None = None,
+                     ns_dtype: torch.dtype = torch.bfloat16) -> list[torch.optim.Optimizer]:
+    """One optimiser (AdamW) or two (Muon + AdamW). Each param group carries `base_lr` for the schedule.
+    `ns_dtype`: Muon's Newton-Schulz precision (muon_ns_dtype of the training dtype)."""
     device = device or next(model.parameters()).device
     g = model.param_groups()
     hidden = [p for _, p in g["hidden"]]
@@ -43,8 +116,8 @@ def build_optimizers(model: GPT, *, name: str, lr: float, weight_decay: float, b
             raise GoushiError(f"--optimizer muon needs torch >= 2.9 (this is {torch.__version__}); use --optimizer adamw")
         # match_rms_adamw scales each update to AdamW's typical RMS (Moonshot's recipe), so the same
         # --lr suits both optimisers and the same schedule drives them.
-        muon = torch.optim.Muon([dict(params=hidden)], lr=lr, weight_decay=weight_decay, momentum=muon_momentum,
-                                nesterov=True, adjust_lr_fn="match_rms_adamw")
+        muon = Muon([dict(params=hidden)], lr=lr, weight_decay=weight_decay, momentum=muon_momentum,
+                    nesterov=True, adjust_lr_fn="match_rms_adamw", ns_dtype=ns_dtype)
         opts = [muon, _adamw([dict(params=rest_nodecay, weight_decay=0.0)], lr, betas, device)]
     else:
         raise GoushiError(f"--optimizer {name!r} is not one of adamw, muon")

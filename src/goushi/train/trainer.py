@@ -44,7 +44,14 @@ from goushi.train.distributed import setup
 from goushi.train.interrupt import StopRequest
 from goushi.train.metrics import MetricsLog, Throughput
 from goushi.train.objective import Objective
-from goushi.train.optim import build_optimizers, grad_scaler, lr_multiplier, optimizer_step, set_lr
+from goushi.train.optim import (
+    build_optimizers,
+    grad_scaler,
+    lr_multiplier,
+    muon_ns_dtype,
+    optimizer_step,
+    set_lr,
+)
 from goushi.train.source import BatchSource
 
 # Writes the sample printed at evaluations: (model with whole weights, batch source, tokens, seed) -> one line. The
@@ -155,7 +162,8 @@ class Trainer:
             distributed.shard(self.model, self.device)
         self.whole_model = distributed.WholeModel(self.model, self.dist, self.fsdp, lambda: GPT(self.mc))
         self.opts = build_optimizers(self.model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                     betas=(cfg.beta1, cfg.beta2), muon_momentum=cfg.muon_momentum, device=self.device)
+                                     betas=(cfg.beta1, cfg.beta2), muon_momentum=cfg.muon_momentum, device=self.device,
+                                     ns_dtype=muon_ns_dtype(self.dtype))
         # Dropout masks differ per rank (their data differs); init was identical, and DDP broadcasts rank 0's.
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.gen = new_generator(cfg.seed)
