@@ -13,6 +13,8 @@ weights). Prefill tokens/s = batch x prompt tokens / time of a 1-token generatio
 and the best of --repeats counts. Time to first token: a 200-character prompt, batch 1, ours through
 Engine.stream until its first event, HF generate(max_new_tokens=1) on the same visible tokens.
 With --quantize (default on) ours also decodes with int8 layers (Engine(quantize="int8")); its tokens may differ.
+A batch of 1 decodes on the single-row kernels (goushi.generation.solo); --invariant also times it as the server's
+batch decodes a lone row (Engine(batch_invariant=True)), interleaved with the others.
 Figures are printed, never asserted: a shared CPU is noisy.
 """
 
@@ -49,12 +51,14 @@ def cjk_tokenizer() -> Tokenizer:
     return tok
 
 
-def bench(preset: str, batch: int, repeats: int, tok: Tokenizer, quantize: bool) -> dict:
+def bench(preset: str, batch: int, repeats: int, tok: Tokenizer, quantize: bool, invariant: bool = False) -> dict:
     torch.manual_seed(0)
     cfg = preset_config(preset, "gpt2", vocab_size=VOCAB)
     model = GPT(cfg).eval()
     hf = to_hf(model, eot_id=tok.eot_id)
     engine = Engine(model, tok)
+    # The same model decoded as the server's batch decodes (a lone row among slots): what batch invariance costs.
+    engine_inv = Engine(model, tok, batch_invariant=True) if invariant and batch == 1 else None
     engine8 = None
     if quantize:  # its own copy of the weights: an engine arranges its model's weights for itself
         copy = GPT(cfg)
@@ -80,6 +84,8 @@ def bench(preset: str, batch: int, repeats: int, tok: Tokenizer, quantize: bool)
     theirs_ids = theirs(new)[:, prompt_len:].tolist()
     row = dict(preset=preset, batch=batch, prompt=prompt_len, new=new, same_tokens=ours_ids == theirs_ids)
     sides = {"ours": ours, "hf": theirs}
+    if engine_inv is not None:
+        sides["inv"] = lambda n: ours(n, engine_inv)
     if engine8 is not None:
         sides["int8"] = lambda n: ours(n, engine8)
         row["int8_same"] = [g.token_ids for g in ours(new, engine8)] == ours_ids
@@ -178,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, help="fix torch's intra-op threads (default: goushi's probe decides)")
     ap.add_argument("--no-quantize", dest="quantize", action="store_false", help="skip the int8 engine")
+    ap.add_argument("--invariant", action="store_true",
+                    help="batch 1 also as Engine(batch_invariant=True): a lone row decoded as the server's batch does")
     ap.add_argument("--run", help="a trained RUN_DIR: int8's bits-per-character change on its validation text")
     ap.add_argument("--bpc-chars", type=int, default=50_000)
     args = ap.parse_args(argv)
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ttft = []
     for preset in args.presets:
         for batch in args.batches:
-            r = bench(preset, batch, args.repeats, tok, args.quantize)
+            r = bench(preset, batch, args.repeats, tok, args.quantize, args.invariant)
             line = (f"{r['preset']:<6} {r['batch']:>5} {r['prompt']:>6} {r['new']:>4} | "
                     f"{r['ours_prefill']:>12.0f} {r['hf_prefill']:>9.0f} {r['ours_prefill'] / r['hf_prefill']:>5.2f}x | "
                     f"{r['ours_decode']:>11.0f} {r['hf_decode']:>8.0f} {r['ours_decode'] / r['hf_decode']:>5.2f}x | "
@@ -210,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                 line += (f" | {r['int8_decode']:>11.0f} {r['int8_decode'] / r['hf_decode']:>5.2f}x "
                          f"{'yes' if r['int8_same'] else 'no'}")
             print(line, flush=True)
+            if "inv_decode" in r:
+                print(f"{'':<6} {'':>5} batch-invariant (a lone row as the server's batch runs it): decode "
+                      f"{r['inv_decode']:.0f} tokens/s, {r['inv_decode'] / r['hf_decode']:.2f}x HF; ours (single-row "
+                      f"kernels) {r['ours_decode'] / r['inv_decode']:.2f}x that", flush=True)
             if "ttft_ours" in r:
                 ttft.append(f"{preset}: ours {r['ttft_ours'] * 1000:.1f} ms, HF {r['ttft_hf'] * 1000:.1f} ms "
                             f"({r['ttft_hf'] / r['ttft_ours']:.2f}x; {r['ttft_tokens']} tokens visible)")

@@ -14,6 +14,7 @@ from goushi.generation.processors import (
     ban_ngrams,
     draw,
     repetition_penalty,
+    sort_descending,
     top_k_top_p_min_p,
 )
 from goushi.generation.text import TextTracker
@@ -46,6 +47,21 @@ def test_top_k_exact_count_on_random_rows_with_many_ties():
             tied_dropped = [i for i in dropped if row[i] == edge]
             if tied_dropped:
                 assert max(i for i in kept if row[i] == edge) < min(tied_dropped)
+
+
+def test_sort_descending_is_torch_stable_sort_bit_for_bit():
+    """The filters' sort (numpy's, on keys) gives what torch.sort(descending, stable) gives: values and order, ties
+    by lower id, whatever the scores: ties, -inf, +-0.0, NaN, subnormals, several rows."""
+    gen = torch.Generator().manual_seed(0)
+    nan, inf = float("nan"), float("inf")
+    odd = [[0.0, -0.0, 1.0, 1.0, -inf, -1.0, -inf, 0.0, -0.0, 3.0, inf, nan, -nan, 1e-45, -1e-45, nan, 3.0]]
+    cases = [torch.randn(4, 6000, generator=gen), torch.tensor(odd), torch.randint(-3, 3, (3, 500), generator=gen).float(),
+             torch.randn(2, 700, generator=gen).masked_fill(torch.rand(2, 700, generator=gen) < 0.5, -inf),
+             torch.randn(1, 1, generator=gen)]
+    for x in cases:
+        values, order = sort_descending(x)
+        want_values, want_order = torch.sort(x, dim=-1, descending=True, stable=True)
+        assert torch.equal(order, want_order) and torch.equal(values.view(torch.int32), want_values.view(torch.int32))
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():

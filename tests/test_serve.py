@@ -74,8 +74,9 @@ def runs(make_run, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def ref(runs) -> dict[str, Engine]:
-    """Engines the tests compute references with (the servers load their own)."""
-    return {name: Engine.load(path, device="cpu") for name, path in runs.items()}
+    """Engines the tests compute references with (the servers load their own). batch_invariant: a lone call runs
+    in a batch of slots as the server's batch does, not on the single-row kernels, so texts compare bit for bit."""
+    return {name: Engine.load(path, device="cpu", batch_invariant=True) for name, path in runs.items()}
 
 
 def serving(engines: dict[str, Engine], **kw):
@@ -452,7 +453,7 @@ class RecordingEngine(Engine):
     server let a generation run."""
 
     def __init__(self, base: Engine):
-        super().__init__(base.model, base.tokenizer, record=base.record)
+        super().__init__(base.model, base.tokenizer, record=base.record, batch_invariant=base.batch_invariant)
         self.calls: list[Call] = []
 
     def stream(self, prompts, cfg=None):
@@ -478,7 +479,8 @@ class RecordingEngine(Engine):
 
 @pytest.fixture(scope="module")
 def paced_server(runs):
-    engine = RecordingEngine(Engine.load(runs["tiny"], device="cpu"))
+    # --max-batch 1: each request an engine call; batch_invariant like `ref`, whose texts its answers are held to
+    engine = RecordingEngine(Engine.load(runs["tiny"], device="cpu", batch_invariant=True))
     limits = Limits(max_tokens=PACED_MAX, concurrency=1, max_queue=1, max_batch=1)
     for url in serving({"slow": engine}, limits=limits):
         yield url, engine

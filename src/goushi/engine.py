@@ -11,7 +11,10 @@ seed `seed + k` (that derivation lives here and nowhere else). `stream` yields t
 (decoded together, at most MAX_BATCH_ROWS at a time, rows joining as others finish; the samples of a prompt share
 one prefill); `generate` keeps each row's finished result, so a row's deltas always concatenate to its generated
 text. A row's text does not depend on what is decoded beside it: a server decoding many requests in one batch
-(`request` / `chat_request` give it a request's rows) answers a seeded request as `generate` does alone.
+(`request` / `chat_request` give it a request's rows) answers a seeded request the same whatever else it decodes.
+A call with a single row (one prompt, one sample) decodes it on the model's faster single-row kernels instead,
+whose floats can differ from the batch's in the last bits: the same text as the server's except at float
+near-ties; `batch_invariant=True` makes such calls run as the server's batch does, bit for bit.
 
 Every prompt is preceded by <|endoftext|>, the separator the model saw before each training
 document, so a prompt reads as the start of a document (and an empty prompt works). A chat is
@@ -59,11 +62,19 @@ Prompt = tuple[str, list[int]]
 
 class Engine:
     def __init__(self, model, tokenizer: Tokenizer, *, run_dir: str | Path | None = None,
-                 record: RunRecord | None = None, data_dir: str | Path | None = None, quantize: str | None = None):
+                 record: RunRecord | None = None, data_dir: str | Path | None = None, quantize: str | None = None,
+                 batch_invariant: bool = False):
         """`record`: the run's config.json (None for a model built in memory). `data_dir`: where the training
         data's verbatim-copy index is, overriding the run's record (`--data`). `quantize="int8"`: the linears
-        that measure faster as int8 on this CPU run as int8 layers (the model's own weights stay fp32)."""
+        that measure faster as int8 on this CPU run as int8 layers (the model's own weights stay fp32).
+        `batch_invariant` (also an attribute, read at each call): see the attribute below."""
         self.model = model.eval()
+        # False (the default): a call that decodes a single row (one prompt, one sample) runs it on the model's
+        # single-row kernels (goushi.generation.solo), 1.7-1.9x the batch's speed for a small model on a CPU. True:
+        # every row runs in a batch of slots as the server's batch runs it, so a lone call's floats are the
+        # server's bit for bit (what tests comparing the server with the engine need). Otherwise the two differ
+        # in the last bits, as between thread counts: the same text except at float near-ties.
+        self.batch_invariant = batch_invariant
         self.tokenizer = tokenizer
         self.config: ModelConfig = model.config
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -97,7 +108,8 @@ class Engine:
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | str | None = None,
-             *, data_dir: str | Path | None = None, quantize: str | None = None, threads: bool = False) -> Engine:
+             *, data_dir: str | Path | None = None, quantize: str | None = None, threads: bool = False,
+             batch_invariant: bool = False) -> Engine:
         """Load a run directory once (GoushiError naming what is missing if it is not one). `dtype` None or
         "auto": goushi.precision.inference_plan decides (fp32 unless bf16 measures faster here); the plan is
         `engine.plan`. `threads=True` also measures the thread count for decoding (engine.plan.threads), for a
@@ -111,7 +123,7 @@ class Engine:
         if plan.dtype != torch.float32:
             run.model.to(dtype=plan.dtype)
         engine = cls(run.model, run.tokenizer, run_dir=run.run_dir, record=run.record, data_dir=data_dir,
-                     quantize=quantize)
+                     quantize=quantize, batch_invariant=batch_invariant)
         engine.plan = plan
         return engine
 
@@ -198,8 +210,9 @@ class Engine:
 
     @torch.inference_mode()  # on a generator, torch enters the mode around each step only
     def _events(self, specs: list[RowSpec], cfg: SampleConfig, vocab: Vocab | None = None) -> Iterator[StreamEvent]:
-        """Every row's events: beam search prompt by prompt, else one DecodeBatch of up to MAX_BATCH_ROWS slots.
-        With cfg.check_copies a row's result gets its copied spans before its last event goes out."""
+        """Every row's events: beam search prompt by prompt, else one DecodeBatch of up to MAX_BATCH_ROWS slots
+        (of size 1, the single-row kernels, for a lone row unless batch_invariant). With cfg.check_copies a row's
+        result gets its copied spans before its last event goes out."""
         vocab = vocab or self.vocab
         if cfg.strategy == "beam":
             for start in range(0, len(specs), cfg.num_samples):
@@ -209,14 +222,18 @@ class Engine:
                                       g.truncated_prompt, index=start + k, seed=None, prompt_tokens=g.prompt_tokens,
                                       result=g)
             return
-        batch = DecodeBatch(self.model, max(MIN_ROWS, min(MAX_BATCH_ROWS, len(specs))), vocab.eot_id)
+        size = 1 if len(specs) == 1 and not self.batch_invariant else max(MIN_ROWS, min(MAX_BATCH_ROWS, len(specs)))
+        batch = DecodeBatch(self.model, size, vocab.eot_id)
         batch.add(None, specs, cfg, vocab)
         while batch.busy:
             batch.admit()
-            for _, ev in batch.step():
+            # The events go out before the model runs the next step (batch.step() would run it first): the first
+            # token reaches a streaming caller one decode step sooner, as the server does it.
+            for _, ev in batch.choose():
                 if ev.result is not None:
                     self.add_copies(ev.result, cfg)
                 yield ev
+            batch.advance()
 
     @staticmethod
     def _collect(events: Iterator[StreamEvent]) -> list[Generation]:

@@ -422,6 +422,51 @@ class Block(nn.Module):
         gate = _lin(w.gate, h) if w.gate is not None else None
         return x + _lin(w.down, mlp.activate(_lin(w.up, h), gate))
 
+    def decode_one(self, x, rope, kv: torch.Tensor, pos: int, w: BlockWeights) -> torch.Tensor:
+        """infer() for one token of one row, x (1, C), its key and value written at `pos` of this layer's cache
+        tensor kv (2, 1, kv_heads, max_len, head_dim): the same operations as infer() over a KVCache (so the same
+        floats), in 2-D and without the general case's branches and reshapes (GPT.decode_one says why)."""
+        attn = self.attn
+        H, KV, D = attn.n_head, attn.n_kv, attn.head_dim
+        h = _apply_norm(w.ln_1, x)
+        qkv = _lin2(w.qkv, h)
+        # (narrow, not slicing: a tensor's __getitem__ with a tuple of slices costs microseconds of Python)
+        if KV == H and attn.q_norm is None and rope is None:
+            a = qkv.view(3, 1, H, 1, D)
+            q = a[0]
+            kv.narrow(3, pos, 1).copy_(a.narrow(0, 1, 2))
+        else:
+            q = qkv[:, : H * D].view(1, H, 1, D)
+            k = qkv[:, H * D: (H + KV) * D].view(1, KV, 1, D)
+            v = qkv[:, (H + KV) * D:].view(1, KV, 1, D)
+            if attn.q_norm is not None:
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            kv[0].narrow(2, pos, 1).copy_(k)
+            kv[1].narrow(2, pos, 1).copy_(v)
+        k, v = kv.narrow(3, 0, pos + 1).unbind(0)
+        if KV != H:
+            k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
+        dt = attn.attn_dtype
+        if dt is not None and q.dtype != dt:
+            with torch.autocast(x.device.type, enabled=False):
+                y = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v.to(dt))
+        else:
+            y = F.scaled_dot_product_attention(q, k, v)
+        x = _lin2(w.o, y.reshape(1, H * D)).add_(x)  # in place on a fresh tensor: a + b == b + a, bit for bit
+        h = _apply_norm(w.ln_2, x)
+        gate = _lin2(w.gate, h) if w.gate is not None else None
+        return _lin2(w.down, self.mlp.activate(_lin2(w.up, h), gate)).add_(x)
+
+
+def _lin2(spec: Lin, x: torch.Tensor) -> torch.Tensor:
+    """_lin for x already 2-D (rows, in)."""
+    if type(spec) is tuple:
+        w_t, b = spec
+        return torch.addmm(b, x, w_t) if b is not None else x @ w_t
+    return spec(x)
+
 
 # ---------------------------------------------------------------------------------------------
 # The LM head and its loss
@@ -661,6 +706,35 @@ class GPT(nn.Module):
         """
         logits, loss, _ = self._run(idx, targets, kv_cache, pos, position_ids, key_padding_mask, last_only, False)
         return logits, loss
+
+    def decode_one(self, token: int, cache: KVCache, pos: int) -> torch.Tensor:
+        """Next-token logits (1, V) after `token` at position `pos` of a batch-1 `cache` (a plain KVCache): what
+        forward(ids (1, 1), kv_cache=cache, pos=pos, last_only=True) gives, by the same operations on the same
+        shapes (so the same floats), with the Python around them cut to what one token of one row needs: for a
+        small model that Python is a good part of a decode step (goushi.generation.solo decodes with it)."""
+        fast = self._inference_weights() if torch.is_inference_mode_enabled() and type(self) is GPT else None
+        cfg = self.config
+        if fast is None or type(self.wte) is not nn.Embedding or type(cache) is not KVCache or self.training:
+            logits, _ = self(torch.tensor([[token]], device=self.wte.weight.device), kv_cache=cache, pos=pos,
+                             last_only=True)
+            return logits[:, -1]
+        if pos + 1 > cfg.context_length:
+            raise ValueError(f"sequence of {pos + 1} tokens is longer than context_length={cfg.context_length}")
+        x = self.wte.weight[token]
+        rope = None
+        if cfg.pos_encoding == "learned":
+            x = x + self.wpe.weight[pos]
+        elif cfg.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[pos].to(x.dtype)
+        else:
+            rope = (self.rope_cos[pos: pos + 1][None, None], self.rope_sin[pos: pos + 1][None, None])
+        x = x.view(1, -1)
+        for block, w, kv in zip(self.blocks, fast, cache.kv, strict=True):
+            x = block.decode_one(x, rope, kv, pos, w)
+        cache.length = pos + 1
+        x = norm(self.ln_f, x)
+        head = self._inference[1]
+        return head(x) if head is not None else linear(self.lm_head, x)
 
     def forward_with_attention(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and each layer's attention weights (B, n_head, T, T), for looking inside the model."""

@@ -6,6 +6,8 @@ processors  repetition penalty, n-gram ban, top-k / top-p / min-p, inverse-CDF d
 text        token ids -> text without half characters, stop strings across tokens
 slots       a fixed-size KV cache of slots: prompts prefilled alone and placed in a free slot, one decode step for
             every occupied slot (rows at their own lengths; a row's logits the same bits alone and batched)
+solo        one row on the model's single-row kernels, Slots' interface: a lone Engine call (faster, not
+            bit-equal to the batch)
 batch       DecodeBatch: greedy and sampled decoding of rows of one or many requests, each with its own settings,
             joining and leaving at token boundaries (continuous batching; Engine.stream and goushi serve)
 sampling    what decoding works on: Vocab, RowSpec (a row to decode), Row (a row being decoded)

@@ -12,7 +12,8 @@ Every row keeps its own settings (strategy, temperature, top-k/p, min-p, penalti
 maximum length, stop strings, top-N), its own random generator (seed), its own UTF-8 guard state and its own text.
 Rows whose settings are the same are scored together; every scoring operation works row by row, so a row's
 choice is the same whether its neighbours share its settings or not, and the same as alone (goushi.generation.slots
-says why its logits are). Samples of one prompt share one prefill. Beam search does not run here: it reorders a
+says why its logits are; a DecodeBatch of size 1 trades that for the single-row kernels, goushi.generation.solo).
+Samples of one prompt share one prefill. Beam search does not run here: it reorders a
 request's rows at every step and stays one request at a time (goushi.generation.beam).
 """
 
@@ -37,6 +38,7 @@ from goushi.generation.processors import (
 )
 from goushi.generation.sampling import Row, RowSpec, Vocab
 from goushi.generation.slots import Prefilled, Slots
+from goushi.generation.solo import Solo
 from goushi.generation.text import TextTracker
 
 # Prompt tokens prefilled per admit() at most (one prompt always goes in, whatever its length): new requests
@@ -64,6 +66,7 @@ class _Running(Row):
     vocab: Vocab = None  # type: ignore[assignment]
     order: int = 0  # admission order: events go out in it, so a request's rows stay prompt-major
     uniforms: list[float] | None = None  # one per step from the row's own generator (sampling only)
+    draws: torch.Tensor | None = None  # the same uniforms as a tensor: a lone row slices it, no tensor per step
     seen: torch.Tensor | None = None  # (1, V) prompt and text tokens, for the repetition penalty
     state: int = 0  # UTF-8 guard state
     logits: torch.Tensor | None = None  # (V,) the model's scores for the next token
@@ -79,7 +82,11 @@ def _group_key(row: _Running) -> Hashable:
 
 class DecodeBatch:
     def __init__(self, model, size: int, pad_id: int, prefill_budget: int = PREFILL_BUDGET):
-        self.slots = Slots(model, size, pad_id)
+        """`size` 1: one row at a time on the model's single-row kernels (goushi.generation.solo: faster, but its
+        floats are not the batched ones); 2 or more: batch-invariant slots (goushi.generation.slots)."""
+        if size < 1:
+            raise ValueError(f"a DecodeBatch holds at least 1 row, not {size}")
+        self.slots: Slots | Solo = Solo(model, pad_id) if size == 1 else Slots(model, size, pad_id)
         self.prefill_budget = prefill_budget
         self.waiting: deque[_Waiting] = deque()
         self.running: dict[int, _Running] = {}  # slot -> row
@@ -122,7 +129,7 @@ class DecodeBatch:
             key = tuple(spec.ids)
             pre = w.prefilled.get(key)
             if pre is None:
-                pre = self.slots.prefill(spec.ids)
+                pre = self.slots.prefill(spec.ids, w.cfg.max_new_tokens)
                 spent += pre.length
                 w.prefilled[key] = pre
             slot = free.pop(0)
@@ -146,7 +153,9 @@ class DecodeBatch:
             # The row's own generator: reproducible per row, whatever the batch and other threads (the global
             # torch RNG is never touched); drawn for max_new_tokens at once, as alone.
             gen = torch.Generator().manual_seed(spec.seed or 0)
-            row.uniforms = torch.rand(cfg.max_new_tokens, generator=gen).tolist()  # float32 values, exact as floats
+            row.draws = torch.rand(cfg.max_new_tokens, generator=gen)
+            row.uniforms = row.draws.tolist()  # float32 values, exact as floats
+            row.draws = row.draws.to(self.slots.device)
         if cfg.repetition_penalty != 1.0:
             seen = torch.zeros((1, vocab.size), dtype=torch.bool)
             seen[0, spec.ids] = True
@@ -187,7 +196,7 @@ class DecodeBatch:
         for slot in [s for s in tokens if self.slots.full(s)]:
             # The row filled the context window: prefill its last window tokens alone, as a new prompt.
             row = self.running[slot]
-            pre = self.slots.prefill([*row.spec.ids, *row.token_ids])
+            pre = self.slots.prefill([*row.spec.ids, *row.token_ids], row.cfg.max_new_tokens - len(row.token_ids))
             self.slots.place(slot, pre)
             row.logits, row.truncated = pre.logits, True
             del tokens[slot]
@@ -201,28 +210,39 @@ class DecodeBatch:
         first = rows[0]
         cfg, vocab = first.cfg, first.vocab
         guard = vocab.guard
-        raw = torch.stack([r.logits for r in rows])[:, : vocab.size].float()
+        # A lone row (the usual case of a solo batch) builds no tensor it can do without: a view of its logits,
+        # its guard state as a slice, its uniform sliced from its own tensor. (Each torch.tensor / stack costs
+        # microseconds, as much as a small model's matmul.) Nothing below writes into `raw`.
+        one = len(rows) == 1
+        raw = (first.logits.unsqueeze(0) if one else torch.stack([r.logits for r in rows]))[:, : vocab.size].float()
         seen = torch.cat([r.seen for r in rows]) if first.seen is not None else None
-        states = torch.tensor([r.state for r in rows], dtype=torch.long, device=raw.device) if guard else None
+        states = [r.state for r in rows] if guard else None
         # process_scores with each row's own step: <|endoftext|> is held back per row below instead.
         work = process_scores(raw, cfg, cfg.min_new_tokens, eot_id=vocab.eot_id, seen=seen,
                               bans=[r.ban for r in rows], banned=vocab.banned, guard=guard, states=states)
         young = [i for i, r in enumerate(rows) if len(r.token_ids) < r.cfg.min_new_tokens]
         if young:
             work = work.clone() if work is raw else work
-            work[young, vocab.eot_id] = NEG_INF
+            if len(young) == len(rows):
+                work[:, vocab.eot_id] = NEG_INF  # plain indexing: list indices cost ~20 us of Python parsing
+            else:
+                work[young, vocab.eot_id] = NEG_INF
         if cfg.is_greedy:
             choice = work.argmax(dim=-1)  # first index among equal maxima: deterministic
             probs = work.softmax(-1) if cfg.top_n else None
         else:
             work = top_k_top_p_min_p(work / cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p)
             probs = work.softmax(-1)
-            u = torch.tensor([r.uniforms[len(r.token_ids)] for r in rows], dtype=torch.float32, device=raw.device)
+            if one:
+                u = first.draws[len(first.token_ids): len(first.token_ids) + 1]
+            else:
+                u = torch.tensor([r.uniforms[len(r.token_ids)] for r in rows], dtype=torch.float32,
+                                 device=raw.device)
             choice = draw(probs, u)
         chosen = choice.tolist()
         if guard is not None:
-            for r, s in zip(rows, guard.step(states, choice).tolist(), strict=True):
-                r.state = s
+            for r, t in zip(rows, chosen, strict=True):
+                r.state = guard.table[r.state][t]
         # log_softmax then gather: torch's CPU logsumexp is ~10x slower than log_softmax over a vocabulary.
         logps = raw.log_softmax(-1).gather(1, choice.view(-1, 1)).squeeze(1).tolist()
         tops = top_candidates(probs, cfg.top_n) if cfg.top_n else None

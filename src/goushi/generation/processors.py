@@ -8,6 +8,7 @@ All work on a (B, V) float32 tensor, one row per sequence, and never loop over t
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from goushi.generation.options import SampleConfig
@@ -72,7 +73,7 @@ def ban_ngrams(logits: torch.Tensor, bans: list[NgramBan]) -> torch.Tensor:
 def process_scores(raw: torch.Tensor, cfg: SampleConfig, step: int, *, eot_id: int,
                    seen: torch.Tensor | None = None, bans: list[NgramBan] | None = None,
                    banned: torch.Tensor | None = None, guard: Utf8Guard | None = None,
-                   states: torch.Tensor | None = None) -> torch.Tensor:
+                   states: torch.Tensor | list[int] | None = None) -> torch.Tensor:
     """The scores of decoding step `step` after the rules that hold whatever the strategy, in this order: the
     repetition penalty (`seen`: each row's (B, V) mask of prompt and text tokens; None when the penalty is off),
     the n-gram ban (`bans`: each row's NgramBan, with cfg.no_repeat_ngram_size), the ids never generated
@@ -105,7 +106,7 @@ def top_k_top_p_min_p(logits: torch.Tensor, top_k: int, top_p: float, min_p: flo
     k_on = 0 < top_k < V
     if not k_on and top_p >= 1.0 and min_p <= 0.0:
         return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    sorted_logits, order = sort_descending(logits)
     drop = torch.zeros_like(sorted_logits, dtype=torch.bool)
     if k_on:
         drop[:, top_k:] = True
@@ -120,6 +121,24 @@ def top_k_top_p_min_p(logits: torch.Tensor, top_k: int, top_p: float, min_p: flo
         drop[:, 0] = False  # the best token always survives
     mask = torch.zeros_like(drop).scatter_(-1, order, drop)
     return logits.masked_fill(mask, NEG_INF)
+
+
+def sort_descending(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.sort(x, dim=-1, descending=True, stable=True) for (B, V): the same values and order (equal scores:
+    the lower id first), so the same bits whichever way it is computed. On a CPU for float32, as one sort of
+    int64 keys (the score's order in the high half, the id in the low) by numpy: torch's CPU sort takes ~0.45 ms
+    for a 6,000-id row on a Xeon, numpy's (SIMD) ~8x less, which makes top-k/top-p/min-p sampling of a small
+    model cost about as much as its decode step otherwise."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or x.size(-1) >= 2**31:
+        return torch.sort(x, dim=-1, descending=True, stable=True)
+    a = x.detach().numpy() + np.float32(0.0)  # -0.0 becomes 0.0, which torch.sort counts as equal
+    a = np.where(a == a, a, np.float32("nan"))  # every NaN one NaN (torch.sort: above everything, all equal)
+    bits = a.view(np.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 in the floats' order (negative floats' bits flipped)
+    keys = ((~ordered).astype(np.int64) << 32) | np.arange(a.shape[-1], dtype=np.int64)  # descending, then id
+    keys.sort(axis=-1)
+    order = torch.from_numpy(keys & 0xFFFFFFFF)
+    return x.gather(-1, order), order
 
 
 def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,10 @@ logits bit for bit where the CPU's BLAS gives a row the same result for any numb
 
 A row that fills its slot (the context window) is prefilled again over its last `slide_window` tokens, alone, as
 goushi.generation.runner does for a whole batch.
+
+That invariance is the server's (its batch always has at least MIN_ROWS slots) and it costs a lone row about half
+its decode speed; a DecodeBatch of size 1 decodes its one row on the model's single-row kernels instead
+(goushi.generation.solo), which is what a lone Engine call does unless the engine is batch_invariant.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ MIN_ROWS = 2  # a step never runs fewer rows: one row would take BLAS's matrix-v
 class Prefilled:
     """A prompt run through the model alone: its keys and values (per layer (2, kv_heads, n, head_dim)), the
     logits after its last token (V,), and whether its start was cut to fit the window. Placed into as many slots
-    as the prompt has samples: one prefill for n samples."""
+    as the prompt has samples: one prefill for n samples. `cache`: the KVCache itself, when the row decodes in
+    it (goushi.generation.solo)."""
 
     kv: list[torch.Tensor]
     logits: torch.Tensor
     length: int
     truncated: bool
+    cache: KVCache | None = None
 
 
 class Slots:
@@ -66,8 +72,9 @@ class Slots:
     def free_slots(self) -> list[int]:
         return [s for s in range(self.size) if not self.used[s]]
 
-    def prefill(self, ids: list[int]) -> Prefilled:
-        """Run `ids` alone (its last window tokens when longer than the context)."""
+    def prefill(self, ids: list[int], new_tokens: int | None = None) -> Prefilled:
+        """Run `ids` alone (its last window tokens when longer than the context). `new_tokens` (how many the row
+        may still add) is for Solo's sizing; a slot always holds the whole context."""
         truncated = len(ids) > self.max_len
         ids = ids[-self.window:] if truncated else ids
         n = len(ids)

@@ -69,6 +69,7 @@ class Utf8Guard:
 
     def __init__(self, token_bytes: list[bytes], device: torch.device):
         table = [[advance(s, tb) for tb in token_bytes] for s in range(len(_STATES))]
+        self.table = table  # the same as lists: a row's next state looked up in Python, no tensor per token
         self.next_state = torch.tensor(table, dtype=torch.long, device=device)  # (states, V)
         self.invalid = self.next_state == INVALID  # what mask() needs, computed once instead of per token
         # A vocabulary of whole characters never needs the guard; skip its cost entirely.
@@ -77,9 +78,14 @@ class Utf8Guard:
     def start(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, dtype=torch.long, device=self.next_state.device)
 
-    def mask(self, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """Set to -inf the scores of tokens that would break the character each row is in."""
-        bad = self.invalid.index_select(0, states)  # (B, V)
+    def mask(self, logits: torch.Tensor, states: torch.Tensor | list[int]) -> torch.Tensor:
+        """Set to -inf the scores of tokens that would break the character each row is in (`states` a tensor,
+        or a list of ints: a single row's then costs a slice instead of a tensor built per token)."""
+        if isinstance(states, list):
+            bad = self.invalid[states[0]: states[0] + 1] if len(states) == 1 else \
+                self.invalid.index_select(0, torch.tensor(states, dtype=torch.long, device=self.invalid.device))
+        else:
+            bad = self.invalid.index_select(0, states)  # (B, V)
         return logits.masked_fill(bad[:, : logits.size(-1)], float("-inf"))
 
     def step(self, states: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

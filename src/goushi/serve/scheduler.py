@@ -8,9 +8,10 @@ once for all rows. A request abandoned by its client (cancel) leaves at the next
 
 The thread is the only one decoding this model, and torch runs it on one intra-op thread (goushi serve sets it):
 on more threads BLAS splits a matmul by its row count, and a row's floats would depend on how many rows run beside
-it. On one thread a seeded request's text is the same whatever else is in the batch, and the same as
-Engine.generate alone (goushi.generation.slots says how). Beam search is not batched: the server runs it per
-request, as before.
+it. On one thread a seeded request's text is the same whatever else is in the batch (goushi.generation.slots says
+how), and the same as Engine(batch_invariant=True).generate alone; a plain Engine call with a single row runs the
+faster single-row kernels, the same text except at float near-ties. The batch always has max_batch >= 2 slots, so
+it never takes that path. Beam search is not batched: the server runs it per request, as before.
 """
 
 from __future__ import annotations
