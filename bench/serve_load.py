@@ -360,7 +360,9 @@ def main() -> int:
         demo = ROOT / "demo_out" / "run"
         run = Path(args.run) if args.run else demo if demo.is_dir() and not preset else \
             random_run(Path(tmp) / (preset or "tiny"), preset or "tiny")
-        engine = Engine.load(run, device="cpu")
+        # The references decode as the batched server does (batch_invariant): its rows equal them bit for bit. The
+        # --max-batch 1 server runs each request solo (single-row kernels), equal but for float near-ties.
+        engine = Engine.load(run, device="cpu", batch_invariant=True)
         params = sum(p.numel() for p in engine.model.parameters())
         print(f"run: {run} ({params / 1e6:.2f}M parameters, vocab {engine.tokenizer.vocab_size}, context "
               f"{engine.context_length}, {str(engine.plan.dtype).replace('torch.', '') if engine.plan else 'float32'})")
