@@ -44,6 +44,9 @@ ROWS: dict[str, list[str]] = {
     "ft-lr1e-4": ["--lr", "1e-4", "--min-lr", "1e-5"],
     "ft-d0.1": ["--dropout", "0.1"],
     "ft-p8": ["--patience", "8"],
+    "ft-muon": ["--optimizer", "muon"],
+    "ft-wd0.5": ["--weight-decay", "0.5"],
+    "ft-d0.1-lr2e-3": ["--dropout", "0.1", "--lr", "2e-3", "--min-lr", "2e-4"],
 }
 
 

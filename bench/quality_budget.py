@@ -110,6 +110,10 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "big-long-bpe8k": ("bpe8192-deepseek-v3", ["--recipe", "big-long"]),
     "big-c6k-muon": ("char6000", ["--recipe", "big", "--optimizer", "muon"]),
     "big-long-c6k-muon": ("char6000", ["--recipe", "big-long", "--optimizer", "muon"]),
+    "big-c4k-muon": ("char4000", ["--recipe", "big", "--optimizer", "muon"]),
+    "big-c6k-muon-lr5e-3": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--lr", "5e-3"]),
+    "big-c6k-muon-w192": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4", "--n-embd", "192",
+                                       "--n-head", "6"]),
     # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
     "default": ("default", []),
 }
