@@ -151,6 +151,29 @@ def test_loss_and_metrics_match_a_hand_computation():
     assert rec["val_kl"] == pytest.approx(sum(kl) / len(kl), abs=1e-5)
 
 
+def test_rpo_adds_the_chosen_answers_mean_token_nll():
+    """RPO (TRL's rpo_alpha): the DPO loss plus alpha times the mean next-token loss of the chosen answers' tokens
+    (even rows), and val_loss is that sum, so the best step is the one training aims at."""
+    policy, ref = tiny_gpt(0), tiny_gpt(1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 40, (4, 10), generator=g)
+    y = torch.full((4, 10), IGNORE_INDEX)
+    for r, (a, b) in enumerate([(3, 7), (4, 10), (2, 5), (6, 9)]):  # chosen rows have 4 and 3 answer tokens
+        y[r, a:b] = torch.randint(0, 40, (b - a,), generator=g)
+    plain, rpo = DpoObjective(0.1, CopyReference(ref)), DpoObjective(0.1, CopyReference(ref), rpo_alpha=0.5)
+    with torch.no_grad():
+        chosen = answer_logps(policy(x)[0], y)[0::2].sum().item()
+        dpo = plain.loss(policy, policy, x, y).item()
+        assert rpo.loss(policy, policy, x, y).item() == pytest.approx(dpo + 0.5 * -chosen / 7, abs=1e-5)
+    rec = rpo.eval_record(rpo.eval_sums(policy, iter([(x, y)]), torch.no_grad, torch.device("cpu")))
+    assert rec["val_dpo_loss"] == pytest.approx(dpo, abs=1e-5)
+    assert rec["val_nll_chosen"] == pytest.approx(-chosen / 7, abs=1e-5)
+    assert rec["val_loss"] == pytest.approx(dpo + 0.5 * -chosen / 7, abs=1e-5)
+    assert "chosen NLL" in rpo.describe(rec) and "chosen NLL" not in plain.describe(rec)
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        DpoObjective(0.1, CopyReference(ref), rpo_alpha=-1)
+
+
 def test_with_lora_the_reference_is_the_model_with_its_adapters_off():
     plain = tiny_gpt(0)
     model = copy.deepcopy(plain)
@@ -325,6 +348,11 @@ def test_cli_trains_resumes_and_shows_the_mask(tmp_path, chat_run, prefs_file, c
     assert main(["dpo", "--out", str(part), "--resume", "--max-steps", "6", "--no-progress"]) == 0
     assert [r["step"] for r in rundir.read_metrics(part) if "val_loss" in r] == [0, 3, 6]
     assert read_config(part)["train"]["lora_rank"] == 8
+    rpo = tmp_path / "rpo"
+    assert main(["dpo", str(chat_run), *common, "--max-steps", "2", "--out", str(rpo), "--rpo-alpha", "0.5"]) == 0
+    assert read_config(rpo)["dpo"]["rpo_alpha"] == 0.5 and "chosen NLL" in capsys.readouterr().out
+    assert main(["dpo", "--out", str(rpo), "--resume", "--max-steps", "3", "--no-progress"]) == 0  # keeps its alpha
+    assert "chosen NLL" in capsys.readouterr().out and read_config(rpo)["dpo"]["rpo_alpha"] == 0.5
     capsys.readouterr()
     assert main(["dpo", "--show-mask", str(prefs_file), "--row", "2", "--base", str(chat_run)]) == 0
     shown = capsys.readouterr().out
@@ -340,6 +368,8 @@ def test_cli_errors_are_one_line(tmp_path, chat_run, prefs_file, capsys):
         (["dpo", str(chat_run), "--data", str(prefs_file)], "--out"),
         (["dpo", str(tmp_path), "--data", str(prefs_file), "--out", str(tmp_path / "x")], "not a run directory"),
         (["dpo", str(chat_run), "--data", str(prefs_file), "--out", str(tmp_path / "x"), "--beta", "0"], "--beta"),
+        (["dpo", str(chat_run), "--data", str(prefs_file), "--out", str(tmp_path / "x"), "--rpo-alpha", "-1"],
+         "--rpo-alpha"),
         (["dpo", str(chat_run), "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x")], "not found"),
         (["dpo", str(chat_run), "--data", str(bad), "--out", str(tmp_path / "x"), "--strict"], "same.jsonl:1:"),
         (["dpo", str(chat_run), "--data", str(bad), "--out", str(tmp_path / "x")], "0 usable pair(s)"),

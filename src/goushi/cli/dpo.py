@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="where the tuned run is written")
     p.add_argument("--beta", type=float, default=None, help=f"how closely the tuned model stays to the reference: "
                    f"larger keeps it closer (default {DEFAULT_BETA:g}, TRL's)")
+    p.add_argument("--rpo-alpha", type=float, default=None, help="add this many times the chosen answers' mean "
+                   "next-token loss to the DPO loss (RPO, TRL's rpo_alpha): keeps the chosen answers likely while "
+                   "the margin grows (default 0, plain DPO)")
     p.add_argument("--epochs", type=float, default=None, help="passes over the training pairs (default 1)")
     p.add_argument("--val-fraction", type=float, default=None, help="share of pairs held out for evaluation "
                    "(default 0.05, at least one pair)")
@@ -72,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
             raise GoushiError(f"--resume: the run was tuned on {opts.data}; drop --data or start a new --out")
         if args.beta is not None and args.beta != opts.beta:
             raise GoushiError(f"--resume: --beta {args.beta:g} differs from the run's {opts.beta:g}; drop it")
+        if args.rpo_alpha is not None and args.rpo_alpha != opts.rpo_alpha:
+            raise GoushiError(f"--resume: --rpo-alpha {args.rpo_alpha:g} differs from the run's {opts.rpo_alpha:g}; "
+                              "drop it")
     else:
         if not args.base:
             raise GoushiError("goushi dpo needs CHAT_RUN, the chat run to tune (e.g. goushi dpo runs/mine-chat --data "
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.data:
             raise GoushiError("goushi dpo needs --data FILE.jsonl (rows of {\"prompt\", \"chosen\", \"rejected\"})")
         opts = DpoOptions(base=args.base, data=args.data, beta=args.beta if args.beta is not None else DEFAULT_BETA,
+                          rpo_alpha=args.rpo_alpha if args.rpo_alpha is not None else 0.0,
                           epochs=args.epochs if args.epochs is not None else 1.0,
                           val_fraction=args.val_fraction if args.val_fraction is not None else 0.05,
                           strict=args.strict, credit=credit_args(args)).validate()

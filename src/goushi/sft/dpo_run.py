@@ -42,6 +42,7 @@ class DpoOptions:
     base: str = ""  # the chat run to tune (and the reference)
     data: str = ""  # preference JSONL
     beta: float = DEFAULT_BETA  # how far from the reference the rewards let the model go: larger stays closer
+    rpo_alpha: float = 0.0  # weight of the chosen answers' NLL beside the DPO loss (RPO; TRL's rpo_alpha)
     epochs: float = 1.0  # passes over the training pairs (unless max_steps / a time budget end it first)
     val_fraction: float = 0.05
     strict: bool = False  # refuse the run at the first bad row instead of skipping bad rows
@@ -50,6 +51,8 @@ class DpoOptions:
     def validate(self) -> DpoOptions:
         if not self.beta > 0:
             raise ConfigError(f"--beta {self.beta}: must be > 0 (TRL's default is {DEFAULT_BETA})")
+        if not self.rpo_alpha >= 0:
+            raise ConfigError(f"--rpo-alpha {self.rpo_alpha}: must be >= 0 (0 = plain DPO)")
         check_passes(self.epochs, self.val_fraction)
         return self
 
@@ -67,7 +70,8 @@ def resume_settings(out: str) -> tuple[DpoOptions, dict[str, Any]]:
                           "command that started it")
     base, train_cfg = recorded_settings(out, record)
     d = record.dpo
-    return DpoOptions(base=base, data=d.data, beta=d.beta, val_fraction=d.val_fraction, credit=dict(d.credit)), train_cfg
+    return DpoOptions(base=base, data=d.data, beta=d.beta, rpo_alpha=float(d.extra.get("rpo_alpha", 0.0)),
+                      val_fraction=d.val_fraction, credit=dict(d.credit)), train_cfg
 
 
 def load_pref_file(opts: DpoOptions, log: Callable[[str], None]) -> tuple[PrefFile, RunFiles, ChatTemplate]:
@@ -95,16 +99,17 @@ def run_dpo(opts: DpoOptions, cfg: TrainConfig, *, sampler: Sampler | None = Non
     source = PrefData(prefs, base.tokenizer, template, context=base.config.context_length,
                       val_fraction=opts.val_fraction, seed=cfg.seed, beta=opts.beta, reference=reference.name,
                       credit=opts.credit, base_data_dir=base.record.data.dir,
-                      base_data_card=base.run_dir / rundir.DATA_CARD)
+                      base_data_card=base.run_dir / rundir.DATA_CARD, rpo_alpha=opts.rpo_alpha)
     if not cfg.max_steps:  # --epochs; a time budget still ends the run first if it is shorter
         cfg = dataclasses.replace(cfg, max_steps=source.steps_for_epochs(opts.epochs, cfg.batch_size))
     log(f"preference data: {len(source.train_pairs)} training pairs ({source.trained_tokens:,} answer tokens), "
         f"{len(source.val_pairs)} held out; {cfg.batch_size} pairs a step, {cfg.max_steps} steps"
         + (f" or {cfg.time_budget}" if cfg.time_budget else ""))
     log(f"DPO, beta {opts.beta:g}, against {reference.name}: the loss starts at ln 2 = 0.693 and falls as the model "
-        "prefers the chosen answers more than the reference does")
+        "prefers the chosen answers more than the reference does"
+        + (f"; plus {opts.rpo_alpha:g} x the chosen answers' NLL (RPO)" if opts.rpo_alpha else ""))
     return train(cfg, source=source, sampler=sampler, progress=progress, log=log,
-                 objective=DpoObjective(opts.beta, reference))
+                 objective=DpoObjective(opts.beta, reference, opts.rpo_alpha))
 
 
 def mask_table(opts: DpoOptions, line: int) -> str:

@@ -263,7 +263,7 @@ class PrefData:
 
     def __init__(self, prefs: PrefFile, tokenizer: Tokenizer, template: ChatTemplate, *, context: int,
                  val_fraction: float, seed: int, beta: float, reference: str, credit: dict[str, Any] | None = None,
-                 base_data_dir: str | None = None, base_data_card: Path | None = None):
+                 base_data_dir: str | None = None, base_data_card: Path | None = None, rpo_alpha: float = 0.0):
         if not 0 < val_fraction < 1:
             raise GoushiError(f"--val-fraction {val_fraction}: must be in (0, 1); evaluation needs held-out pairs")
         n = len(prefs.rows)
@@ -275,7 +275,7 @@ class PrefData:
                                  if prefs.unpaired else ""))
         self.prefs, self.tokenizer, self.template = prefs, tokenizer, template
         self.context, self.seed, self.val_fraction = context, seed, val_fraction
-        self.beta, self.reference = beta, reference
+        self.beta, self.reference, self.rpo_alpha = beta, reference, rpo_alpha
         self.vocab_size = tokenizer.vocab_size
         self.credit = dict(credit or {})
         self.base_data_dir, self.base_data_card = base_data_dir, base_data_card
@@ -349,7 +349,9 @@ class PrefData:
         dpo = DpoRecord(data=str(p.path.resolve()), pairs=len(p.rows), train_pairs=len(self.train_pairs),
                         val_pairs=len(self.val_pairs), skipped_rows=len(p.problems), unpaired_rows=p.unpaired,
                         truncated_rows=p.truncated, trained_tokens=self.trained_tokens, beta=self.beta,
-                        reference=self.reference, val_fraction=self.val_fraction, seed=self.seed, credit=self.credit)
+                        reference=self.reference, val_fraction=self.val_fraction, seed=self.seed, credit=self.credit,
+                        # DpoRecord has no field for it (goushi.run_record); its extra keys are kept and read back
+                        extra={"rpo_alpha": self.rpo_alpha} if self.rpo_alpha else {})
         return {"dpo": dpo, "chat_template": self.template}
 
     def state_dict(self) -> dict[str, Any]:
