@@ -63,6 +63,7 @@ def test_a_big_corpus_gets_the_big_recipes_and_the_long_one_grows_the_model(tmp_
     assert not any(k in small.model for k in shape) and small.preset == long.preset == "tiny"
     assert all(long.model[k] > PRESETS["tiny"][k] for k in shape)
     assert not small.serve == "best" and small.weight_decay < recipes.RECIPES["short"].settings["weight_decay"]
+    assert small.optimizer == "muon" and long.optimizer == "adamw"  # Muon measured at 10 minutes only
     # a given shape still replaces the recipe's whole shape
     mine, why = resolved(tmp_path, chars=big, time_budget="60m", preset="small")
     assert not any(k in mine.model for k in shape) and "n_layer" in why[-1]
@@ -106,6 +107,7 @@ def test_a_run_from_another_runs_weights_gets_the_fine_tuning_recipe(tmp_path):
         assert cfg.recipe == "finetune" and (cfg.patience, cfg.serve) == (4, "best") and cfg.lr == 1e-3
         assert why[0] == f"recipe: finetune, chosen for a run that starts from another run's weights ({base})"
         assert cfg.family == TrainConfig().family  # the shape and family are the base run's, never the recipe's
+        assert cfg.model == {"dropout": 0.1}  # a weight-free field: the base's shape takes it (INIT_CHANGEABLE)
     cfg, why = resolved(tmp_path, init_from=base, max_steps=100, lr=3e-4, patience=0)
     assert (cfg.lr, cfg.patience, cfg.serve) == (3e-4, 0, "best") and "kept your settings" in why[-1]
 
