@@ -46,6 +46,7 @@ ROWS: dict[str, list[str]] = {
     "ft-p8": ["--patience", "8"],
     "ft-muon": ["--optimizer", "muon"],
     "ft-wd0.5": ["--weight-decay", "0.5"],
+    "ft-d0.2": ["--dropout", "0.2"],
     "ft-d0.1-lr2e-3": ["--dropout", "0.1", "--lr", "2e-3", "--min-lr", "2e-4"],
 }
 

@@ -111,6 +111,8 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "big-c6k-muon": ("char6000", ["--recipe", "big", "--optimizer", "muon"]),
     "big-long-c6k-muon": ("char6000", ["--recipe", "big-long", "--optimizer", "muon"]),
     "big-c4k-muon": ("char4000", ["--recipe", "big", "--optimizer", "muon"]),
+    "big-c4k-muon-w192": ("char4000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4", "--n-embd", "192",
+                                       "--n-head", "6"]),
     "big-c6k-muon-lr5e-3": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--lr", "5e-3"]),
     "big-c6k-muon-w192": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4", "--n-embd", "192",
                                        "--n-head", "6"]),
