@@ -41,14 +41,15 @@ from goushi.engine import Engine, SampleConfig  # noqa: E402
 from goushi.generation.batch import DecodeBatch  # noqa: E402
 from goushi.generation.options import SEED_LIMIT  # noqa: E402
 from goushi.serve import scheduler as scheduler_module  # noqa: E402
-from goushi.serve.app import POLL_SECONDS, build_app, sse  # noqa: E402
+from goushi.serve.app import POLL_SECONDS, build_app, decode_threads, sse  # noqa: E402
 from goushi.serve.limits import Limits  # noqa: E402
 from goushi.serve.server import start_background  # noqa: E402
 from run_files import read_config, write_config  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# One decode thread per model unless a test asks for more: the default (one per core) would differ by machine.
 LIMITS = Limits(max_body_bytes=20_000, max_prompt_chars=2_000, max_prompts=4, max_tokens=64, max_n=4, concurrency=2,
-                max_queue=16)
+                max_queue=16, decode_threads=1)
 PACED_MAX = 512  # max_tokens of the paced server; at PACE s a token a generation left alone takes ~10 s
 PACE = 0.02
 CHAT = [{"role": "system", "content": "你是一只狗。"}, {"role": "user", "content": "讲个笑话"}]
@@ -662,6 +663,7 @@ class PacedBatch(DecodeBatch):
 
     def choose(self):
         PacedBatch.most = max(PacedBatch.most, len(self.running))
+        self.decoded = getattr(self, "decoded", 0) + len(self.running)
         events = super().choose()
         PacedBatch.tokens += len(events)
         time.sleep(self.pace)
@@ -731,6 +733,66 @@ def test_a_batched_server_decodes_requests_together_and_each_gets_its_own_text(r
     finally:
         bg.stop()
         app.state.generations.close()
+
+
+def test_two_decode_threads_share_the_requests_and_each_gets_its_own_text(runs, ref, paced_batches):
+    """--decode-threads 2: the 6 slots split 3 and 3 between two decode threads, new requests go to the one with
+    fewer rows, both decode, and every answer still equals the engine's for that request alone."""
+    paced_batches.pace = 0.002
+    app = batched_app(runs, max_batch=6, max_queue=16, decode_threads=2)
+    scheduler = app.state.generations.schedulers["tiny"]
+    assert [lane.max_batch for lane in scheduler.lanes] == [3, 3]
+    bg = start_background(app)
+    jobs = [(k, cfg(temperature=[0.0, 1.0, 1.3][k % 3], n=1 + k % 2, max_tokens=20 + k, seed=40 + k,
+                    top_k=[0, 0, 7][k % 3]), ["春眠", "今天我终于", "好评！"][k % 3]) for k in range(6)]
+    want = {k: [g.text for g in ref["tiny"].generate(p, sc)] for k, sc, p in jobs}
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(len(jobs))
+
+    def run(k, sc, prompt):
+        try:
+            barrier.wait(timeout=30)
+            r = client(bg.url).completions.create(
+                model="tiny", prompt=prompt, n=sc.num_samples, max_tokens=sc.max_new_tokens, seed=sc.seed,
+                temperature=sc.temperature if sc.strategy == "sample" else 0.0,
+                extra_body={"top_k": sc.top_k} if sc.top_k else None, stream=k % 2 == 1)
+            results[k] = collect(r).text if k % 2 == 1 else {c.index: c.text for c in r.choices}
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            results[k] = e
+
+    try:
+        threads = [threading.Thread(target=run, args=job) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for k, sc, _ in jobs:
+            got = results.get(k)
+            assert isinstance(got, dict), f"request {k}: {got!r}"
+            assert [got[i] for i in range(sc.num_samples)] == want[k], k
+        batches = paced_batches.live
+        assert len(batches) == 2 and all(b.size == 3 and getattr(b, "decoded", 0) > 0 for b in batches)
+        assert wait_for(lambda: app.state.generations.running == 0 and scheduler.rows == [0, 0])
+    finally:
+        bg.stop()
+        app.state.generations.close()
+
+
+def test_decode_threads_default_to_the_cores_on_a_cpu_and_one_on_a_gpu(ref, monkeypatch):
+    engine = ref["tiny"]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
+    assert decode_threads(Limits(), engine) == 3
+    assert decode_threads(Limits(decode_threads=5), engine) == 5
+    monkeypatch.setattr(engine, "device", torch.device("cuda", 0))
+    assert decode_threads(Limits(), engine) == 1
+    assert decode_threads(Limits(decode_threads=2), engine) == 2
+
+
+def test_a_scheduler_never_gives_a_lane_fewer_than_2_slots(ref):
+    assert [lane.max_batch for lane in scheduler_module.Scheduler(ref["tiny"], 5, lanes=8).lanes] == [3, 3]
+    assert [lane.max_batch for lane in scheduler_module.Scheduler(ref["tiny"], 32, lanes=3).lanes] == [11, 11, 11]
+    with pytest.raises(ValueError, match="max_batch 1"):
+        scheduler_module.Scheduler(ref["tiny"], 1)
 
 
 def test_a_batched_client_that_disconnects_frees_its_rows(runs, ref, paced_batches):
@@ -840,6 +902,7 @@ def test_goushi_serve_refuses_bad_arguments_in_one_line(runs, tmp_path, capsys, 
                         ((run, "--max-n", "0"), "--max-n 0"),
                         ((run, "--concurrency", "0"), "--concurrency 0"),
                         ((run, "--max-batch", "0"), "--max-batch 0"),
+                        ((run, "--decode-threads", "-1"), "--decode-threads -1"),
                         ((run, run), "given twice")]:
         rc, err = run_main(capsys, *argv)
         assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and words in err[0], (argv, err)

@@ -651,8 +651,9 @@ class GPT(nn.Module):
         return self._inference_weights() is not None
 
     def _inference_weights(self) -> list[BlockWeights] | None:
-        if self._inference is not None:
-            return self._inference[0]
+        inference = self._inference  # read once (several decode threads share the model)
+        if inference is not None:
+            return inference[0]
         weights, head, int8 = None, None, self._int8
         if all(type(b) is Block for b in self.blocks):  # FSDP swaps the class: its blocks gather their weights
             with torch.no_grad():
@@ -668,10 +669,12 @@ class GPT(nn.Module):
         """The LM head's weight transposed, for decode steps over a SlotKVCache: x @ W.T (F.linear) sums in another
         order for a handful of rows than for more (measured on a Xeon: up to 15 rows differ), x @ W_t for every
         count of 2 rows or more gives each row the same floats. Made at the first such step (a copy of the head)."""
-        if len(self._inference) < 3:
+        inference = self._inference  # read once: another decode thread may rebuild it meanwhile (equal values)
+        if len(inference) < 3:
             with torch.no_grad():
-                self._inference = (*self._inference, _t(self.lm_head.weight))
-        return self._inference[2]
+                inference = (*inference, _t(self.lm_head.weight))
+            self._inference = inference
+        return inference[2]
 
     # What changes the weights drops their inference arrangement: a training forward (see _run), loading a
     # state dict, moving or casting the model. Edit weights in place some other way and call

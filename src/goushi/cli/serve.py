@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "leave as they finish, and a seeded request answers the same as alone; 1 = each request its own "
                    f"engine call, --concurrency at a time (default: {d.max_batch}, the fastest measured by "
                    "bench/serve_load.py)")
+    p.add_argument("--decode-threads", type=int, default=d.decode_threads, metavar="N",
+                   help="batched: decode threads per model, each with its share of the --max-batch slots and one "
+                   "core (default: one per CPU core on a CPU, one on a GPU)")
     p.add_argument("--concurrency", type=int, default=d.concurrency,
                    help="with --max-batch 1: generations running at once; more requests wait their turn. Batched: "
                    f"beam-search requests running at once (default: {d.concurrency})")
@@ -79,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
     for name in ("max_batch", "concurrency", "max_queue", "max_tokens", "max_n", "max_body", "max_prompt_chars"):
         if getattr(args, name) < 1:
             raise GoushiError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+    if args.decode_threads < 0:
+        raise GoushiError(f"--decode-threads {args.decode_threads}: must be at least 1 (or 0: one per CPU core)")
     if not 1 <= args.port <= 65535:
         raise GoushiError(f"--port {args.port}: must be between 1 and 65535")
     limits = Limits(max_body_bytes=args.max_body, max_prompt_chars=args.max_prompt_chars, max_tokens=args.max_tokens,
-                    max_n=args.max_n, concurrency=args.concurrency, max_queue=args.max_queue, max_batch=args.max_batch)
+                    max_n=args.max_n, concurrency=args.concurrency, max_queue=args.max_queue, max_batch=args.max_batch,
+                    decode_threads=args.decode_threads)
     ids = model_ids(args.run_dirs)
     for path in ids.values():
         rundir.check_run_dir(path)  # every path named before seconds go into loading
@@ -93,8 +99,9 @@ def run(args: argparse.Namespace) -> int:
               + ("" if args.api_key else " by anyone (no --api-key)") + "; use --host 127.0.0.1 to keep it on this one",
               file=sys.stderr)
     if args.max_batch > 1:
-        # One decode thread per model on one intra-op thread: on more, BLAS splits a matmul by its row count and a
-        # row's floats would depend on how many rows run beside it (goushi.serve.scheduler).
+        # Every decode thread on one intra-op thread: on more, BLAS splits a matmul by its row count and a row's
+        # floats would depend on how many rows run beside it; the cores go to parallel decode threads instead
+        # (goushi.serve.scheduler).
         torch.set_num_threads(1)
     else:  # concurrent generations share the cores: more threads each than cores in all only adds contention
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.concurrency))

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -260,6 +261,16 @@ def sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)}\n\n"
 
 
+def decode_threads(limits: Limits, engine: Engine) -> int:
+    """Lanes for this model's batch: limits.decode_threads, or by default one per core this process may use on a
+    CPU (each lane decodes on one core) and one on a GPU (one batch keeps the device busiest)."""
+    if limits.decode_threads > 0:
+        return limits.decode_threads
+    if engine.device.type != "cpu":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
     """The API over `models` (model id -> loaded Engine)."""
     limits = limits or Limits()
@@ -267,7 +278,8 @@ def build_app(models: dict[str, Engine], *, api_key: str | None = None, limits: 
         raise GoushiError("no models to serve; give at least one RUN_DIR")
     gens = Generations(limits)
     if limits.max_batch > 1:
-        gens.schedulers = {name: Scheduler(engine, limits.max_batch) for name, engine in models.items()}
+        gens.schedulers = {name: Scheduler(engine, limits.max_batch, decode_threads(limits, engine))
+                           for name, engine in models.items()}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -1,17 +1,22 @@
-"""Continuous batching for the server: every running request of one model decoded in one batch, on one thread.
+"""Continuous batching for the server: the running requests of a model decoded in batches, each on its own thread.
 
-A request's rows (Engine.request / Engine.chat_request) join the model's DecodeBatch at the next token boundary,
-in free slots, and leave as they finish; their slots go to the next rows at once. The decode thread runs one step
+A request's rows (Engine.request / Engine.chat_request) join a DecodeBatch at the next token boundary, in free
+slots, and leave as they finish; their slots go to the next rows at once. A decode thread (a `Lane`) runs one step
 at a time: admit waiting rows (their prompts prefilled alone, a bounded number of prompt tokens per step so the
 running rows never wait long), choose every row's next token, hand the events to the event loop, run the model
 once for all rows. A request abandoned by its client (cancel) leaves at the next boundary.
 
-The thread is the only one decoding this model, and torch runs it on one intra-op thread (goushi serve sets it):
-on more threads BLAS splits a matmul by its row count, and a row's floats would depend on how many rows run beside
-it. On one thread a seeded request's text is the same whatever else is in the batch (goushi.generation.slots says
-how), and the same as Engine(batch_invariant=True).generate alone; a plain Engine call with a single row runs the
-faster single-row kernels, the same text except at float near-ties. The batch always has max_batch >= 2 slots, so
-it never takes that path. Beam search is not batched: the server runs it per request, as before.
+Every lane runs torch on one intra-op thread (goushi serve sets it): on more threads BLAS splits a matmul by its row
+count, and a row's floats would depend on how many rows run beside it. On one thread a seeded request's text is the
+same whatever else is in its batch (goushi.generation.slots says how), and the same as
+Engine(batch_invariant=True).generate alone; a plain Engine call with a single row runs the faster single-row
+kernels, the same text except at float near-ties. A batch always has at least 2 slots, so it never takes that path.
+
+One lane would leave the machine's other cores idle, so a model gets one lane per core on a CPU (`lanes`): the
+lanes share the weights, each has its own batch and KV cache, and a new request goes to the lane with the fewest
+rows (a request's rows stay together: its samples share one prefill). Since a row's floats never depend on its
+neighbours, which lane decodes it does not change its text. Beam search is not batched: the server runs it per
+request, as before.
 """
 
 from __future__ import annotations
@@ -43,13 +48,50 @@ class Ticket:
     put: Callable[[str, Any], None]
     ended: Callable[[], None]
     rows_left: int = 0
+    lane: Lane | None = None
     messages: list = field(default_factory=list)  # decode thread only: what the next delivery hands over
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_batch: int):
+    """A model's lanes: `max_batch` slots in all, split over `lanes` decode threads (fewer when that would leave a
+    lane under 2 slots)."""
+
+    def __init__(self, engine: Engine, max_batch: int, lanes: int = 1):
+        if max_batch < 2:
+            raise ValueError(f"max_batch {max_batch}: a batch needs at least 2 slots")
+        n = max(1, min(lanes, max_batch // 2))
+        self.lanes = [Lane(engine, -(-max_batch // n), f"goushi-batch-{i}") for i in range(n)]
+        self.rows = [0] * n  # rows submitted to each lane and not yet ended (event loop only)
+
+    def submit(self, request: tuple[SampleConfig, list[RowSpec], Vocab], put: Callable[[str, Any], None],
+               ended: Callable[[], None]) -> Ticket:
+        i = min(range(len(self.lanes)), key=self.rows.__getitem__)
+        rows = len(request[1])
+
+        def _ended() -> None:  # runs in the event loop, as submit does, after submit has returned
+            self.rows[i] -= rows
+            ended()
+
+        ticket = self.lanes[i].submit(request, put, _ended)
+        self.rows[i] += rows
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Its rows leave at the next token boundary (nothing happens if it has finished)."""
+        ticket.lane.cancel(ticket)
+
+    def close(self) -> None:
+        for lane in self.lanes:
+            lane.close()
+
+
+class Lane:
+    """One decode thread and its DecodeBatch of `max_batch` slots."""
+
+    def __init__(self, engine: Engine, max_batch: int, name: str = "goushi-batch"):
         self.engine = engine
         self.max_batch = max_batch
+        self.name = name
         self.batch: DecodeBatch | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.cond = threading.Condition()
@@ -62,13 +104,13 @@ class Scheduler:
     def submit(self, request: tuple[SampleConfig, list[RowSpec], Vocab], put: Callable[[str, Any], None],
                ended: Callable[[], None]) -> Ticket:
         cfg, specs, vocab = request
-        ticket = Ticket(cfg, specs, vocab, put, ended, rows_left=len(specs))
+        ticket = Ticket(cfg, specs, vocab, put, ended, rows_left=len(specs), lane=self)
         with self.cond:
             if self.closed:
                 raise RuntimeError("the server is shutting down")
             self.loop = asyncio.get_running_loop()
             if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="goushi-batch", daemon=True)
+                self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self.thread.start()
             self.incoming.append(ticket)
             self.cond.notify()
@@ -175,4 +217,4 @@ def _hand_over(batch: list[tuple[Ticket, list]]) -> None:
                 t.ended()
 
 
-__all__ = ["Scheduler", "Ticket"]
+__all__ = ["Scheduler", "Lane", "Ticket"]
