@@ -116,6 +116,12 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "big-c6k-muon-lr5e-3": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--lr", "5e-3"]),
     "big-c6k-muon-w192": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4", "--n-embd", "192",
                                        "--n-head", "6"]),
+    # a longer cooldown: warmup-stable-decay spending half the run decaying, to 1 % of the peak
+    "big-c6k-muon-dec0.5": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--decay-frac", "0.5",
+                                         "--min-lr", "3e-5"]),
+    "big-c6k-muon-w192-dec0.5": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4",
+                                              "--n-embd", "192", "--n-head", "6", "--decay-frac", "0.5",
+                                              "--min-lr", "3e-5"]),
     # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
     "default": ("default", []),
 }
@@ -379,7 +385,8 @@ def main() -> int:
     ap.add_argument("--measure-only", action="store_true", help="with --equal-tokens: measure the speeds (kept in "
                     "WORK/speeds.json) and stop; measure on a quiet machine, then train with --jobs")
     ap.add_argument("--reuse", action="store_true", help="evaluate a row's earlier run instead of training it again "
-                    "when it finished with the very same command (kept in RUN/bench-command.json)")
+                    "when it finished with the very same command (kept in RUN/bench-command.json); a row measured before keeps "
+                    "the speed it was trained with")
     ap.add_argument("--compile", action="store_true", help="with --equal-tokens: measure every row's speed under "
                     "torch.compile (as a long `goushi train` runs once its compile race has won) and train with "
                     "--compile; speeds are kept apart from eager ones")
@@ -435,9 +442,19 @@ def main() -> int:
         for n in speeds:
             same = [m for m in speeds if shape_key(setups[m]) == shape_key(setups[n])]
             speeds[n] = max(speeds[m] for m in same)
+        if args.reuse:
+            # A row trained before keeps the speed it was trained with: a faster measurement now would change its
+            # token count, hence its command, and train it again instead of reusing it.
+            # A new row of a shape trained before takes that shape's speed too: equal shapes, equal tokens.
+            speeds = {n: seen.get(n, v) for n, v in speeds.items()}
+            for n in speeds:
+                old = [seen[m] for m in speeds if m in seen and shape_key(setups[m]) == shape_key(setups[n])]
+                speeds[n] = old[0] if old and n not in seen else speeds[n]
         # Compiling costs a compiled row part of its budget (torch.compile's own caches make it shorter after the
         # first time on a machine, so the shortest seen counts, as the fastest speed does).
         compile_secs = {n: min(v, seen.get(n + " [compile s]", v)) for n, v in compile_now.items()}
+        if args.reuse:  # as the speeds: what a row was trained with stays
+            compile_secs = {n: seen.get(n + " [compile s]", v) for n, v in compile_secs.items()}
         cache.write_text(json.dumps({**seen, **speeds, **{n + " [compile s]": v for n, v in compile_secs.items()}},
                                     indent=1), encoding="utf-8")
         print(f"training speed (interleaved, best of 4 rounds; now -> best seen in {cache}, "
