@@ -63,12 +63,18 @@ Prompt = tuple[str, list[int]]
 class Engine:
     def __init__(self, model, tokenizer: Tokenizer, *, run_dir: str | Path | None = None,
                  record: RunRecord | None = None, data_dir: str | Path | None = None, quantize: str | None = None,
-                 batch_invariant: bool = False):
+                 batch_invariant: bool = False, compile_decode: bool = False):
         """`record`: the run's config.json (None for a model built in memory). `data_dir`: where the training
         data's verbatim-copy index is, overriding the run's record (`--data`). `quantize="int8"`: the linears
         that measure faster as int8 on this CPU run as int8 layers (the model's own weights stay fp32).
-        `batch_invariant` (also an attribute, read at each call): see the attribute below."""
+        `batch_invariant` (also an attribute, read at each call): see the attribute below. `compile_decode`: a
+        lone row decodes with a compiled step (goushi.generation.compiled), compiled at the first such call and
+        kept only if it measures faster than the eager step (`compile_note` says which)."""
         self.model = model.eval()
+        self.compile_decode = compile_decode
+        self.compile_note = "compiled decode: off"
+        self._compiled: list = []  # [CompiledStep or None] once built
+        self._compile_lock = threading.Lock()
         # False (the default): a call that decodes a single row (one prompt, one sample) runs it on the model's
         # single-row kernels (goushi.generation.solo), 1.7-1.9x the batch's speed for a small model on a CPU. True:
         # every row runs in a batch of slots as the server's batch runs it, so a lone call's floats are the
@@ -109,7 +115,7 @@ class Engine:
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | str | None = None,
              *, data_dir: str | Path | None = None, quantize: str | None = None, threads: bool = False,
-             batch_invariant: bool = False) -> Engine:
+             batch_invariant: bool = False, compile_decode: bool = False) -> Engine:
         """Load a run directory once (GoushiError naming what is missing if it is not one). `dtype` None or
         "auto": goushi.precision.inference_plan decides (fp32 unless bf16 measures faster here); the plan is
         `engine.plan`. `threads=True` also measures the thread count for decoding (engine.plan.threads), for a
@@ -123,7 +129,7 @@ class Engine:
         if plan.dtype != torch.float32:
             run.model.to(dtype=plan.dtype)
         engine = cls(run.model, run.tokenizer, run_dir=run.run_dir, record=run.record, data_dir=data_dir,
-                     quantize=quantize, batch_invariant=batch_invariant)
+                     quantize=quantize, batch_invariant=batch_invariant, compile_decode=compile_decode)
         engine.plan = plan
         return engine
 
@@ -223,7 +229,7 @@ class Engine:
                                       result=g)
             return
         size = 1 if len(specs) == 1 and not self.batch_invariant else max(MIN_ROWS, min(MAX_BATCH_ROWS, len(specs)))
-        batch = DecodeBatch(self.model, size, vocab.eot_id)
+        batch = DecodeBatch(self.model, size, vocab.eot_id, compiled=self.compiled_step() if size == 1 else None)
         batch.add(None, specs, cfg, vocab)
         while batch.busy:
             batch.admit()
@@ -234,6 +240,19 @@ class Engine:
                     self.add_copies(ev.result, cfg)
                 yield ev
             batch.advance()
+
+    def compiled_step(self):
+        """The compiled single-row step with compile_decode, built at the first call (under a lock: callers may be
+        threads); None without compile_decode or where it was dropped (`compile_note` says why)."""
+        if not self.compile_decode:
+            return None
+        with self._compile_lock:
+            if not self._compiled:
+                from goushi.generation.compiled import CompiledStep
+
+                step, self.compile_note = CompiledStep.build(self.model)
+                self._compiled.append(step)
+            return self._compiled[0]
 
     @staticmethod
     def _collect(events: Iterator[StreamEvent]) -> list[Generation]:

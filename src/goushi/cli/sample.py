@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop before this text (repeatable; \\n and \\t are understood); <|endoftext|> always stops")
     p.add_argument("--top-n", type=int, default=0, help="--json: record the N most likely tokens at every step")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--compile-decode", action="store_true",
+                   help="decode with a torch.compile'd step, kept only if it measures faster than the eager one here "
+                   "(15-35 s of compiling the first time on a machine; printed at start)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="weights' precision (default auto: on a CPU bf16 only where it has native bf16 and a short "
                    "probe finds a decode step faster in it, else fp32; printed at start)")
@@ -92,9 +95,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args)  # refuse bad options before spending seconds loading the model
     if args.prompt is None and not args.interactive:
         raise GoushiError("give --prompt TEXT (or --interactive to type prompts)")
-    engine = Engine.load(args.run_dir, device=args.device, dtype=args.dtype, quantize=args.quantize, threads=True)
+    engine = Engine.load(args.run_dir, device=args.device, dtype=args.dtype, quantize=args.quantize, threads=True,
+                         compile_decode=args.compile_decode)
     engine.plan.apply_threads()
-    for line in [*engine.plan.lines(), engine.quantize_note]:
+    engine.compiled_step()  # compiled and raced now (with --compile-decode), so that its line comes first
+    for line in [*engine.plan.lines(), engine.quantize_note] + ([engine.compile_note] if args.compile_decode else []):
         print(line, file=sys.stderr)
     for prompt in args.prompt or []:
         _answer(engine, prompt, cfg, args.json)

@@ -81,12 +81,13 @@ def _group_key(row: _Running) -> Hashable:
 
 
 class DecodeBatch:
-    def __init__(self, model, size: int, pad_id: int, prefill_budget: int = PREFILL_BUDGET):
+    def __init__(self, model, size: int, pad_id: int, prefill_budget: int = PREFILL_BUDGET, compiled=None):
         """`size` 1: one row at a time on the model's single-row kernels (goushi.generation.solo: faster, but its
-        floats are not the batched ones); 2 or more: batch-invariant slots (goushi.generation.slots)."""
+        floats are not the batched ones), or on `compiled` (goushi.generation.compiled.CompiledStep) when given;
+        2 or more: batch-invariant slots (goushi.generation.slots)."""
         if size < 1:
             raise ValueError(f"a DecodeBatch holds at least 1 row, not {size}")
-        self.slots: Slots | Solo = Solo(model, pad_id) if size == 1 else Slots(model, size, pad_id)
+        self.slots: Slots | Solo = Solo(model, pad_id, compiled) if size == 1 else Slots(model, size, pad_id)
         self.prefill_budget = prefill_budget
         self.waiting: deque[_Waiting] = deque()
         self.running: dict[int, _Running] = {}  # slot -> row

@@ -29,8 +29,11 @@ from goushi.model import KVCache
 class Solo:
     size = 1
 
-    def __init__(self, model, pad_id: int):
+    def __init__(self, model, pad_id: int, compiled=None):
+        """`compiled`: a goushi.generation.compiled.CompiledStep for this model, used for every step (its caches
+        are then sized to the whole context: its shapes are fixed)."""
         self.model = model
+        self.compiled = compiled
         self.pad_id = pad_id  # unused: a lone row never needs a blank partner (kept for Slots' interface)
         self.max_len = int(model.config.context_length)
         self.window = slide_window(self.max_len)
@@ -50,7 +53,7 @@ class Solo:
         truncated = len(ids) > self.max_len
         ids = ids[-self.window:] if truncated else ids
         n = len(ids)
-        room = self.max_len if new_tokens is None else min(self.max_len, n + max(new_tokens, 1))
+        room = self.max_len if new_tokens is None or self.compiled else min(self.max_len, n + max(new_tokens, 1))
         cache = KVCache(self.model.config, 1, room, self.device, self.dtype)
         logits, _ = self.model(torch.tensor([ids], device=self.device), kv_cache=cache, pos=0, last_only=True)
         return Prefilled(cache.kv, logits[0, -1], n, truncated, cache)
@@ -82,7 +85,8 @@ class Solo:
             raise ValueError("the row is full; prefill its window and place it again first")
         if pos >= self.cache.max_len:  # more tokens than prefill() was told of: give the cache the whole context
             self._grow()
-        one = getattr(self.model, "decode_one", None)  # GPT's lean step; any other model through its forward
+        # the compiled step, or GPT's lean step; any other model through its forward
+        one = self.compiled or getattr(self.model, "decode_one", None)
         if one is not None:
             logits = one(t, self.cache, pos)
         else:
