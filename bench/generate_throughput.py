@@ -3,8 +3,8 @@
     python bench/generate_throughput.py [--presets tiny small] [--batches 1 8] [--repeats 5] [--threads N]
     python bench/generate_throughput.py --run RUN_DIR       # also int8: speed and bits per character on its val text
 
-For each preset (gpt2 family, random weights, vocabulary 6000) the same model is loaded into
-`transformers.GPT2LMHeadModel` (goushi.hf.to_hf), and both decode the same prompts greedily with a KV cache
+For each preset (gpt2 family, or --family llama; random weights, vocabulary 6000) the same model is loaded into
+`transformers.GPT2LMHeadModel` or `LlamaForCausalLM` (goushi.hf.to_hf), and both decode the same prompts greedily with a KV cache
 for the same number of tokens (end-of-text is suppressed on both sides, so lengths match; the tokens must agree,
 a check that the comparison is fair). Both run at the thread count goushi's probe picks for decoding on this
 machine (goushi.precision.inference_plan, printed), in fp32 (what the probe picks here; HF at fp32 is the same
@@ -14,7 +14,9 @@ and the best of --repeats counts. Time to first token: a 200-character prompt, b
 Engine.stream until its first event, HF generate(max_new_tokens=1) on the same visible tokens.
 With --quantize (default on) ours also decodes with int8 layers (Engine(quantize="int8")); its tokens may differ.
 A batch of 1 decodes on the single-row kernels (goushi.generation.solo); --invariant also times it as the server's
-batch decodes a lone row (Engine(batch_invariant=True)), interleaved with the others.
+batch decodes a lone row (Engine(batch_invariant=True)), and --compile-decode with the compiled step
+(Engine(compile_decode=True): its race against the eager step is printed; if it dropped the compiled step, the row
+times the eager one), interleaved with the others.
 Figures are printed, never asserted: a shared CPU is noisy.
 """
 
@@ -51,9 +53,10 @@ def cjk_tokenizer() -> Tokenizer:
     return tok
 
 
-def bench(preset: str, batch: int, repeats: int, tok: Tokenizer, quantize: bool, invariant: bool = False) -> dict:
+def bench(preset: str, batch: int, repeats: int, tok: Tokenizer, quantize: bool, invariant: bool = False,
+          compile_decode: bool = False, family: str = "gpt2") -> dict:
     torch.manual_seed(0)
-    cfg = preset_config(preset, "gpt2", vocab_size=VOCAB)
+    cfg = preset_config(preset, family, vocab_size=VOCAB)
     model = GPT(cfg).eval()
     hf = to_hf(model, eot_id=tok.eot_id)
     engine = Engine(model, tok)
@@ -64,6 +67,12 @@ def bench(preset: str, batch: int, repeats: int, tok: Tokenizer, quantize: bool,
         copy = GPT(cfg)
         copy.load_state_dict(model.state_dict())
         engine8 = Engine(copy.eval(), tok, quantize="int8")
+    engine_c = None
+    if compile_decode and batch == 1:  # its own copy too: compiling freezes the weights it was given
+        copy = GPT(cfg)
+        copy.load_state_dict(model.state_dict())
+        engine_c = Engine(copy.eval(), tok, compile_decode=True)
+        engine_c.compiled_step()
     prompt_len = cfg.context_length // 2  # tokens, including the leading <|endoftext|>
     new = cfg.context_length - prompt_len - 1
     rng = random.Random(batch)
@@ -86,6 +95,11 @@ def bench(preset: str, batch: int, repeats: int, tok: Tokenizer, quantize: bool,
     sides = {"ours": ours, "hf": theirs}
     if engine_inv is not None:
         sides["inv"] = lambda n: ours(n, engine_inv)
+    if engine_c is not None:
+        row["compile_note"] = engine_c.compile_note
+        # timed whatever the race decided (the engine's own step if it dropped the compiled one): what a user gets
+        sides["compiled"] = lambda n: ours(n, engine_c)
+        row["compiled_same"] = [g.token_ids for g in ours(new, engine_c)] == ours_ids
     if engine8 is not None:
         sides["int8"] = lambda n: ours(n, engine8)
         row["int8_same"] = [g.token_ids for g in ours(new, engine8)] == ours_ids
@@ -181,11 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--family", default="gpt2", choices=("gpt2", "llama"),
+                    help="model family (llama: HF's LlamaForCausalLM beside ours; the recipes' default family)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, help="fix torch's intra-op threads (default: goushi's probe decides)")
     ap.add_argument("--no-quantize", dest="quantize", action="store_false", help="skip the int8 engine")
     ap.add_argument("--invariant", action="store_true",
                     help="batch 1 also as Engine(batch_invariant=True): a lone row decoded as the server's batch does")
+    ap.add_argument("--compile-decode", action="store_true",
+                    help="batch 1 also as Engine(compile_decode=True) (goushi.generation.compiled), interleaved")
     ap.add_argument("--run", help="a trained RUN_DIR: int8's bits-per-character change on its validation text")
     ap.add_argument("--bpc-chars", type=int, default=50_000)
     args = ap.parse_args(argv)
@@ -194,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     tok = cjk_tokenizer()
-    plan = precision.inference_plan(preset_config(args.presets[0], "gpt2", vocab_size=VOCAB), torch.device("cpu"))
+    plan = precision.inference_plan(preset_config(args.presets[0], args.family, vocab_size=VOCAB), torch.device("cpu"))
     plan.apply_threads()
     print(f"CPU: {precision.describe_cpu()}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, vocab {VOCAB}, greedy, KV cache; "
@@ -209,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ttft = []
     for preset in args.presets:
         for batch in args.batches:
-            r = bench(preset, batch, args.repeats, tok, args.quantize, args.invariant)
+            r = bench(preset, batch, args.repeats, tok, args.quantize, args.invariant, args.compile_decode,
+                      args.family)
             line = (f"{r['preset']:<6} {r['batch']:>5} {r['prompt']:>6} {r['new']:>4} | "
                     f"{r['ours_prefill']:>12.0f} {r['hf_prefill']:>9.0f} {r['ours_prefill'] / r['hf_prefill']:>5.2f}x | "
                     f"{r['ours_decode']:>11.0f} {r['hf_decode']:>8.0f} {r['ours_decode'] / r['hf_decode']:>5.2f}x | "
@@ -222,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'':<6} {'':>5} batch-invariant (a lone row as the server's batch runs it): decode "
                       f"{r['inv_decode']:.0f} tokens/s, {r['inv_decode'] / r['hf_decode']:.2f}x HF; ours (single-row "
                       f"kernels) {r['ours_decode'] / r['inv_decode']:.2f}x that", flush=True)
+            if "compiled_decode" in r:
+                print(f"{'':<6} {'':>5} {r['compile_note']}: decode {r['compiled_decode']:.0f} tokens/s, "
+                      f"{r['compiled_decode'] / r['hf_decode']:.2f}x HF, {r['compiled_decode'] / r['ours_decode']:.2f}x "
+                      f"ours eager; same tokens: {'yes' if r['compiled_same'] else 'no'}", flush=True)
             if "ttft_ours" in r:
                 ttft.append(f"{preset}: ours {r['ttft_ours'] * 1000:.1f} ms, HF {r['ttft_hf'] * 1000:.1f} ms "
                             f"({r['ttft_hf'] / r['ttft_ours']:.2f}x; {r['ttft_tokens']} tokens visible)")
