@@ -272,6 +272,8 @@ def serve_and_load(name: str, run: Path, max_batch: int | None, jobs: list[Job],
     cmd = [sys.executable, "-m", "goushi.cli", "serve", str(run), "--port", str(port), "--device", "cpu",
            "--concurrency", str(args.concurrency), "--max-queue", str(max(64, args.clients)),
            "--max-tokens", str(max(args.max_tokens, 1))] + ([] if max_batch is None else ["--max-batch", str(max_batch)])
+    if max_batch != 1 and args.decode_threads is not None:
+        cmd += ["--decode-threads", str(args.decode_threads)]
     print(f"\n[{name}] server: {shlex.join(cmd)}")
     log_path = tmp / f"server-{name.replace(' ', '-')}.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
@@ -305,6 +307,9 @@ def serve_and_load(name: str, run: Path, max_batch: int | None, jobs: list[Job],
     clients = after.ru_utime + after.ru_stime - clients_cpu.ru_utime - clients_cpu.ru_stime
     out = Outcome(name, stats, wall, health, rc, server_log.count("Traceback"))
     errors = out.errors
+    for line in server_log.splitlines():
+        if line.startswith("loaded "):
+            print(f"[{name}] {line}")
     print(f"[{name}] wall: {wall:.1f} s; requests done: {stats.done} ({stats.done / max(wall, 1e-9):.1f}/s); errors: "
           f"{errors}" + (f" ({', '.join(f'{k}: {v}' for k, v in stats.errors.most_common())})" if errors else "")
           + f"; mismatches: {stats.mismatches}")
@@ -338,6 +343,8 @@ def main() -> int:
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--pool", type=int, default=128, help="distinct seeded requests (prompt x seed) with references")
     ap.add_argument("--max-batch", type=int, default=None, help="the batched server's --max-batch (default: its own)")
+    ap.add_argument("--decode-threads", type=int, default=None,
+                    help="the batched server's --decode-threads (default: its own, one per CPU core)")
     ap.add_argument("--concurrency", type=int, default=2, help="the servers' --concurrency (what --max-batch 1 uses)")
     ap.add_argument("--only", choices=("batched", "single"), help="run one server only (no comparison)")
     ap.add_argument("--request-timeout", type=float, default=120, help="seconds one request may take")

@@ -778,11 +778,17 @@ def test_two_decode_threads_share_the_requests_and_each_gets_its_own_text(runs, 
         app.state.generations.close()
 
 
-def test_decode_threads_default_to_the_cores_on_a_cpu_and_one_on_a_gpu(ref, monkeypatch):
+def test_decode_threads_default_to_the_cores_for_a_big_model_on_a_cpu_else_one(ref, monkeypatch):
+    from goushi.serve import app as app_module
+
     engine = ref["tiny"]
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2}, raising=False)
-    assert decode_threads(Limits(), engine) == 3
+    assert decode_threads(Limits(), engine) == 1  # a tiny model: its Python, under one GIL, is most of a step
     assert decode_threads(Limits(decode_threads=5), engine) == 5
+    monkeypatch.setattr(app_module, "LANES_FROM_PARAMS", 1000)  # as if it were big
+    assert decode_threads(Limits(), engine) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)), raising=False)
+    assert decode_threads(Limits(), engine) == app_module.MAX_AUTO_LANES
     monkeypatch.setattr(engine, "device", torch.device("cuda", 0))
     assert decode_threads(Limits(), engine) == 1
     assert decode_threads(Limits(decode_threads=2), engine) == 2

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "bench/serve_load.py)")
     p.add_argument("--decode-threads", type=int, default=d.decode_threads, metavar="N",
                    help="batched: decode threads per model, each with its share of the --max-batch slots and one "
-                   "core (default: one per CPU core on a CPU, one on a GPU)")
+                   "core (default: one per CPU core, at most 4, for a model of 8M parameters or more on a CPU, "
+                   "else one; measured in docs/serving.md)")
     p.add_argument("--concurrency", type=int, default=d.concurrency,
                    help="with --max-batch 1: generations running at once; more requests wait their turn. Batched: "
                    f"beam-search requests running at once (default: {d.concurrency})")
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here on purpose: FastAPI and uvicorn are the optional `serve` extra, and every other
     # subcommand must start without them.
     try:
-        from goushi.serve.app import build_app
+        from goushi.serve.app import build_app, decode_threads
         from goushi.serve.server import serve_forever
     except ImportError as e:
         raise GoushiError(f"goushi serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'goushi[serve]'") from None
@@ -109,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     for name, path in ids.items():
         engines[name] = Engine.load(path, device=args.device)
         kind = "chat" if engines[name].is_chat else "completions only"
-        print(f"loaded {name} from {path} ({kind}, context {engines[name].context_length})", flush=True)
+        batching = (f"; batched: {args.max_batch} rows on {decode_threads(limits, engines[name])} decode thread(s)"
+                    if args.max_batch > 1 else "")
+        print(f"loaded {name} from {path} ({kind}, context {engines[name].context_length}{batching})", flush=True)
     app = build_app(engines, api_key=args.api_key, limits=limits)
     shown = "localhost" if args.host in LOCAL_HOSTS else args.host
     print(f"goushi serve: http://{shown}:{args.port}/v1  (OpenAI-compatible; Ctrl-C to stop)"

@@ -17,8 +17,8 @@ class Limits:
     # Rows decoded together in one batch per model (continuous batching; goushi.serve.scheduler); 1 = each request
     # its own engine call, `concurrency` at a time. The default is the fastest measured by bench/serve_load.py.
     max_batch: int = 32
-    # Decode threads per model when batched, the max_batch slots split between them; 0 = one per CPU core on a CPU
-    # (each decodes on one core: goushi.serve.scheduler), one on a GPU.
+    # Decode threads per model when batched, the max_batch slots split between them; 0 = measured rule: one per CPU
+    # core for a model big enough to gain from it (goushi.serve.app.decode_threads), else one.
     decode_threads: int = 0
     max_queue: int = 64  # requests waiting; beyond it the server answers 503
 

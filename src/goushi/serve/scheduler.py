@@ -12,9 +12,11 @@ same whatever else is in its batch (goushi.generation.slots says how), and the s
 Engine(batch_invariant=True).generate alone; a plain Engine call with a single row runs the faster single-row
 kernels, the same text except at float near-ties. A batch always has at least 2 slots, so it never takes that path.
 
-One lane would leave the machine's other cores idle, so a model gets one lane per core on a CPU (`lanes`): the
-lanes share the weights, each has its own batch and KV cache, and a new request goes to the lane with the fewest
-rows (a request's rows stay together: its samples share one prefill). Since a row's floats never depend on its
+One lane leaves the machine's other cores idle, so a model can have several (`lanes`; how many by default:
+goushi.serve.app.decode_threads, measured): the lanes share the weights, each has its own batch and KV cache, and a
+new request goes to the lane with the fewest rows (a request's rows stay together: its samples share one prefill).
+The lanes are threads of one process: their kernels run in parallel, their Python takes turns on the GIL, so they
+pay for a model whose kernels are most of a step. Since a row's floats never depend on its
 neighbours, which lane decodes it does not change its text. Beam search is not batched: the server runs it per
 request, as before.
 """
