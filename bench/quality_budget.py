@@ -122,6 +122,12 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "big-c6k-muon-w192-dec0.5": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4",
                                               "--n-embd", "192", "--n-head", "6", "--decay-frac", "0.5",
                                               "--min-lr", "3e-5"]),
+    "big-c6k-muon-w256-dec0.5": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4",
+                                              "--n-embd", "256", "--n-head", "8", "--decay-frac", "0.5",
+                                              "--min-lr", "3e-5"]),
+    "big-c4k-muon-w192-dec0.5": ("char4000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4",
+                                              "--n-embd", "192", "--n-head", "6", "--decay-frac", "0.5",
+                                              "--min-lr", "3e-5"]),
     # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
     "default": ("default", []),
 }
