@@ -37,12 +37,14 @@ def one_thread():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family,kw", LAYOUTS)
-def test_the_compiled_step_gives_decode_ones_logits_at_every_position(family, kw):
+def test_the_compiled_step_gives_decode_ones_logits_at_every_position(family, kw, monkeypatch):
     model = small_gpt(family, **kw)
     T = model.config.context_length
+    monkeypatch.setattr(CompiledStep, "_time", lambda self, fn, steps: 1.0 if fn is self else 2.0)  # keep it
     with torch.inference_mode():
         model.prepare_for_inference()
-        step = CompiledStep(model)
+        step, note = CompiledStep.build(model)  # the first options that pass its own check on this machine
+        assert step is not None, note
         eager, comp = (KVCache(model.config, 1, T, "cpu", torch.float32) for _ in range(2))
         for pos in range(T):  # the whole window: the mask hides what is not written yet
             token = (pos * 37 + 5) % 300
@@ -81,6 +83,8 @@ def test_an_engine_decodes_a_lone_row_with_it_and_drops_it_when_slower(monkeypat
     monkeypatch.setattr(CompiledStep, "__call__", counting)
     monkeypatch.setattr(CompiledStep, "_time", lambda self, fn, steps: 1.0 if fn is self else 2.0)  # "faster"
     fast = Engine(model, tok, compile_decode=True)
+    fast.compiled_step()  # compiled, checked against the eager step and (stubbed) raced
+    calls.clear()
     monkeypatch.setattr(model, "decode_one", lambda *a: pytest.fail("an eager step ran"))
     got = fast.generate("今天", cfg)[0]  # 2 + 30 tokens in a 24-token context: the window slides on the way
     assert fast.compile_note.startswith("compiled decode: on")
@@ -89,8 +93,9 @@ def test_an_engine_decodes_a_lone_row_with_it_and_drops_it_when_slower(monkeypat
     assert got.token_ids[:10] == want.token_ids[:10]
 
     monkeypatch.setattr(CompiledStep, "_time", lambda self, fn, steps: 2.0 if fn is self else 1.0)  # "slower"
-    calls.clear()
     slow = Engine(small_gpt("llama"), tok, compile_decode=True)
+    slow.compiled_step()
+    calls.clear()
     assert slow.generate("今天", cfg)[0].token_ids == want.token_ids
     assert slow.compile_note.startswith("compiled decode: not used") and "0.50x" in slow.compile_note
     assert calls == []  # dropped: the row decoded eagerly (the race's timings are stubbed here)
@@ -118,3 +123,38 @@ def test_goushi_sample_compile_decode_says_whether_it_compiled(make_run, capsys,
     out, err = capsys.readouterr()
     assert "compiled decode: on (2.00x the eager step's speed here)" in err.splitlines()
     assert out[:4] == plain[:4]  # greedy: the same start (a random model's later tokens may tie to float noise)
+
+
+def test_a_candidate_whose_logits_differ_is_passed_over(monkeypatch):
+    """The check that caught NaN logits from cpp_wrapper + freezing under ATEN_CPU_CAPABILITY=avx2: a candidate
+    is trusted only if it gives the eager step's logits; then the next set of options is tried."""
+    made = []
+
+    def check(self):
+        made.append(self.options)
+        return "its logits were not finite at position 0" if self.options.get("freezing") else ""
+
+    monkeypatch.setattr(compiled_module.torch, "compile", lambda fn, **_kw: fn)  # no real compile needed here
+    monkeypatch.setattr(CompiledStep, "_check", check)
+    monkeypatch.setattr(CompiledStep, "_time", lambda self, fn, steps: 1.0 if fn is self else 2.0)
+    step, note = CompiledStep.build(small_gpt("gpt2"))
+    assert made == list(compiled_module.OPTION_SETS) and step.options == {"cpp_wrapper": True}
+    assert note.startswith("compiled decode: on")
+    monkeypatch.setattr(CompiledStep, "_check", lambda self: "its logits were not finite at position 0")
+    step, note = CompiledStep.build(small_gpt("gpt2"))
+    assert step is None and note == "compiled decode: not used (its logits were not finite at position 0)"
+
+
+def test_the_check_compares_with_the_eager_step():
+    """_check passes the uncompiled step function (the same arithmetic) and fails one whose logits are off."""
+    model = small_gpt("llama")
+    with torch.inference_mode():
+        model.prepare_for_inference()
+        step = CompiledStep.__new__(CompiledStep)
+        step.model, step.context, step.options = model, model.config.context_length, {}
+        step._fn = compiled_module._step_fn(model)
+        assert step._check() == ""
+        bad = CompiledStep.__new__(CompiledStep)
+        bad.model, bad.context, bad.options = model, model.config.context_length, {}
+        bad._fn = lambda token, pos, kvs: step._fn(token, pos, kvs) * 1.01 + 1.0
+        assert bad._check().startswith("its logits differed from the eager step's by")

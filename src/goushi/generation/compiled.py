@@ -18,8 +18,10 @@ float near-ties, as between thread counts.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+import types
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +31,12 @@ from goushi.model import GPT, KVCache, _apply_norm, _lin2, apply_rope, norm
 
 log = logging.getLogger("goushi.generation")
 
-# Inductor settings of the compiled step: the C++ wrapper calls the kernels without Python between them, and
-# freezing folds the weights in as constants (measured: 1.26x and 1.30x with both on a tiny model, against 1.0x
-# for plain torch.compile, whose Python wrapper costs what the fusion saves).
-OPTIONS = {"cpp_wrapper": True, "freezing": True}
+# Inductor settings of the compiled step, tried in this order: the C++ wrapper calls the kernels without Python
+# between them, and freezing folds the weights in as constants (plain torch.compile measured 1.0x on a tiny model:
+# its Python wrapper cost what the fusion saved). Both together gave NaN logits under ATEN_CPU_CAPABILITY=avx2 on an
+# AVX-512 Xeon, so every candidate is checked against the eager step before it is timed, and the next one tried.
+OPTION_SETS = ({"cpp_wrapper": True, "freezing": True}, {"cpp_wrapper": True})
+CHECK_STEPS = 12  # positions compared with the eager step's logits before a compiled step is trusted
 RACE_STEPS = 16  # decode steps per timing in the race against eager
 RACE_ROUNDS = 3
 
@@ -41,13 +45,14 @@ class CompiledStep:
     """step(token, cache, pos) -> logits (1, V), as GPT.decode_one, for a batch-1 KVCache of context_length
     positions."""
 
-    def __init__(self, model: GPT):
+    def __init__(self, model: GPT, options: dict | None = None):
         if not supported(model):
             raise ValueError("a compiled decode step needs a plain GPT whose layers are arranged for inference "
                              "(no LoRA adapters, no int8 layers)")
         self.model = model
         self.context = int(model.config.context_length)
-        self._fn = torch.compile(_step_fn(model), dynamic=False, fullgraph=True, options=OPTIONS)
+        self.options = dict(OPTION_SETS[0] if options is None else options)
+        self._fn = torch.compile(_own_code(_step_fn(model)), dynamic=False, fullgraph=True, options=self.options)
 
     def __call__(self, token: int, cache: KVCache, pos: int) -> torch.Tensor:
         if cache.max_len != self.context:
@@ -61,28 +66,51 @@ class CompiledStep:
 
     @classmethod
     def build(cls, model: GPT) -> tuple[CompiledStep | None, str]:
-        """Compile, then time it against GPT.decode_one on a scratch cache (interleaved, best of RACE_ROUNDS): the
-        compiled step if it is faster here, else None; and a line saying which and why. None also when the model
-        is not one it can run or compiling fails (torch.compile needs a C++ compiler on a CPU)."""
+        """Compile (each of OPTION_SETS in turn until one gives the eager step's logits), then time it against
+        GPT.decode_one on a scratch cache (interleaved, best of RACE_ROUNDS): the compiled step if it is faster
+        here, else None; and a line saying which and why. None also when the model is not one it can run or no
+        candidate compiles to the same logits (torch.compile needs a C++ compiler on a CPU)."""
         if not supported(model):
             return None, "compiled decode: not used (LoRA adapters or int8 layers: not this model)"
-        try:
-            step = cls(model)
-            with torch.inference_mode():
-                best = {"eager": float("inf"), "compiled": float("inf")}
-                step._time(step, 2)  # the first call compiles
-                for _ in range(RACE_ROUNDS):
-                    best["eager"] = min(best["eager"], step._time(model.decode_one, RACE_STEPS))
-                    best["compiled"] = min(best["compiled"], step._time(step, RACE_STEPS))
-        except Exception as e:  # noqa: BLE001 - any failure to compile means: decode eagerly, as without the option
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            log.warning("compiled decode step not used: %s", why)
-            return None, f"compiled decode: not used (compiling failed: {why})"
+        step, why = None, ""
+        with torch.inference_mode():
+            for options in OPTION_SETS:
+                try:
+                    candidate = cls(model, options)
+                    why = candidate._check()
+                except Exception as e:  # noqa: BLE001 - a failed compile means: the next candidate, or eager
+                    why = f"compiling failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                if not why:
+                    step = candidate
+                    break
+                log.warning("compiled decode step with %s not used: %s", options, why)
+            if step is None:
+                return None, f"compiled decode: not used ({why})"
+            best = {"eager": float("inf"), "compiled": float("inf")}
+            for _ in range(RACE_ROUNDS):
+                best["eager"] = min(best["eager"], step._time(model.decode_one, RACE_STEPS))
+                best["compiled"] = min(best["compiled"], step._time(step, RACE_STEPS))
         ratio = best["eager"] / best["compiled"]
         step.speedup = ratio
         if ratio > 1:
             return step, f"compiled decode: on ({ratio:.2f}x the eager step's speed here)"
         return None, f"compiled decode: not used (it ran {ratio:.2f}x the eager step's speed here)"
+
+    def _check(self) -> str:
+        """'' if this step's logits match the eager step's over the first CHECK_STEPS positions (this also
+        compiles it), else what differed."""
+        cfg, p = self.model.config, self.model.wte.weight
+        eager, mine = (KVCache(cfg, 1, self.context, p.device, p.dtype) for _ in range(2))
+        tol = 1e-3 if p.dtype == torch.float32 else 3e-2
+        for pos in range(min(CHECK_STEPS, self.context)):
+            token = (pos * 7919 + 11) % cfg.vocab_size
+            want, got = self.model.decode_one(token, eager, pos), self(token, mine, pos)
+            if not torch.isfinite(got).all():
+                return f"its logits were not finite at position {pos}"
+            diff = (got.float() - want.float()).abs().max().item()
+            if diff > tol * max(1.0, want.float().abs().max().item()):
+                return f"its logits differed from the eager step's by {diff:.3g} at position {pos}"
+        return ""
 
     def _time(self, fn, steps: int) -> float:
         p = self.model.wte.weight
@@ -103,6 +131,17 @@ def supported(model) -> bool:
     if fast is None or model._inference[1] is not None:  # blocks kept as modules, or an int8 head
         return False
     return all(type(lin) is tuple for w in fast for lin in (w.qkv, w.o, w.up, w.down, w.gate) if lin is not None)
+
+
+def _own_code(fn):
+    """fn with a code object of its own. Dynamo keeps its compiled graphs per code object, and every step function
+    shares one: the ninth model compiled in a process (a page switching models, a test suite) would hit its
+    recompile limit and fail."""
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_COUNTER)}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+_COUNTER = itertools.count()
 
 
 def _step_fn(model: GPT):
@@ -155,4 +194,4 @@ def _step_fn(model: GPT):
     return step
 
 
-__all__ = ["CompiledStep", "supported", "OPTIONS"]
+__all__ = ["CompiledStep", "supported", "OPTION_SETS"]
