@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MINUTES ?= 5
 CHAT_MINUTES ?= 3
-DPO_MINUTES ?= 3
+DPO_STEPS ?= 680
+DPO_MINUTES ?= 15
 
 .PHONY: demo demo-chat test test-fast lint install browser-deps clean
 
@@ -26,7 +27,7 @@ demo: $(STAMP)
 
 demo-chat: $(STAMP)
 	GRADIO_ANALYTICS_ENABLED=False $(BIN)/goushi demo --chat --minutes $(MINUTES) --chat-minutes $(CHAT_MINUTES) \
-		$(if $(DPO),--dpo --dpo-minutes $(DPO_MINUTES))
+		$(if $(DPO),--dpo --dpo-steps $(DPO_STEPS) --dpo-minutes $(DPO_MINUTES))
 
 test: $(STAMP)
 	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -q
