@@ -64,6 +64,7 @@ def test_a_big_corpus_gets_the_big_recipes_and_the_long_one_grows_the_model(tmp_
     assert all(long.model[k] > PRESETS["tiny"][k] for k in shape)
     assert not small.serve == "best" and small.weight_decay < recipes.RECIPES["short"].settings["weight_decay"]
     assert small.optimizer == "muon" and long.optimizer == "adamw"  # Muon measured at 10 minutes only
+    assert small.decay_frac == 0.5 and long.decay_frac == 0.2  # the longer cooldown measured at 10 minutes only
     # a given shape still replaces the recipe's whole shape
     mine, why = resolved(tmp_path, chars=big, time_budget="60m", preset="small")
     assert not any(k in mine.model for k in shape) and "n_layer" in why[-1]
