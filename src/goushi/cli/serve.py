@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise GoushiError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     if args.decode_threads < 0:
-        raise GoushiError(f"--decode-threads {args.decode_threads}: must be at least 1 (or 0: one per CPU core)")
+        raise GoushiError(f"--decode-threads {args.decode_threads}: must be at least 1 (or 0: chosen by the model's size, see --help)")
     if not 1 <= args.port <= 65535:
         raise GoushiError(f"--port {args.port}: must be between 1 and 65535")
     limits = Limits(max_body_bytes=args.max_body, max_prompt_chars=args.max_prompt_chars, max_tokens=args.max_tokens,
