@@ -436,13 +436,7 @@ class Block(nn.Module):
             q = a[0]
             kv.narrow(3, pos, 1).copy_(a.narrow(0, 1, 2))
         else:
-            q = qkv[:, : H * D].view(1, H, 1, D)
-            k = qkv[:, H * D: (H + KV) * D].view(1, KV, 1, D)
-            v = qkv[:, (H + KV) * D:].view(1, KV, 1, D)
-            if attn.q_norm is not None:
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k, v = one_token_qkv(attn, qkv, rope)
             kv[0].narrow(2, pos, 1).copy_(k)
             kv[1].narrow(2, pos, 1).copy_(v)
         k, v = kv.narrow(3, 0, pos + 1).unbind(0)
@@ -458,6 +452,20 @@ class Block(nn.Module):
         h = _apply_norm(w.ln_2, x)
         gate = _lin2(w.gate, h) if w.gate is not None else None
         return _lin2(w.down, self.mlp.activate(_lin2(w.up, h), gate)).add_(x)
+
+
+def one_token_qkv(attn: Attention, qkv: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token's fused projection (1, (H + 2 KV) D) as q (1, H, 1, D), k and v (1, KV, 1, D), with the q/k norms
+    and rotary positions applied: the decode steps' shared head of attention (Block.decode_one, the compiled step)."""
+    H, KV, D = attn.n_head, attn.n_kv, attn.head_dim
+    q = qkv[:, : H * D].view(1, H, 1, D)
+    k = qkv[:, H * D: (H + KV) * D].view(1, KV, 1, D)
+    v = qkv[:, (H + KV) * D:].view(1, KV, 1, D)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    return q, k, v
 
 
 def _lin2(spec: Lin, x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from goushi.model import GPT, KVCache, _apply_norm, _lin2, apply_rope, norm
+from goushi.model import GPT, KVCache, _apply_norm, _lin2, norm, one_token_qkv
 
 log = logging.getLogger("goushi.generation")
 
@@ -168,14 +168,7 @@ def _step_fn(model: GPT):
             attn = block.attn
             H, KV, D = attn.n_head, attn.n_kv, attn.head_dim
             h = _apply_norm(w.ln_1, x)
-            qkv = _lin2(w.qkv, h)
-            q = qkv[:, : H * D].view(1, H, 1, D)
-            k = qkv[:, H * D: (H + KV) * D].view(1, KV, 1, D)
-            v = qkv[:, (H + KV) * D:].view(1, KV, 1, D)
-            if attn.q_norm is not None:
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k, v = one_token_qkv(attn, _lin2(w.qkv, h), rope)
             kv.index_copy_(3, pos, torch.stack((k, v)).to(kv.dtype))
             keys, values = kv[0], kv[1]
             if KV != H:
