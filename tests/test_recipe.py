@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from goushi.cli import main as goushi
-from goushi.config import PRESETS
 from goushi.errors import ConfigError
 from goushi.train import recipe as recipes
 from goushi.train.config import TrainConfig, resolve_run_config
@@ -49,25 +48,25 @@ def test_a_time_budget_gets_the_recipe_for_it_and_every_setting_of_it(tmp_path):
         assert "above 10 minutes no recipe was measured to beat the classic one" in why[0]
 
 
-def test_a_big_corpus_gets_the_big_recipes_and_the_long_one_grows_the_model(tmp_path):
+def test_a_big_corpus_gets_the_big_recipe_at_any_budget_with_the_shape_left_to_the_probe(tmp_path):
     big = recipes.BIG_CORPUS_CHARS
     assert recipes.choose(600, big - 1) is recipes.RECIPES["short"]
     assert recipes.choose(600, None) is recipes.RECIPES["short"]  # unknown size: taken as small
-    for budget, name in (("5m", "big"), ("10m", "big"), ("11m", "big-long"), ("60m", "big-long"), ("2h", "big-long")):
+    for budget in ("5m", "10m", "11m", "60m", "2h"):
         cfg, why = resolved(tmp_path, chars=big, time_budget=budget)
-        assert cfg.recipe == name, budget
-        assert why[0].startswith(f"recipe: {name}, chosen for a {budget} budget and {big:,} training characters")
-    small, _ = resolved(tmp_path, chars=big, time_budget="10m")
-    long, _ = resolved(tmp_path, chars=big, time_budget="60m")
-    shape = ("n_layer", "n_embd")
-    assert not any(k in small.model for k in shape) and small.preset == long.preset == "tiny"
-    assert all(long.model[k] > PRESETS["tiny"][k] for k in shape)
-    assert not small.serve == "best" and small.weight_decay < recipes.RECIPES["short"].settings["weight_decay"]
-    assert small.optimizer == "muon" and long.optimizer == "adamw"  # Muon measured at 10 minutes only
-    assert small.decay_frac == 0.5 and long.decay_frac == 0.2  # the longer cooldown measured at 10 minutes only
-    # a given shape still replaces the recipe's whole shape
-    mine, why = resolved(tmp_path, chars=big, time_budget="60m", preset="small")
-    assert not any(k in mine.model for k in shape) and "n_layer" in why[-1]
+        assert cfg.recipe == "big", budget
+        assert why[0].startswith(f"recipe: big, chosen for a {budget} budget and {big:,} training characters")
+        assert cfg.shape == "auto" and not any(k in cfg.model for k in ("n_layer", "n_embd")), budget
+        assert cfg.optimizer == "muon" and cfg.decay_frac == 0.5 and cfg.serve != "best"
+        assert cfg.weight_decay < recipes.RECIPES["short"].settings["weight_decay"]
+    # a given shape (a preset or any size flag) replaces the recipe's: no probe then
+    for given in (dict(preset="small"), dict(n_layer=2)):
+        overrides = {"model": given} if "n_layer" in given else given
+        mine, why = resolved(tmp_path, chars=big, time_budget="60m", **overrides)
+        assert mine.shape == "preset" and "shape" in why[-1], given
+    # the first long recipe stays by name, to reproduce its rows
+    old, why = resolved(tmp_path, chars=big, time_budget="60m", recipe="big-long")
+    assert (old.model["n_layer"], old.model["n_embd"], old.optimizer) == (6, 192, "adamw")
 
 
 def test_what_the_user_sets_wins_and_a_given_shape_replaces_the_recipes_whole_shape(tmp_path):

@@ -11,10 +11,12 @@ import torch.nn as nn
 from goushi import rundir
 from goushi.config import FAMILY_DEFAULTS, MLPS, NORMS, POS_ENCODINGS, PRESETS, ModelConfig, param_counts
 from goushi.data import layout as data_layout
+from goushi.device import pick_device
 from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
+from goushi.precision import train_plan
 from goushi.run_record import RunRecord
-from goushi.train import BatchSource, train
+from goushi.train import BatchSource, shape, train
 from goushi.train import recipe as recipes
 from goushi.train.config import TrainConfig, init_model_config, resolve_model_config, resolve_run_config
 
@@ -66,6 +68,9 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
                       "0 = never (default; the fine-tuning recipe sets it)"),
     "serve": (str, "last | best: which weights RUN_DIR/model.safetensors holds when the run ends; best keeps the "
                    "last step's in last.safetensors for --resume (default last; the fine-tuning recipe: best)"),
+    "shape": (str, "preset | auto: the preset's shape (and the size flags'), or the largest shape that gets enough "
+                   "tokens per parameter in --time-budget at this machine's measured speed (default preset; the big "
+                   "corpus recipe: auto)"),
     "seed": (int, "random seed (default 1337)"),
     "device": (str, "auto | cpu | cuda | cuda:N | mps (default auto)"),
     "dtype": (str, "auto | float32 | bfloat16 | float16 (default auto: bf16/fp16 on GPUs; on a CPU bf16 where it has "
@@ -119,7 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         m.add_argument(_flag(name), dest=f"model.{name}", action=argparse.BooleanOptionalAction, help=help_)
     t = p.add_argument_group("training")
     for name, (typ, help_) in TRAIN_FLAGS.items():
-        choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"), "serve": ("last", "best")}.get(name)
+        choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"), "serve": ("last", "best"),
+                   "shape": ("preset", "auto")}.get(name)
         t.add_argument(_flag(name), dest=name, type=typ, choices=choices, help=help_)
     for name, help_ in TRAIN_BOOLS.items():
         t.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_)
@@ -188,7 +194,14 @@ def run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     cfg, why = resolve_run_config(getattr(args, "config_file", None), overrides)
     if getattr(args, "print_config", False):
-        print_config(cfg, _model_for_print(cfg), why)
+        mc = _model_for_print(cfg)
+        if shape.wanted(cfg):  # timed as the run would time it (cached per machine), so the shape printed is its
+            device = pick_device(cfg.device)
+            plan = train_plan(mc, cfg.batch_size, device, cfg.dtype)
+            plan.apply_threads()
+            mc, lines = shape.for_run(cfg, mc, device, plan.dtype, plan.apply_to)
+            why = [*why, *lines]
+        print_config(cfg, mc, why)
         return 0
     if not cfg.out:
         raise GoushiError("goushi train needs --out RUN_DIR (where the model is written)")

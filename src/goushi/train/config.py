@@ -25,6 +25,7 @@ from goushi.train import recipe as recipes
 
 SCHEDULES = ("cosine", "wsd")
 SERVES = ("last", "best")
+SHAPES = ("preset", "auto")
 OPTIMIZERS = ("adamw", "muon")
 MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig))
 
@@ -42,6 +43,9 @@ class TrainConfig:
     # auto: a from-scratch run with a time budget gets the measured recipe for its budget and corpus size
     # (goushi.train.recipe), under whatever the user set; none: the plain defaults below; or a recipe's name
     recipe: str = "auto"
+    # preset: the shape is the preset's (and the size flags'); auto: the largest shape of goushi.train.shape's
+    # ladder that gets enough tokens per parameter in the time budget at this machine's measured speed
+    shape: str = "preset"
 
     # optimisation
     optimizer: str = "adamw"
@@ -136,6 +140,8 @@ class TrainConfig:
             raise bad("patience", "needs eval_every > 0: it counts evaluations without a new best validation loss")
         if self.serve not in SERVES:
             raise bad("serve", f"is not one of {', '.join(SERVES)}")
+        if self.shape not in SHAPES:
+            raise bad("shape", f"is not one of {', '.join(SHAPES)}")
         if self.time_budget:
             parse_duration(self.time_budget)
         if self.lora_rank < 0:

@@ -19,8 +19,8 @@ from typing import Any
 from goushi.data.layout import BIG_CORPUS_CHARS
 from goushi.errors import ConfigError
 
-# Model fields that make up a shape: given any of them (or --preset), the user's shape is kept whole.
-SHAPE_KEYS = ("preset", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden", "context_length")
+# Fields that make up a shape: given any of them (or --preset, or --shape), the user's shape is kept whole.
+SHAPE_KEYS = ("shape", "preset", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden", "context_length")
 
 
 @dataclass(frozen=True)
@@ -46,24 +46,26 @@ RECIPES: dict[str, Recipe] = {
 }
 
 # Corpora of tens of millions of characters: a budget of minutes does not see the text twice, so nothing needs the
-# regularisation or the best-weights serving of `short`; the model grows with the budget instead.
+# regularisation or the best-weights serving of `short`; the model grows with the tokens the budget buys instead.
 RECIPES["big"] = Recipe(
     "big", {"family": "llama", "schedule": "wsd", "lr": 3e-3, "min_lr": 3e-5, "decay_frac": 0.5, "weight_decay": 0.1,
-            "optimizer": "muon"},
+            "optimizer": "muon", "shape": "auto"},
     summary="for big corpora: llama family, Muon (AdamW for embeddings and norms), warmup-stable-decay with the last "
-            "half of the run decaying to 1 % of the peak lr 3e-3, weight decay 0.1, the tiny shape",
+            "half of the run decaying to 1 % of the peak lr 3e-3, weight decay 0.1; the shape from the tokens the "
+            "budget buys on this machine (goushi.train.shape: 4 x 128 when few, 4 x 192 at 10 minutes of a Xeon "
+            "core, bigger for longer budgets)",
     evidence="bench/quality_budget.py --compile on poetry-full (docs/recipe.md, 'Big corpora'): 10 minutes of one "
-             "Xeon core, compiled, with the data build's 6,000-character vocabulary, 6.022 held-out bits/char against "
-             "6.035 with a fifth of the run decaying, AdamW's 6.116 and the classic recipe's 6.829 (0.88x); eager, "
-             "with AdamW: 6.245 against 6.927 (0.90x)",
-    budgets="budgets up to 10 minutes on a corpus of 10 M characters or more")
+             "Xeon core, compiled, 6,000-character vocabulary: 4 x 192 5.920 held-out bits/char, 4 x 128 6.022, "
+             "4 x 256 6.069, the classic recipe 6.829 (0.87x); at 3 minutes 4 x 128 6.398 against 4 x 192's 6.473",
+    budgets="any budget on a corpus of 10 M characters or more")
 RECIPES["big-long"] = Recipe(
     "big-long", {"family": "llama", "schedule": "wsd", "lr": 2e-3, "weight_decay": 0.1,
                  "model": {"n_layer": 6, "n_embd": 192, "n_head": 6}},
-    summary="for big corpora and long budgets: llama family 6 layers x 192, warmup-stable-decay, peak lr 2e-3, "
-            "weight decay 0.1",
-    evidence="bench/quality_budget.py on poetry-full (docs/recipe.md, 'Big corpora')",
-    budgets="budgets above 10 minutes on a corpus of 10 M characters or more")
+    summary="the first long-budget recipe for big corpora (AdamW, llama 6 layers x 192, warmup-stable-decay, peak lr "
+            "2e-3); `big` with its measured shape replaced it, kept by name to reproduce earlier rows",
+    evidence="bench/quality_budget.py on poetry-full (docs/recipe.md, 'Big corpora'): 60 minutes of one core, eager, "
+             "5.672 held-out bits/char against the eager 10-minute default's 6.245",
+    budgets="named by --recipe big-long only")
 
 # A run that starts from another run's weights (--init-from) on a small corpus: the data, not the budget, runs
 # out, so it evaluates often, stops when validation loss no longer improves and serves the best weights.
@@ -79,7 +81,7 @@ FINETUNE = Recipe(
 RECIPES["finetune"] = FINETUNE
 
 # Small corpora: measured up to 10 minutes; above that the one candidate measured (a 6 x 192 model at 30 minutes)
-# overfitted, so longer budgets keep the plain defaults. Big corpora (layout.BIG_CORPUS_CHARS): the big recipes.
+# overfitted, so longer budgets keep the plain defaults. Big corpora (layout.BIG_CORPUS_CHARS): `big`, any budget.
 SHORT_UP_TO_S = 10 * 60
 NONE_ABOVE = ("above 10 minutes no recipe was measured to beat the classic one on a small corpus (a bigger model "
               "at 30 minutes overfitted the 1.4 M-character corpora; docs/recipe.md), so the plain defaults (the "
@@ -100,7 +102,7 @@ def choose(budget_s: float, train_chars: int | None) -> Recipe | None:
     """The recipe for a time budget of `budget_s` seconds on a corpus of `train_chars` training characters
     (None: unknown, taken as small); None: the plain defaults (NONE_ABOVE says why)."""
     if train_chars is not None and train_chars >= BIG_CORPUS_CHARS:
-        return RECIPES["big"] if budget_s <= SHORT_UP_TO_S else RECIPES["big-long"]
+        return RECIPES["big"]
     return RECIPES["short"] if budget_s <= SHORT_UP_TO_S else None
 
 

@@ -35,7 +35,7 @@ from goushi.errors import ConfigError, GoushiError
 from goushi.model import GPT
 from goushi.precision import Plan, peak_flops, should_compile, train_plan
 from goushi.tokenizer import Tokenizer
-from goushi.train import artifacts, compile_race, distributed
+from goushi.train import artifacts, compile_race, distributed, shape
 from goushi.train import checkpoint as ckpt
 from goushi.train.budget import Budget
 from goushi.train.config import TrainConfig, check_resumable, load_train_config, run_model_config
@@ -123,6 +123,8 @@ class Trainer:
         self.device = pick_device(device_name)
         self.plan = self._precision_plan()
         self.plan.apply_threads()
+        if shape.wanted(cfg):
+            self._choose_shape()
         self.scaler, self.dtype = grad_scaler(self.plan.dtype, self.device, fsdp=self.fsdp, asked=cfg.dtype,
                                               log=self.log)
         self.use_amp = self.dtype != torch.float32
@@ -137,6 +139,27 @@ class Trainer:
         elif self.dist.enabled and cfg.dtype in ("", "auto") and self.device.type == "cpu":
             distributed.agree_precision(plan, self.dist, self.device)
         return plan
+
+    def _choose_shape(self) -> None:
+        """The shape by the tokens the budget buys here (goushi.train.shape). Under torchrun rank 0 times it and
+        its choice holds for every rank. The choice is written into the run's settings, so --resume rebuilds it."""
+        cfg = self.cfg
+        if self.dist.is_main:
+            mc, lines = shape.for_run(cfg, self.mc, self.device, self.plan.dtype, self.plan.apply_to)
+            for line in lines:
+                self.log(line)
+            pick = [float(i) for i, rung in enumerate(shape.LADDER) if rung[:2] == (mc.n_layer, mc.n_embd)]
+        else:
+            pick = [0.0]
+        index = int(self.dist.sum(pick, self.device)[0]) if self.dist.enabled else int(pick[0])
+        mc = shape.rung_config(self.mc, *shape.LADDER[index])
+        cfg.model = {**cfg.model, "n_layer": mc.n_layer, "n_embd": mc.n_embd, "n_head": mc.n_head,
+                     "n_kv_head": mc.n_kv_head}
+        if mc != self.mc:
+            self.mc = mc
+            self.source.check_context(mc.context_length)
+            self.plan = self._precision_plan()  # its precision probe is per shape
+            self.plan.apply_threads()
 
     def _resume_state(self) -> dict[str, Any]:
         if getattr(self, "_loaded_state", None) is None:
