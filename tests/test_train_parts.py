@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from goushi import rundir
-from goushi.checkpoint import load_run
+from goushi.checkpoint import load_run, load_weights
+from goushi.config import ModelConfig
 from goushi.data.build import BuildOptions, build_dataset
 from goushi.errors import ConfigError, GoushiError
+from goushi.model import GPT
 from goushi.tokenizer import Tokenizer
 from goushi.train import IGNORE_INDEX, BatchSource, TrainConfig, train
 from goushi.train.budget import DEFAULT_STEPS, PLAN_AFTER, Budget, plan_steps
@@ -226,6 +228,44 @@ def test_data_built_with_a_runs_tokenizer_trains_on_from_it(tmp_path, data_dir):
     assert s["steps"] == 2 and losses(tmp_path / "child")
     with pytest.raises(GoushiError, match="tokenizer file not found"):
         BuildOptions(tokenizer_from=str(tmp_path / "missing")).validate()
+
+
+def test_a_vocabulary_extended_for_the_new_text_grows_the_base_model(tmp_path, data_dir):
+    base = tmp_path / "base"
+    train(cfg_for(data_dir, base, max_steps=2, eval_every=0, sample_tokens=0), progress=False, log=quiet)
+    base_tok = Tokenizer.from_file(base)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    # 屁, 疯 and 🥵 are new and seen often; 蚂 only once (too rare to learn)
+    docs = [d + "屁疯" + "🥵" * (i % 3 == 0) for i, d in enumerate(random_docs(60, 8))] + ["蚂" + random_docs(1, 9)[0]]
+    (corpus / "new.txt").write_text("\n\n".join(docs), encoding="utf-8")
+    (corpus / "sources.toml").write_text('[[source]]\nid = "new"\npath = "new.txt"\nlicense = "CC0"\n',
+                                         encoding="utf-8")
+    said: list[str] = []
+    meta = build_dataset(corpus / "sources.toml", tmp_path / "grown", log=said.append,
+                         options=BuildOptions(tokenizer_from=str(base), extend_vocab=10))
+    grown = Tokenizer.from_file(tmp_path / "grown")
+    added = [grown.id_to_piece(i) for i in range(base_tok.vocab_size, grown.vocab_size)]
+    assert sorted(added) == sorted("屁疯🥵") and meta["vocab_size"] == base_tok.vocab_size + 3
+    assert grown.extends(base_tok) and not base_tok.extends(grown)
+    assert grown.encode("今天屁") == base_tok.encode("今天") + [grown.token_to_id("屁")]
+    assert any("extended by 3 characters" in line for line in said)
+    assert meta["tokenizer_coverage"]["char_coverage"] > 0.99  # only 蚂 is still spelled in bytes
+    # the child starts from the base's rows and grows new ones at their mean
+    child = tmp_path / "child"
+    train(cfg_for(tmp_path / "grown", child, max_steps=1, eval_every=0, sample_tokens=0, init_from=str(base),
+                  lr=1e-9, min_lr=0.0), progress=False, log=quiet)
+    assert read_config(child)["model"]["vocab_size"] == grown.vocab_size
+    old = GPT(load_run(base).model.config)
+    load_weights(base / rundir.WEIGHTS, old)
+    new = GPT(ModelConfig.from_dict({**old.config.to_dict(), "vocab_size": grown.vocab_size}))
+    load_weights(base / rundir.WEIGHTS, new, grow_vocab=True)
+    w, w0 = new.wte.weight.detach(), old.wte.weight.detach()
+    assert torch.equal(w[: base_tok.vocab_size], w0) and torch.allclose(w[-1], w0.mean(0))
+    with pytest.raises(GoushiError, match="weights do not match|has shape"):
+        load_weights(base / rundir.WEIGHTS, GPT(new.config))  # without grow_vocab: refused, never half-loaded
+    with pytest.raises(GoushiError, match="--extend-vocab 5: a number of characters >= 0, with --tokenizer-from"):
+        BuildOptions(extend_vocab=5).validate()
 
 
 # ---- the run directory's owner -----------------------------------------------------------------------

@@ -50,8 +50,11 @@ def save_weights(path: str | Path, model: torch.nn.Module) -> None:
         save_file(clean_state_dict(model), str(tmp), metadata={"format": "pt", "producer": "goushi"})
 
 
-def load_weights(path: str | Path, model: GPT) -> None:
-    """Strict load: a missing or unexpected tensor is an error, never a silently random model."""
+def load_weights(path: str | Path, model: GPT, *, grow_vocab: bool = False) -> None:
+    """Strict load: a missing or unexpected tensor is an error, never a silently random model. `grow_vocab`: the
+    model's vocabulary extends the file's (a tokenizer grown by `goushi data build --extend-vocab`); the new rows
+    of the embedding (and an untied head) start at the mean of the old ones, so a new token starts as an average
+    one, neither favoured nor ruled out."""
     path = Path(path)
     try:
         sd = load_file(str(path), device="cpu")
@@ -63,6 +66,11 @@ def load_weights(path: str | Path, model: GPT) -> None:
     if model.config.tie_embeddings:
         sd.setdefault("lm_head.weight", sd.get("wte.weight"))
     own = model.state_dict()
+    if grow_vocab:
+        for k in ("wte.weight", "lm_head.weight"):
+            v, rows = sd.get(k), own[k].shape[0] if k in own else 0
+            if v is not None and v.dim() == 2 and v.shape[0] < rows and v.shape[1:] == own[k].shape[1:]:
+                sd[k] = torch.cat([v, v.mean(0, keepdim=True).expand(rows - v.shape[0], -1)])
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     if missing or unexpected:

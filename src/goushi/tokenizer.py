@@ -229,6 +229,32 @@ class Tokenizer:
         hf.train_from_iterator(sample, trainer=trainer, length=len(sample))
         return cls(hf, "bpe")
 
+    def extend_chars(self, chars: Iterable[str]) -> Tokenizer:
+        """This char tokenizer with `chars` (ones it spells in bytes now) appended as new ids; every old id keeps
+        its piece, so a model trained on it keeps its meaning and only grows rows for the new ones."""
+        if self.kind != "char":
+            raise GoushiError(f"only a char tokenizer can be extended by characters, not a {self.kind} one")
+        spec = json.loads(self.hf.to_str())
+        vocab = spec["model"]["vocab"]
+        for c in chars:
+            if len(c) != 1:
+                raise GoushiError(f"extend_chars: {c!r} is not a single character")
+            if c not in vocab:
+                vocab[c] = len(vocab)
+        return Tokenizer(HFTokenizer.from_str(json.dumps(spec, ensure_ascii=False)), "char")
+
+    def extends(self, base: Tokenizer) -> bool:
+        """Is this `base` with pieces appended (Tokenizer.extend_chars): the same ids for all of base's pieces,
+        and the same splitting and decoding?"""
+        if self.hash() == base.hash():
+            return True
+        if (self.kind, base.kind) != ("char", "char") or self.vocab_size <= base.vocab_size:
+            return False
+        mine, theirs = json.loads(self.hf.to_str()), json.loads(base.hf.to_str())
+        ours = mine["model"].pop("vocab")
+        base_vocab = theirs["model"].pop("vocab")
+        return mine == theirs and all(ours.get(p) == i for p, i in base_vocab.items())
+
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, self.hf.to_str(pretty=True))
 

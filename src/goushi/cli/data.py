@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "bpe measured better for budgets up to 5 minutes, not at 10, docs/recipe.md)")
     b.add_argument("--tokenizer-from", metavar="PATH", help="encode with an existing tokenizer instead of training one: "
                    "a tokenizer.json, or a RUN_DIR / DATA_DIR holding one (to train on with `goushi train --init-from`)")
+    b.add_argument("--extend-vocab", type=int, default=0, metavar="N", help="with --tokenizer-from (char): add up to N "
+                   "characters of this text that it spells in bytes (seen twice or more); `goushi train --init-from` "
+                   "grows the model's embedding for them (default 0)")
     b.add_argument("--vocab-size", type=int, default=4096, help="bpe: vocabulary size (default: 4096, which beat 8192 "
                    "for the tiny model, docs/recipe.md)")
     b.add_argument("--bpe-pre", choices=BPE_PRES, default=DEFAULT_BPE_PRE, help="bpe: its pre-tokenizer (default: "
@@ -157,7 +160,8 @@ def run_build(args: argparse.Namespace) -> int:
                         min_frequency=args.min_frequency,
                         max_vocab=args.max_vocab, val_fraction=args.val_fraction, seed=args.seed,
                         encoding=args.encoding, provenance=not args.no_provenance, clean=clean,
-                        tokenizer_from=args.tokenizer_from or "", split_docs=args.split_docs)
+                        tokenizer_from=args.tokenizer_from or "", extend_vocab=args.extend_vocab,
+                        split_docs=args.split_docs)
     meta = build_dataset(args.sources, args.out, force=args.force, options=opts, log=lambda m: print(m, flush=True),
                          progress=False if args.no_progress else None)
     print(f"{meta['train_docs']:,} train / {meta['val_docs']:,} val documents, {meta['train_tokens']:,} train tokens, "

@@ -81,11 +81,19 @@ class BuildOptions:
     provenance: bool = True
     clean: CleanOptions = field(default_factory=CleanOptions)
     tokenizer_from: str = ""  # an existing tokenizer.json (or a run/data directory holding one) instead of training
+    # with tokenizer_from (char): append up to this many of this text's characters that it spells in bytes
+    extend_vocab: int = 0
     split_docs: str | None = None  # auto|blank|line|file: how every text file is cut into documents (None: manifest)
 
     def validate(self) -> BuildOptions:
         if self.tokenizer_from:
-            Tokenizer.from_file(self.tokenizer_from)  # refuse a bad path before any work
+            kind = Tokenizer.from_file(self.tokenizer_from).kind  # refuse a bad path before any work
+            if self.extend_vocab and kind != "char":
+                raise GoushiError(f"--extend-vocab {self.extend_vocab}: {self.tokenizer_from} holds a {kind} "
+                                  "tokenizer; only a char one grows by characters")
+        if self.extend_vocab < 0 or (self.extend_vocab and not self.tokenizer_from):
+            raise GoushiError(f"--extend-vocab {self.extend_vocab}: a number of characters >= 0, with "
+                              "--tokenizer-from BASE (it grows the base's char tokenizer)")
         if self.tokenizer not in KINDS:
             raise GoushiError(f"--tokenizer {self.tokenizer!r}: choose one of {', '.join(KINDS)}")
         if self.bpe_pre not in BPE_PRES:
@@ -242,6 +250,8 @@ def build_dataset(sources: str | Path, out: str | Path, *, force: bool = False, 
 
             if opts.tokenizer_from:
                 tok = Tokenizer.from_file(opts.tokenizer_from)
+                if opts.extend_vocab:
+                    tok = _extended(tok, train_texts(), opts, say)
             elif opts.tokenizer == "char":
                 if opts.max_vocab is None:
                     train_chars = int(np.frombuffer(lengths, dtype=np.uint64)[~is_val].sum())
@@ -465,11 +475,31 @@ def _write_shards(tmp: Path, corpus: Path, srcs: list[Source], tok: Tokenizer, i
     return out
 
 
+def _extended(tok: Tokenizer, texts: Iterator[str], opts: BuildOptions, say: Callable[[str], None]) -> Tokenizer:
+    """`tok` with the commonest characters of the training text it spells in bytes (seen at least --min-frequency
+    times, default 2: a character seen once cannot be learned), up to opts.extend_vocab of them."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text)
+    before = tokenizer_coverage(tok, counts)
+    fallback = tok.fallback_mask()
+    floor = opts.min_frequency or 2
+    missing = [c for c, n in counts.most_common() if n >= floor and any(fallback[i] for i in tok.encode(c))]
+    grown = tok.extend_chars(missing[: opts.extend_vocab])
+    after = tokenizer_coverage(grown, counts)
+    added = grown.vocab_size - tok.vocab_size
+    say(f"tokenizer from {opts.tokenizer_from} extended by {added:,} characters (of {len(missing):,} it spells in "
+        f"bytes seen {floor}+ times; the commonest: {''.join(missing[:20])}): it covered {before['char_coverage']:.2%} "
+        f"of the training text's characters, now {after['char_coverage']:.2%}")
+    return grown
+
+
 def coverage_line(meta: dict[str, Any]) -> str:
     """The data card's and the build log's sentence about a tokenizer taken from elsewhere (--tokenizer-from)."""
     c = meta["tokenizer_coverage"]
     rest = f"; the commonest it lacks, spelled in bytes: {c['unknown_top']}" if c["unknown_top"] else ""
-    return (f"the tokenizer from {meta['options']['tokenizer_from']} covers {c['char_coverage']:.2%} of this text's "
+    grown = " (extended by this text's characters, --extend-vocab)" if meta["options"].get("extend_vocab") else ""
+    return (f"the tokenizer from {meta['options']['tokenizer_from']}{grown} covers {c['char_coverage']:.2%} of this text's "
             f"characters ({c['distinct_chars'] - c['distinct_unknown']:,} of {c['distinct_chars']:,} distinct){rest}")
 
 

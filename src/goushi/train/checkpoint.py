@@ -145,7 +145,7 @@ def load_start_weights(model: GPT, cfg: TrainConfig) -> None:
         if cfg.resume and not base_weights.is_file():
             raise GoushiError(f"--resume: this LoRA run trains adapters on the frozen weights of {cfg.init_from}, "
                               f"and {base_weights} is gone; put the base run back to continue")
-        load_weights(base_weights, model)
+        load_weights(base_weights, model, grow_vocab=True)
 
 
 # ---- last ------------------------------------------------------------------------------------------

@@ -327,8 +327,9 @@ def apply_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, list[s
 INIT_CHANGEABLE = ("dropout",)
 
 
-def init_model_config(cfg: TrainConfig, base: ModelConfig, vocab_size: int) -> ModelConfig:
-    """The shape of the run in `cfg.init_from` (`base`), with only weight-free fields overridable."""
+def init_model_config(cfg: TrainConfig, base: ModelConfig, vocab_size: int, *, grow: bool = False) -> ModelConfig:
+    """The shape of the run in `cfg.init_from` (`base`), with only weight-free fields overridable; `grow`: the data's
+    tokenizer extends the base's, and the vocabulary grows to `vocab_size`."""
     values = base.to_dict()
     for k, v in cfg.model.items():
         if k in INIT_CHANGEABLE:
@@ -337,7 +338,9 @@ def init_model_config(cfg: TrainConfig, base: ModelConfig, vocab_size: int) -> M
             raise ConfigError(f"model config: {k}={v!r}, but --init-from {cfg.init_from} has {k}={values.get(k)!r}; "
                               f"a run started from another run's weights keeps its shape (only "
                               f"{', '.join(INIT_CHANGEABLE)} may change)")
-    if base.vocab_size < vocab_size:
+    if grow:
+        values["vocab_size"] = max(base.vocab_size, vocab_size)
+    elif base.vocab_size < vocab_size:
         raise ConfigError(f"--init-from {cfg.init_from}: its vocab_size={base.vocab_size} is smaller than the data's "
                           f"vocabulary ({vocab_size})")
     return ModelConfig.from_dict(values)
@@ -360,11 +363,12 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     return mc
 
 
-def run_model_config(cfg: TrainConfig, vocab_size: int, tokenizer_hash: str,
+def run_model_config(cfg: TrainConfig, vocab_size: int, tokenizer: Tokenizer,
                      stored: RunRecord | None) -> tuple[ModelConfig, BaseRecord | None]:
     """(shape, base): a preset's shape, or with init_from the shape of that run, whose tokenizer must be the data's
-    (`tokenizer_hash`); `base` is what the new run records about it (None without init_from). `stored` is a
-    resumed run's record."""
+    `tokenizer` or one it extends (`goushi data build --extend-vocab`: the model then grows to the data's
+    vocabulary); `base` is what the new run records about it (None without init_from). `stored` is a resumed
+    run's record."""
     if not cfg.init_from:
         return resolve_model_config(cfg, vocab_size), None
     init = open_run(cfg.init_from, role="--init-from")
@@ -372,10 +376,11 @@ def run_model_config(cfg: TrainConfig, vocab_size: int, tokenizer_hash: str,
         base = stored.base  # what the run recorded when it started; the base run may be gone since
     else:
         base = base_info(init.run_dir, init.record)
-    if init.tokenizer.hash() != tokenizer_hash:
+    if not tokenizer.extends(init.tokenizer):
         raise GoushiError(f"--init-from {init.run_dir}: its tokenizer is not the one the data was encoded with; build "
                           f"the data with that run's tokenizer: goushi data build ... --tokenizer-from {init.run_dir}")
-    return init_model_config(cfg, init.config, vocab_size), base
+    grow = tokenizer.hash() != init.tokenizer.hash()
+    return init_model_config(cfg, init.config, vocab_size, grow=grow), base
 
 
 def base_info(init_dir: Path, init: RunRecord) -> BaseRecord:

@@ -113,7 +113,7 @@ class Trainer:
                 raise ConfigError("train config: data is empty; give --data DATA_DIR (written by `goushi data build`)")
             self.source = TokenData(cfg.data)
         self.tokenizer: Tokenizer = self.source.tokenizer
-        self.mc, self.base = run_model_config(cfg, self.source.vocab_size, self.tokenizer.hash(), stored)
+        self.mc, self.base = run_model_config(cfg, self.source.vocab_size, self.tokenizer, stored)
         if stored is not None:
             check_resumable(cfg, self.mc, self.tokenizer.hash(), stored)
         self.source.check_context(self.mc.context_length)
