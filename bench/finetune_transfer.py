@@ -15,6 +15,8 @@ every row beside the from-scratch row of the same invocation:
   with one setting changed.
   These runs stop early and serve their best weights, so they use a fraction of the budget.
 - ft-none: `--recipe none`: the plain from-scratch defaults on the base's weights (what --init-from did before).
+- ft-ext*: as ft*, on the corpus encoded with the base's tokenizer grown by the corpus's characters it spells in
+  bytes (`goushi data build --tokenizer-from BASE --extend-vocab N`, seen twice or more).
 
 Rows train one after another, or --jobs N at a time, each with its share of the cores (the token budgets are
 fixed, so sharing changes only the wall time). --reuse evaluates a finished row again when its command is the same.
@@ -48,7 +50,10 @@ ROWS: dict[str, list[str]] = {
     "ft-wd0.5": ["--weight-decay", "0.5"],
     "ft-d0.2": ["--dropout", "0.2"],
     "ft-d0.1-lr2e-3": ["--dropout", "0.1", "--lr", "2e-3", "--min-lr", "2e-4"],
+    "ft-ext": [],
+    "ft-ext-d0.2": ["--dropout", "0.2"],
 }
+EXTEND = 4000  # characters at most: every one the base lacks that the corpus holds twice or more, in practice
 
 
 def main() -> int:
@@ -85,12 +90,19 @@ def main() -> int:
                             "--tokenizer-from", str(Path(args.base) / "tokenizer.json"), "--force",
                             "--val-fraction", "0.02", "--no-progress"], log=work / "build-data-base.log")
         print(next((ln for ln in out.splitlines() if "covers" in ln), "").strip())
+    grown = work / "data-base-ext"
+    if any(r.startswith("ft-ext") for r in rows) and not (grown / "meta.json").exists():
+        out = run(GOUSHI + ["data", "build", "--sources", str(work / "sources.toml"), "--out", str(grown),
+                            "--tokenizer-from", str(Path(args.base) / "tokenizer.json"), "--extend-vocab",
+                            str(EXTEND), "--force", "--val-fraction", "0.02", "--no-progress"],
+                  log=work / "build-data-base-ext.log")
+        print(next((ln for ln in out.splitlines() if "extended by" in ln), "").strip())
     print(f"held-out: {heldout} ({heldout.stat().st_size:,} bytes); budget {args.scratch_tokens:,} tokens for "
           f"scratch, {args.ft_tokens or args.scratch_tokens:,} for a fine-tuning row")
 
     def one(name: str) -> list[dict]:
         out = work / "runs" / name
-        data_dir = own if name == "scratch" else borrowed
+        data_dir = own if name == "scratch" else grown if name.startswith("ft-ext") else borrowed
         init = [] if name == "scratch" else ["--init-from", str(Path(args.base).resolve())]
         tokens = args.scratch_tokens if name == "scratch" else (args.ft_tokens or args.scratch_tokens)
         cmd = GOUSHI + ["train", "--data", str(data_dir), "--out", str(out), "--force", "--no-progress",

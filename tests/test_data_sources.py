@@ -33,6 +33,14 @@ def test_folder_and_glob_skip_licence_and_readme_files(tmp_path):
     assert p.license_shown == "unknown" and p.credit()["author"] == "unknown"
 
 
+def test_a_glob_may_climb_out_of_the_manifests_folder_but_hidden_files_stay_out(tmp_path):
+    write(tmp_path / "shared" / "poems" / "tang.txt", "诗")
+    write(tmp_path / "shared" / "poems" / ".draft.txt", "草稿")
+    m = write(tmp_path / "mine" / "sources.toml", '[[source]]\nid = "p"\npath = "../shared/poems/*.txt"\n')
+    (p,) = load_manifest(m)
+    assert [f.name for f in p.files()] == ["tang.txt"]
+
+
 @pytest.mark.parametrize("body, match", [
     ('[[source]]\nid = "a"\npath = "a.txt"\nlicence = "MIT"\n', "unknown key 'licence'"),
     ('[[source]]\nid = "a"\npath = "a.txt"\n[[source]]\nid = "a"\npath = "a.txt"\n', "duplicate source id 'a'"),

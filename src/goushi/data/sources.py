@@ -116,7 +116,8 @@ def _skipped(f: Path, base: Path) -> bool:
         parts = f.relative_to(base).parts
     except ValueError:
         parts = (f.name,)
-    return any(p.startswith(".") or _NOT_TEXT.match(p) for p in parts)
+    # ".." is a way up (a glob like "../corpus/*.txt"), not a hidden name
+    return any((p.startswith(".") and p not in (".", "..")) or _NOT_TEXT.match(p) for p in parts)
 
 
 def _check_source(d: Any, where: str, base_dir: Path) -> Source:
