@@ -134,6 +134,14 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "big-w192-relu2": ("char6000", ["--recipe", "big", "--n-layer", "4", "--n-embd", "192", "--n-head", "6",
                                     "--mlp", "relu2"]),
     "big-l6w160": ("char6000", ["--recipe", "big", "--n-layer", "6", "--n-embd", "160", "--n-head", "5"]),
+    "big-w192-b16": ("char6000", ["--recipe", "big", "--n-layer", "4", "--n-embd", "192", "--n-head", "6",
+                                  "--batch-size", "16"]),
+    "big-w192-elr3": ("char6000", ["--recipe", "big", "--n-layer", "4", "--n-embd", "192", "--n-head", "6",
+                                   "--embed-lr-mult", "3"]),
+    "big-w192-b16-elr3": ("char6000", ["--recipe", "big", "--n-layer", "4", "--n-embd", "192", "--n-head", "6",
+                                       "--batch-size", "16", "--embed-lr-mult", "3"]),
+    "big-w192-b16-lr2e-3": ("char6000", ["--recipe", "big", "--n-layer", "4", "--n-embd", "192", "--n-head", "6",
+                                         "--batch-size", "16", "--lr", "2e-3", "--min-lr", "2e-5"]),
     # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
     "default": ("default", []),
 }

@@ -22,7 +22,7 @@ from goushi.tokenizer import Tokenizer
 from goushi.train import TrainConfig, load_train_config, parse_duration, train
 from goushi.train import checkpoint as ckpt
 from goushi.train.config import run_config
-from goushi.train.optim import Muon, build_optimizers, lr_multiplier, muon_ns_dtype, newton_schulz
+from goushi.train.optim import Muon, build_optimizers, lr_multiplier, muon_ns_dtype, newton_schulz, set_lr
 
 WORDS = "今天 我 终于 吃 到 了 这家 店 的 烤鸭 说实话 味道 一般 但是 服务 很好 下次 还 来 ， 。 ！".split()
 TINY = dict(n_layer=2, n_head=2, n_embd=32, context_length=32)
@@ -134,6 +134,14 @@ def test_parameter_groups(family, tied):
     assert isinstance(muon, Muon) and muon.ns_dtype == torch.bfloat16
     assert {id(p) for grp in muon.param_groups for p in grp["params"]} == {id(p) for _, p in g["hidden"]}
     assert all(grp["weight_decay"] == 0 for grp in adamw.param_groups)
+    # --embed-lr-mult: the tables (an untied head too) get their own rate; the schedule scales it with the rest
+    for name in ("adamw", "muon"):
+        opts = build_optimizers(model, name=name, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), embed_lr_mult=4.0)
+        rates = {id(p): grp["base_lr"] for opt in opts for grp in opt.param_groups for p in grp["params"]}
+        assert {rates[id(p)] for _, p in g["embed"]} == {4e-3}
+        assert {rates[id(p)] for _, p in g["hidden"] + g["other"]} == {1e-3}
+        set_lr(opts, 0.5)
+        assert {grp["lr"] for opt in opts for grp in opt.param_groups} == {5e-4, 2e-3}
 
 
 def test_muon_equals_torchs_in_bf16_and_orthogonalises_in_fp32():

@@ -52,6 +52,7 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
     "beta1": (float, "AdamW beta1 (default 0.9)"),
     "beta2": (float, "AdamW beta2 (default 0.95)"),
     "muon_momentum": (float, "Muon momentum (default 0.95)"),
+    "embed_lr_mult": (float, "the token table (and an untied head) learns at lr x this (default 1)"),
     "clip": (float, "gradient-norm clipping; 0 = off (default 1.0)"),
     "batch_size": (int, "sequences per micro-step, all processes together (default 32)"),
     "grad_accum": (int, "micro-steps per optimizer step (default 1)"),

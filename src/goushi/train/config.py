@@ -58,6 +58,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     muon_momentum: float = 0.95
+    embed_lr_mult: float = 1.0  # the token (and position) tables and an untied head learn at lr x this
     clip: float = 1.0  # gradient-norm clip; 0 = off
     batch_size: int = 32  # sequences per micro-step, global (split across torchrun processes)
     grad_accum: int = 1
@@ -118,6 +119,8 @@ class TrainConfig:
             raise bad("min_lr", f"must be between 0 and lr={self.lr}")
         if not 0 < self.decay_frac <= 1:
             raise bad("decay_frac", "must be in (0, 1]")
+        if not (self.embed_lr_mult > 0 and math.isfinite(self.embed_lr_mult)):
+            raise bad("embed_lr_mult", "must be a positive number (1 = the same lr as the rest)")
         for name in ("beta1", "beta2", "muon_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise bad(name, "must be in [0, 1)")

@@ -100,16 +100,21 @@ def muon_ns_dtype(train_dtype: torch.dtype) -> torch.dtype:
 
 def build_optimizers(model: GPT, *, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
                      muon_momentum: float = 0.95, device: torch.device | None = None,
-                     ns_dtype: torch.dtype = torch.bfloat16) -> list[torch.optim.Optimizer]:
+                     ns_dtype: torch.dtype = torch.bfloat16, embed_lr_mult: float = 1.0) -> list[torch.optim.Optimizer]:
     """One optimiser (AdamW) or two (Muon + AdamW). Each param group carries `base_lr` for the schedule.
-    `ns_dtype`: Muon's Newton-Schulz precision (muon_ns_dtype of the training dtype)."""
+    `ns_dtype`: Muon's Newton-Schulz precision (muon_ns_dtype of the training dtype). `embed_lr_mult`: the token
+    (and position) tables and an untied head learn at lr x this."""
     device = device or next(model.parameters()).device
     g = model.param_groups()
     hidden = [p for _, p in g["hidden"]]
-    rest_nodecay = [p for _, p in g["embed"]] + [p for _, p in g["other"]]
+    embed = [p for _, p in g["embed"]]
+    other = [p for _, p in g["other"]]
+    # One group unless the tables learn at their own rate: an earlier run's optimiser state has that layout.
+    rest_nodecay = [dict(params=embed + other, weight_decay=0.0)] if embed_lr_mult == 1.0 else [
+        grp for grp in (dict(params=embed, weight_decay=0.0, lr_mult=embed_lr_mult),
+                        dict(params=other, weight_decay=0.0)) if grp["params"]]
     if name == "adamw":
-        opt = _adamw([dict(params=hidden, weight_decay=weight_decay), dict(params=rest_nodecay, weight_decay=0.0)],
-                     lr, betas, device)
+        opt = _adamw([dict(params=hidden, weight_decay=weight_decay), *rest_nodecay], lr, betas, device)
         opts: list[torch.optim.Optimizer] = [opt]
     elif name == "muon":
         if not hasattr(torch.optim, "Muon"):
@@ -118,12 +123,12 @@ def build_optimizers(model: GPT, *, name: str, lr: float, weight_decay: float, b
         # --lr suits both optimisers and the same schedule drives them.
         muon = Muon([dict(params=hidden)], lr=lr, weight_decay=weight_decay, momentum=muon_momentum,
                     nesterov=True, adjust_lr_fn="match_rms_adamw", ns_dtype=ns_dtype)
-        opts = [muon, _adamw([dict(params=rest_nodecay, weight_decay=0.0)], lr, betas, device)]
+        opts = [muon, _adamw(rest_nodecay, lr, betas, device)]
     else:
         raise GoushiError(f"--optimizer {name!r} is not one of adamw, muon")
     for opt in opts:
         for group in opt.param_groups:
-            group["base_lr"] = lr
+            group["base_lr"] = lr * group.get("lr_mult", 1.0)
     return opts
 
 

@@ -136,7 +136,7 @@ def for_run(cfg: TrainConfig, base: ModelConfig, device: torch.device, dtype: to
     def make(model: torch.nn.Module) -> list[torch.optim.Optimizer]:
         return build_optimizers(model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 betas=(cfg.beta1, cfg.beta2), muon_momentum=cfg.muon_momentum, device=device,
-                                ns_dtype=muon_ns_dtype(dtype))
+                                ns_dtype=muon_ns_dtype(dtype), embed_lr_mult=cfg.embed_lr_mult)
 
     mc, rungs, secs = choose(base, float(cfg.budget_seconds or 0), cfg.batch_size, device, dtype, make, prepare,
                              optimizer=cfg.optimizer)

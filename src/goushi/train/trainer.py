@@ -186,7 +186,7 @@ class Trainer:
         self.whole_model = distributed.WholeModel(self.model, self.dist, self.fsdp, lambda: GPT(self.mc))
         self.opts = build_optimizers(self.model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      betas=(cfg.beta1, cfg.beta2), muon_momentum=cfg.muon_momentum, device=self.device,
-                                     ns_dtype=muon_ns_dtype(self.dtype))
+                                     ns_dtype=muon_ns_dtype(self.dtype), embed_lr_mult=cfg.embed_lr_mult)
         # Dropout masks differ per rank (their data differs); init was identical, and DDP broadcasts rank 0's.
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.gen = new_generator(cfg.seed)
