@@ -174,7 +174,8 @@ def config_flags(name: str, budget: str, data_dir: Path) -> list[str]:
 
 
 # train flags that change neither the model nor the work per step, so not the speed
-FREE_FLAGS = ("--lr", "--min-lr", "--weight-decay", "--schedule", "--warmup", "--decay-frac", "--beta1", "--beta2")
+FREE_FLAGS = ("--lr", "--min-lr", "--weight-decay", "--schedule", "--warmup", "--decay-frac", "--beta1", "--beta2",
+              "--embed-lr-mult")
 
 
 def shape_key(setup: tuple[Path, list[str]]) -> tuple[int, tuple[str, ...]]:
