@@ -498,6 +498,8 @@ def coverage_line(meta: dict[str, Any]) -> str:
     """The data card's and the build log's sentence about a tokenizer taken from elsewhere (--tokenizer-from)."""
     c = meta["tokenizer_coverage"]
     rest = f"; the commonest it lacks, spelled in bytes: {c['unknown_top']}" if c["unknown_top"] else ""
+    if c["unknown_top"] and not meta["options"].get("extend_vocab") and meta.get("tokenizer_kind") == "char":
+        rest += " (--extend-vocab N adds them as characters of their own; docs/recipe.md measured it)"
     grown = " (extended by this text's characters, --extend-vocab)" if meta["options"].get("extend_vocab") else ""
     return (f"the tokenizer from {meta['options']['tokenizer_from']}{grown} covers {c['char_coverage']:.2%} of this text's "
             f"characters ({c['distinct_chars'] - c['distinct_unknown']:,} of {c['distinct_chars']:,} distinct){rest}")
