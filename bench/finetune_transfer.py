@@ -19,7 +19,8 @@ every row beside the from-scratch row of the same invocation:
   bytes (`goushi data build --tokenizer-from BASE --extend-vocab N`, seen twice or more).
 
 Rows train one after another, or --jobs N at a time, each with its share of the cores (the token budgets are
-fixed, so sharing changes only the wall time). --reuse evaluates a finished row again when its command is the same.
+fixed, so sharing changes only the wall time). --reuse evaluates a finished row again when its command is the same
+and resolves to the settings it trained with (a recipe may have changed since).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_budget import GOUSHI, cpu_name, heldout_bpc, prepare, run  # noqa: E402
+from quality_budget import GOUSHI, cpu_name, heldout_bpc, prepare, run, trained_as_now  # noqa: E402
 
 ROWS: dict[str, list[str]] = {
     "scratch": ["--recipe", "short"],
@@ -52,6 +53,11 @@ ROWS: dict[str, list[str]] = {
     "ft-d0.1-lr2e-3": ["--dropout", "0.1", "--lr", "2e-3", "--min-lr", "2e-4"],
     "ft-ext": [],
     "ft-ext-d0.2": ["--dropout", "0.2"],
+    # each window's documents read alone (--doc-mask), windows from documents' starts, a longer cooldown
+    "ft-ext-d0.2-docs-mask": ["--dropout", "0.2", "--windows", "docs", "--doc-mask"],
+    "ft-ext-d0.2-docs-mask-dec0.6": ["--dropout", "0.2", "--windows", "docs", "--doc-mask", "--decay-frac", "0.6"],
+    "ft-ext-d0.2-mask-dec0.6": ["--dropout", "0.2", "--doc-mask", "--decay-frac", "0.6"],
+    "ft-ext-d0.3-mask-dec0.6": ["--dropout", "0.3", "--doc-mask", "--decay-frac", "0.6"],
 }
 EXTEND = 4000  # characters at most: every one the base lacks that the corpus holds twice or more, in practice
 
@@ -113,7 +119,8 @@ def main() -> int:
         stamp, logf = out / "bench-command.json", work / f"train-{name}.log"
         if name == "scratch" and args.scratch_run:
             out, logf = Path(args.scratch_run), Path(args.scratch_run) / "train.log"
-        elif not (args.reuse and stamp.exists() and json.loads(stamp.read_text(encoding="utf-8")).get("cmd") == cmd):
+        elif not (args.reuse and stamp.exists() and json.loads(stamp.read_text(encoding="utf-8")).get("cmd") == cmd
+                  and trained_as_now(out, cmd[len(GOUSHI) + 1:])):
             run(cmd, log=logf, env=env)
             stamp.write_text(json.dumps({"cmd": cmd}), encoding="utf-8")
         log = logf.read_text(encoding="utf-8") if logf.exists() else ""

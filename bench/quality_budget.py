@@ -147,6 +147,17 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
                                        "--batch-size", "16", "--embed-lr-mult", "3"]),
     "big-w192-b16-lr2e-3": ("char6000", ["--recipe", "big", "--n-layer", "4", "--n-embd", "192", "--n-head", "6",
                                          "--batch-size", "16", "--lr", "2e-3", "--min-lr", "2e-5"]),
+    # documents read alone: attention within each document of a window (--doc-mask), windows from documents' starts
+    "big-w192-mask": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4", "--n-embd", "192",
+                                   "--n-head", "6", "--decay-frac", "0.5", "--min-lr", "3e-5", "--doc-mask"]),
+    "big-w192-docs": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4", "--n-embd", "192",
+                                   "--n-head", "6", "--decay-frac", "0.5", "--min-lr", "3e-5", "--windows", "docs",
+                                   "--no-doc-mask"]),
+    "big-w192-docs-mask": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4", "--n-embd",
+                                        "192", "--n-head", "6", "--decay-frac", "0.5", "--min-lr", "3e-5",
+                                        "--windows", "docs", "--doc-mask"]),
+    "big-w192-nomask": ("char6000", ["--recipe", "big", "--optimizer", "muon", "--n-layer", "4", "--n-embd", "192",
+                                     "--n-head", "6", "--decay-frac", "0.5", "--min-lr", "3e-5", "--no-doc-mask"]),
     # what `goushi train --time-budget B` picks by itself (the budget recipes): no flags but the budget
     "default": ("default", []),
 }
@@ -180,7 +191,7 @@ def config_flags(name: str, budget: str, data_dir: Path) -> list[str]:
 
 # train flags that change neither the model nor the work per step, so not the speed
 FREE_FLAGS = ("--lr", "--min-lr", "--weight-decay", "--schedule", "--warmup", "--decay-frac", "--beta1", "--beta2",
-              "--embed-lr-mult")
+              "--embed-lr-mult", "--windows")
 
 
 def shape_key(setup: tuple[Path, list[str]]) -> tuple[int, tuple[str, ...]]:
@@ -323,6 +334,27 @@ def train_config_for(flags: list[str], data_dir: Path):
     return cfg, resolve_model_config(cfg, int(layout.read_meta(data_dir)["vocab_size"]))
 
 
+# Settings added after rows were first kept: a run whose config.json lacks one trained with this value.
+LATER_FIELDS = {"shape": "preset", "windows": "any", "doc_mask": False}
+
+
+def trained_as_now(out: Path, train_args: list[str]) -> bool:
+    """Whether the run in `out` trained with what `goushi train TRAIN_ARGS` resolves to today. The command alone
+    does not say: a recipe (--recipe big) may have changed its settings since the run was kept."""
+    from goushi.cli import build_parser
+    from goushi.cli.train import overrides_from_args
+    from goushi.train.config import run_config
+    from goushi.train.recipe import RECIPES
+
+    path = out / "config.json"
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text(encoding="utf-8")).get("train", {})
+    cfg = run_config(None, overrides_from_args(build_parser().parse_args(["train", *train_args])))
+    keys = {k for r in RECIPES.values() for k in r.settings if k != "model"} | set(LATER_FIELDS)
+    return all(saved.get(k, LATER_FIELDS.get(k)) == getattr(cfg, k) for k in sorted(keys))
+
+
 def heldout_score(out: Path, heldout: Path, reused: bool, env: dict | None) -> dict:
     """`goushi eval RUN --text HELDOUT --json`, kept beside the run: a reused row (same command, so the same
     weights) is not scored again while the held-out file is unchanged (3 to 7 minutes of a core each)."""
@@ -350,6 +382,7 @@ def measure_speeds(setups: dict[str, tuple[Path, list[str]]], rounds: int = 4, s
 
     from goushi.model import GPT
     from goushi.precision import train_plan
+    from goushi.tokenizer import Tokenizer
     from goushi.train.optim import build_optimizers, muon_ns_dtype
 
     torch.manual_seed(0)
@@ -367,10 +400,13 @@ def measure_speeds(setups: dict[str, tuple[Path, list[str]]], rounds: int = 4, s
         plans[name] = plan
         net = torch.compile(model) if compiled else model
 
-        def step(model=net, opts=opts, xy=xy, plan=plan):
+        # a row that reads each document alone pays for its explicit attention mask (bench/doc_mask_speed.py)
+        sep = {"doc_sep": Tokenizer.from_file(data_dir / "tokenizer.json").eot_id} if cfg.doc_mask else {}
+
+        def step(model=net, opts=opts, xy=xy, plan=plan, sep=sep):
             plan.apply_threads()
             with torch.autocast("cpu", dtype=plan.dtype, enabled=plan.dtype != torch.float32):
-                _, loss = model(xy[:, :-1], xy[:, 1:])
+                _, loss = model(xy[:, :-1], xy[:, 1:], **sep)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             for o in opts:
@@ -528,7 +564,8 @@ def main() -> int:
         logf = work / f"train-{name}-{budget_text}{'-compiled' if args.compile else ''}.log"
         stamp = out / "bench-command.json"
         reused = (args.reuse and stamp.exists() and logf.exists()
-                  and json.loads(stamp.read_text(encoding="utf-8")).get("cmd") == cmd)
+                  and json.loads(stamp.read_text(encoding="utf-8")).get("cmd") == cmd
+                  and trained_as_now(out, cmd[len(GOUSHI) + 1:]))
         if reused:
             print(f"{row_name}: reusing {out} (same command)", flush=True)
         else:

@@ -68,6 +68,29 @@ def test_left_padded_batch_equals_unpadded(family):
     torch.testing.assert_close(batched[1, pad:], alone_short[0], atol=1e-5, rtol=1e-4)
 
 
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_documents_under_doc_sep_are_each_computed_alone(family):
+    model = small(family)
+    g = torch.Generator().manual_seed(4)
+    a, b, c = (torch.randint(1, 61, (n,), generator=g) for n in (5, 7, 6))
+    sep = torch.zeros(1, dtype=torch.long)
+    # a row as training windows hold them: the tail of one document, then <|endoftext|> before each next one
+    row = torch.cat([a, sep, b, sep, c])[None]
+    with torch.no_grad():
+        packed, _ = model(row, doc_sep=0)
+        alone = torch.cat([model(part[None])[0] for part in (a, torch.cat([sep, b]), torch.cat([sep, c]))], dim=1)
+        plain, _ = model(row)
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(plain[:, 5:], alone[:, 5:], atol=1e-3)  # without it the later documents look back
+    y = torch.randint(0, 61, row.shape, generator=g)
+    with torch.no_grad():
+        _, loss = model(row, y, doc_sep=0)
+    ref = torch.nn.functional.cross_entropy(alone[0], y[0])
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="doc_sep"):
+        model(row, doc_sep=0, pos=1)
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_attention_weights_are_causal_distributions_and_match_fast_path(family):
     model = small(family)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,6 +134,51 @@ def test_token_shards_are_a_batch_source(data_dir):
     assert len(val) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(val, src.val_batches(2, 4, 16), strict=True))
     assert src.data_record().tokenizer_hash == src.tokenizer.hash()
     assert src.sample_prompt() and src.data_card() == data_dir / "DATA_CARD.md"
+
+
+def test_windows_from_document_starts_cover_every_token(tmp_path):
+    chars = iter(chr(0x4E00 + i) for i in range(200))  # no character twice: a window's tokens say where it lies
+    docs = ["".join(next(chars) for _ in range(n)) for n in (4, 6, 50, 3, 7, 5, 30, 2)]
+    data = make_data_dir(tmp_path / "d", docs, ["".join(next(chars) for _ in range(20))] * 2)
+    T = 8
+    anyw, docw = TokenData(data), TokenData(data, windows="docs")
+    eot = docw.tokenizer.eot_id
+    train = np.asarray(docw.train).astype(np.int64)
+    where = {int(t): i for i, t in enumerate(train) if t != eot}
+    eots = [i for i, t in enumerate(train) if t == eot]
+    assert docw.doc_anchors().tolist() == [0] + eots
+
+    def start(row: torch.Tensor) -> int:
+        first = next(i for i, t in enumerate(row.tolist()) if t != eot)
+        return where[int(row[first])] - first
+
+    seen = np.zeros(len(train), dtype=bool)
+    for seed in range(40):
+        x, y = docw.train_batch(16, T, new_generator(seed))
+        xa, _ = anyw.train_batch(16, T, new_generator(seed))
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        for row, row_any in zip(x, xa, strict=True):
+            s0, s_any = start(row), start(row_any)
+            doc_start = max([0] + [e for e in eots if e <= s_any])
+            # the same draw as `any`, moved back to its document's <|endoftext|> when that is within a window
+            assert s0 == (doc_start if s_any - doc_start < T else s_any)
+            seen[s0: s0 + T + 1] = True
+    assert seen[: len(train) - T].all()  # every token, the long documents' tails too, is in some window
+    with pytest.raises(GoushiError, match="windows='middle'"):
+        TokenData(data, windows="middle")
+
+
+def test_training_with_document_windows_and_masks(tmp_path, data_dir):
+    s = train(cfg_for(data_dir, tmp_path / "run", max_steps=4, eval_every=2, sample_tokens=0, windows="docs",
+                      doc_mask=True), progress=False, log=quiet)
+    assert s["steps"] == 4 and all(v == v for v in losses(tmp_path / "run").values())
+    saved = read_config(tmp_path / "run")
+    assert saved["train"]["windows"] == "docs" and saved["train"]["doc_mask"] is True
+    with pytest.raises(ConfigError, match="windows='sometimes'"):
+        cfg_for(data_dir, tmp_path / "bad", windows="sometimes")
+    with pytest.raises(ConfigError, match="chat dataset"):
+        train(cfg_for(data_dir, tmp_path / "masked", doc_mask=True), source=MaskedSource(data_dir), progress=False,
+              log=quiet)
 
 
 class MaskedSource:

@@ -706,6 +706,7 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         last_only: bool = False,
+        doc_sep: int | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits for every position (or only the last); with targets, (None, the mean next-token loss).
 
@@ -714,9 +715,30 @@ class GPT(nn.Module):
         idx (B, T) token ids. With a `kv_cache`, the tokens sit at positions pos .. pos+T-1 after what the
         cache holds. `key_padding_mask` (B, pos+T), True where a real token is, lets batches of prompts of
         different lengths be left-padded; `position_ids` (B, T) then gives each token its own position.
+
+        `doc_sep` (training on packed documents): a token id that starts a new document (<|endoftext|>); each
+        position then attends only within its own document, from that token on, and its position counts from
+        there, so every document in a row is computed as if it stood alone at the start of a sequence.
         """
+        if doc_sep is not None:
+            if kv_cache is not None or pos or position_ids is not None or key_padding_mask is not None:
+                raise ValueError("doc_sep packs whole rows: it takes no kv_cache, pos, position_ids or padding mask")
+            doc_mask, position_ids = self._doc_layout(idx, doc_sep)
+            logits, loss, _ = self._run(idx, targets, None, 0, position_ids, None, last_only, False, doc_mask)
+            return logits, loss
         logits, loss, _ = self._run(idx, targets, kv_cache, pos, position_ids, key_padding_mask, last_only, False)
         return logits, loss
+
+    def _doc_layout(self, idx: torch.Tensor, doc_sep: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(a (B, 1, T, T) mask, True where a position may attend: causal and within its document; the positions
+        counted from each document's first token, or None under RoPE, where only differences count)."""
+        T = idx.size(1)
+        at = torch.arange(T, device=idx.device)
+        first = torch.where(idx == doc_sep, at, torch.zeros_like(at)).cummax(dim=1).values  # (B, T)
+        same_doc = first[:, :, None] == first[:, None, :]
+        mask = (same_doc & (at[None, :] <= at[:, None])[None])[:, None]
+        positions = None if self.config.pos_encoding == "rope" else at[None] - first
+        return mask, positions
 
     def decode_one(self, token: int, cache: KVCache, pos: int) -> torch.Tensor:
         """Next-token logits (1, V) after `token` at position `pos` of a batch-1 `cache` (a plain KVCache): what
@@ -752,7 +774,7 @@ class GPT(nn.Module):
         logits, _, weights = self._run(idx, None, None, 0, None, None, False, True)
         return logits, weights
 
-    def _run(self, idx, targets, cache, pos, position_ids, key_padding_mask, last_only, need_weights):
+    def _run(self, idx, targets, cache, pos, position_ids, key_padding_mask, last_only, need_weights, doc_mask=None):
         cfg = self.config
         B, T = idx.shape
         if pos + T > cfg.context_length:
@@ -771,7 +793,9 @@ class GPT(nn.Module):
             rope = (self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1))
         if self.training and self.drop.p > 0:
             x = self.drop(x)
-        if isinstance(cache, SlotKVCache):  # rows at their own lengths: True where a row must not look, made once
+        if doc_mask is not None:
+            mask = doc_mask
+        elif isinstance(cache, SlotKVCache):  # rows at their own lengths: True where a row must not look, made once
             mask = ~key_padding_mask[:, None, None, : cache.span]
         else:
             mask = self._mask(B, T, pos, key_padding_mask, idx.device, explicit=need_weights)

@@ -54,6 +54,8 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
     "muon_momentum": (float, "Muon momentum (default 0.95)"),
     "embed_lr_mult": (float, "the token table (and an untied head) learns at lr x this (default 1)"),
     "clip": (float, "gradient-norm clipping; 0 = off (default 1.0)"),
+    "windows": (str, "any | docs: where training windows start; docs: at the start of the document they fall in, "
+                     "as generation and evaluation read one (default any)"),
     "batch_size": (int, "sequences per micro-step, all processes together (default 32)"),
     "grad_accum": (int, "micro-steps per optimizer step (default 1)"),
     "max_steps": (int, "stop after this many optimizer steps"),
@@ -80,6 +82,9 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
 TRAIN_BOOLS = {"compile": "torch.compile the model, or never (default: on for CUDA; on a CPU only where "
                           "`bench/train_throughput.py --compile` measured that it wins back its compile time within "
                           "this run); falls back to eager mode, with a note, if it fails",
+               "doc_mask": "attend only within each document of a training window, as a document is read alone when "
+                           "generating or evaluating (default off; the recipes big and finetune: on; 1-3 %% slower "
+                           "per step on a Xeon core, bench/doc_mask_speed.py)",
                "activation_checkpointing": "recompute activations in the backward pass: less memory, ~30% slower",
                "fsdp": "under torchrun: shard weights, gradients and optimizer state across the processes (FSDP2) "
                        "instead of a full copy in each (DDP); checkpoints stay plain files"}
@@ -126,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = p.add_argument_group("training")
     for name, (typ, help_) in TRAIN_FLAGS.items():
         choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"), "serve": ("last", "best"),
-                   "shape": ("preset", "auto")}.get(name)
+                   "shape": ("preset", "auto"), "windows": ("any", "docs")}.get(name)
         t.add_argument(_flag(name), dest=name, type=typ, choices=choices, help=help_)
     for name, help_ in TRAIN_BOOLS.items():
         t.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_)

@@ -22,6 +22,7 @@ from goushi.errors import ConfigError, GoushiError
 from goushi.run_record import BaseRecord, RunRecord
 from goushi.tokenizer import Tokenizer
 from goushi.train import recipe as recipes
+from goushi.train.data import WINDOWS
 
 SCHEDULES = ("cosine", "wsd")
 SERVES = ("last", "best")
@@ -60,6 +61,9 @@ class TrainConfig:
     muon_momentum: float = 0.95
     embed_lr_mult: float = 1.0  # the token (and position) tables and an untied head learn at lr x this
     clip: float = 1.0  # gradient-norm clip; 0 = off
+    # where training windows start: any token, or a document's start (goushi.train.data says how)
+    windows: str = "any"
+    doc_mask: bool = False  # attend only within each document of a window (<|endoftext|> starts one)
     batch_size: int = 32  # sequences per micro-step, global (split across torchrun processes)
     grad_accum: int = 1
 
@@ -119,6 +123,8 @@ class TrainConfig:
             raise bad("min_lr", f"must be between 0 and lr={self.lr}")
         if not 0 < self.decay_frac <= 1:
             raise bad("decay_frac", "must be in (0, 1]")
+        if self.windows not in WINDOWS:
+            raise bad("windows", f"is not one of {', '.join(WINDOWS)}")
         if not (self.embed_lr_mult > 0 and math.isfinite(self.embed_lr_mult)):
             raise bad("embed_lr_mult", "must be a positive number (1 = the same lr as the rest)")
         for name in ("beta1", "beta2", "muon_momentum"):
@@ -272,6 +278,7 @@ def resolve_run_config(path: str | Path | None, overrides: dict[str, Any]) -> tu
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
     stored = dict(rundir.read_run(out).train)
     stored.pop("out", None)
+    stored.setdefault("windows", "any")  # a run saved before `windows` existed drew its windows anywhere
     base = merge_dict(TrainConfig(), stored, source=f"{out}/config.json")
     cfg = _layered(base, path, load_toml(path) if path else {}, overrides)
     return cfg, [f"recipe: {cfg.recipe} (resumed with the run's own settings)"]

@@ -1,6 +1,12 @@
 """The token shards of a DATA_DIR as a batch source (goushi.train.source.BatchSource): memory-mapped
 train.bin / val.bin, random windows from a seeded generator.
 
+Where a training window starts (`windows`): "any" token, or, with "docs", at the <|endoftext|> before the
+document it falls in when that document began less than a window earlier. Generation and evaluation read a
+document from its start, right after <|endoftext|> at position 0; windows from anywhere show the model that
+only one time in a window's length. A window in a long document (past its first window) still starts anywhere
+in it, so every token is trained on.
+
 Every rank draws the same global batch from the same generator and keeps its own slice of rows, so
 ranks see disjoint sequences, the global batch equals the single-process batch, and the generator
 state (saved in the trainer state) is the same everywhere: resume continues the data order exactly.
@@ -22,6 +28,8 @@ from goushi.run_record import DataRecord
 from goushi.tokenizer import Tokenizer
 from goushi.train.source import Batch
 
+WINDOWS = ("any", "docs")
+SCAN_CHUNK = 1 << 22  # tokens read at a time when finding the documents' starts: memory stays flat
 META_KEYS = ("dtype", "vocab_size", "tokenizer_hash")
 # meta.json fields copied into RUN_DIR/config.json ("data": {"meta": ...}); the per-source table goes too,
 # so the model card can credit sources without the data directory.
@@ -32,7 +40,11 @@ META_FIELDS = ("version", "vocab_size", "tokenizer_hash", "tokenizer_kind", "dty
 class TokenData:
     """Next-token batches over whole documents: every target carries loss."""
 
-    def __init__(self, data_dir: str | Path):
+    def __init__(self, data_dir: str | Path, windows: str = "any"):
+        if windows not in WINDOWS:
+            raise GoushiError(f"windows={windows!r} is not one of {', '.join(WINDOWS)}")
+        self.windows = windows
+        self._anchors: dict[str, np.ndarray] = {}
         self.dir = Path(data_dir)
         if not self.dir.is_dir():
             raise GoushiError(f"{self.dir}: no such data directory; build one with `goushi data build --out {self.dir}`")
@@ -141,9 +153,29 @@ class TokenData:
         xy = torch.from_numpy(rows)
         return xy[:, :-1], xy[:, 1:]
 
+    def doc_anchors(self, split: str = "train") -> np.ndarray:
+        """Sorted positions in a split where a document's window may start: 0 and every <|endoftext|> (each
+        document is followed by one, so it precedes the next). Found once, a chunk at a time."""
+        if split not in self._anchors:
+            arr, eot = (self.train if split == "train" else self.val), self.tokenizer.eot_id
+            parts = [np.zeros(1, dtype=np.int64)]
+            for i in range(0, len(arr), SCAN_CHUNK):
+                parts.append(np.flatnonzero(np.asarray(arr[i: i + SCAN_CHUNK]) == eot).astype(np.int64) + i)
+            self._anchors[split] = np.unique(np.concatenate(parts))
+        return self._anchors[split]
+
+    def snap_to_docs(self, starts: torch.Tensor, T: int, split: str = "train") -> torch.Tensor:
+        """Each start moved back to its document's <|endoftext|> when that is less than T tokens before it."""
+        anchors = self.doc_anchors(split)
+        p = starts.numpy()
+        a = anchors[np.searchsorted(anchors, p, side="right") - 1]
+        return torch.from_numpy(np.where(p - a < T, a, p))
+
     def train_batch(self, batch: int, T: int, generator: torch.Generator, rank: int = 0, world: int = 1) -> Batch:
-        """Random windows of T+1 tokens; this rank's share of the global batch."""
+        """Random windows of T+1 tokens (where `windows` lets them start); this rank's share of the global batch."""
         starts = torch.randint(0, len(self.train) - T, (batch,), generator=generator)
+        if self.windows == "docs":
+            starts = self.snap_to_docs(starts, T)
         per = batch // world
         return self._windows(self.train, starts[rank * per: (rank + 1) * per], T)
 
@@ -152,8 +184,11 @@ class TokenData:
         last = len(self.val) - T - 1
         n = n_batches * batch
         starts = torch.linspace(0, last, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)
-        # Fewer distinct windows than asked for when the split is short: do not count one window twice.
-        starts = torch.unique(starts) if len(self.val) < n * (T + 1) else starts
+        if self.windows == "docs":
+            starts = self.snap_to_docs(starts, T, "val")
+        # Fewer distinct windows than asked for when the split is short (or two moved to one document's start):
+        # do not count one window twice.
+        starts = torch.unique(starts) if len(self.val) < n * (T + 1) or self.windows == "docs" else starts
         per = math.ceil(len(starts) / world)
         mine = starts[rank * per: (rank + 1) * per]
         for i in range(0, len(mine), batch):
@@ -166,4 +201,4 @@ def new_generator(seed: int) -> torch.Generator:
     return g
 
 
-__all__ = ["TokenData", "new_generator", "META_FIELDS"]
+__all__ = ["TokenData", "new_generator", "META_FIELDS", "WINDOWS"]

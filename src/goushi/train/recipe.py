@@ -49,15 +49,16 @@ RECIPES: dict[str, Recipe] = {
 # regularisation or the best-weights serving of `short`; the model grows with the tokens the budget buys instead.
 RECIPES["big"] = Recipe(
     "big", {"family": "llama", "schedule": "wsd", "lr": 3e-3, "min_lr": 3e-5, "decay_frac": 0.5, "weight_decay": 0.1,
-            "optimizer": "muon", "shape": "auto"},
+            "optimizer": "muon", "shape": "auto", "doc_mask": True},
     summary="for big corpora: llama family, Muon (AdamW for embeddings and norms), warmup-stable-decay with the last "
-            "half of the run decaying to 1 % of the peak lr 3e-3, weight decay 0.1; the shape from the tokens the "
-            "budget buys on this machine (goushi.train.shape: 4 x 128 when few, 4 x 192 at 10 minutes of a Xeon "
-            "core, bigger for longer budgets)",
+            "half of the run decaying to 1 % of the peak lr 3e-3, weight decay 0.1, each document of a window read "
+            "alone (--doc-mask); the shape from the tokens the budget buys on this machine (goushi.train.shape: "
+            "4 x 128 when few, 4 x 192 at 10 minutes of a Xeon core, bigger for longer budgets)",
     evidence="bench/quality_budget.py --compile on poetry-full (docs/recipe.md, 'Big corpora'): 10 minutes of one "
              "Xeon core, compiled, 6,000-character vocabulary: 4 x 192 5.920 held-out bits/char, 4 x 128 6.022, "
-             "4 x 256 6.069, the classic recipe 6.829 (0.87x); at 3 minutes 4 x 128 6.398 against 4 x 192's 6.473; "
-             "60 minutes, 6 x 256: 5.529 (0.93x the 10-minute figure)",
+             "4 x 256 6.069, the classic recipe 6.829 (0.87x); with --doc-mask 5.872 and 5.906 against 5.920 and "
+             "5.915 (two seeds; 0.862x); at 3 minutes 4 x 128 6.398 against 4 x 192's 6.473; "
+             "60 minutes, 6 x 256: 5.529 (0.93x the 10-minute figure, without --doc-mask)",
     budgets="any budget on a corpus of 10 M characters or more")
 RECIPES["big-long"] = Recipe(
     "big-long", {"family": "llama", "schedule": "wsd", "lr": 2e-3, "weight_decay": 0.1,
@@ -71,14 +72,17 @@ RECIPES["big-long"] = Recipe(
 # A run that starts from another run's weights (--init-from) on a small corpus: the data, not the budget, runs
 # out, so it evaluates often, stops when validation loss no longer improves and serves the best weights.
 FINETUNE = Recipe(
-    "finetune", {"lr": 1e-3, "min_lr": 1e-4, "warmup": 20, "schedule": "wsd", "weight_decay": 0.1, "eval_every": 25,
-                 "eval_batches": 20, "patience": 4, "serve": "best", "model": {"dropout": 0.2}},
-    summary="fine-tuning: peak lr 1e-3 after 20 warmup steps, held (wsd), dropout 0.2, validation every 25 steps, "
-            "stop after 4 evaluations without a new best, serve the best weights",
+    "finetune", {"lr": 1e-3, "min_lr": 1e-4, "warmup": 20, "schedule": "wsd", "decay_frac": 0.6, "weight_decay": 0.1,
+                 "eval_every": 25, "eval_batches": 20, "patience": 4, "serve": "best", "doc_mask": True,
+                 "model": {"dropout": 0.2}},
+    summary="fine-tuning: peak lr 1e-3 after 20 warmup steps, held, then decaying over the last 60 % of the budget "
+            "(wsd); dropout 0.2; each document of a window read alone (--doc-mask); validation every 25 steps, stop "
+            "after 4 evaluations without a new best, serve the best weights",
     evidence="bench/finetune_transfer.py (docs/recipe.md, 'Pretrain 60 minutes, fine-tune 10'): a 60-minute poetry "
              "base fine-tuned on copypasta, 5.893 held-out bits/char with dropout 0.1 against 6.099 without and "
              "6.476 from scratch; the 6 x 256 base of recipe big: 5.783, 5.656 on a vocabulary grown by "
-             "`goushi data build --extend-vocab`, 5.626 there with dropout 0.2",
+             "`goushi data build --extend-vocab`, 5.626 there with dropout 0.2 (5.661 in bf16), 5.604 with "
+             "--doc-mask (and --windows docs), 5.556 with the last 60 % decaying too (0.858x scratch)",
     budgets="runs started from another run's weights (--init-from), any budget")
 RECIPES["finetune"] = FINETUNE
 

@@ -111,8 +111,11 @@ class Trainer:
         if self.source is None:
             if not cfg.data:
                 raise ConfigError("train config: data is empty; give --data DATA_DIR (written by `goushi data build`)")
-            self.source = TokenData(cfg.data)
+            self.source = TokenData(cfg.data, windows=cfg.windows)
         self.tokenizer: Tokenizer = self.source.tokenizer
+        if (cfg.doc_mask or cfg.windows != "any") and not isinstance(self.source, TokenData):
+            raise ConfigError("train config: doc_mask and windows are for text data directories; a chat dataset "
+                              "lays out its own rows (drop --doc-mask / --windows)")
         self.mc, self.base = run_model_config(cfg, self.source.vocab_size, self.tokenizer, stored)
         if stored is not None:
             check_resumable(cfg, self.mc, self.tokenizer.hash(), stored)
@@ -252,6 +255,8 @@ class Trainer:
             with self._autocast():
                 if self.objective is not None:
                     loss = self.objective.loss(self.model, self.net, x, y)
+                elif self.cfg.doc_mask:
+                    _, loss = self.net(x, y, doc_sep=self.tokenizer.eot_id)
                 else:
                     _, loss = self.net(x, y)
             loss_for_grad = loss / self.cfg.grad_accum
@@ -303,13 +308,15 @@ class Trainer:
             return self.objective.eval_record(totals)
         if self.fsdp:
             batches = distributed.even_batches(batches, self.dist, self.device)
+        # validation windows are laid out as training's are (TokenData.windows), and read with the same mask
+        sep = {"doc_sep": self.tokenizer.eot_id} if self.cfg.doc_mask else {}
         for x, y in batches:
             with self._autocast():
                 if y is None:
-                    self.model(x.to(self.device))
+                    self.model(x.to(self.device), **sep)
                     continue
                 n = self.source.count_tokens(y)
-                _, loss = self.model(x.to(self.device), y.to(self.device))
+                _, loss = self.model(x.to(self.device), y.to(self.device), **sep)
             total += float(loss) * n  # the model's loss is the mean over targets that carry loss
             count += n
         total, count = self.dist.sum([total, float(count)], self.device)
