@@ -12,6 +12,7 @@ import torch
 
 from goushi import rundir
 from goushi.checkpoint import load_run, load_weights
+from goushi.cli import main as goushi
 from goushi.config import ModelConfig
 from goushi.data.build import BuildOptions, build_dataset
 from goushi.errors import ConfigError, GoushiError
@@ -276,7 +277,7 @@ def test_data_built_with_a_runs_tokenizer_trains_on_from_it(tmp_path, data_dir):
         BuildOptions(tokenizer_from=str(tmp_path / "missing")).validate()
 
 
-def test_a_vocabulary_extended_for_the_new_text_grows_the_base_model(tmp_path, data_dir):
+def test_a_vocabulary_extended_for_the_new_text_grows_the_base_model(tmp_path, data_dir, capsys):
     base = tmp_path / "base"
     train(cfg_for(data_dir, base, max_steps=2, eval_every=0, sample_tokens=0), progress=False, log=quiet)
     base_tok = Tokenizer.from_file(base)
@@ -302,6 +303,10 @@ def test_a_vocabulary_extended_for_the_new_text_grows_the_base_model(tmp_path, d
     train(cfg_for(tmp_path / "grown", child, max_steps=1, eval_every=0, sample_tokens=0, init_from=str(base),
                   lr=1e-9, min_lr=0.0), progress=False, log=quiet)
     assert read_config(child)["model"]["vocab_size"] == grown.vocab_size
+    # --print-config shows the grown shape training builds (it used to refuse the bigger vocabulary)
+    assert goushi(["train", "--data", str(tmp_path / "grown"), "--init-from", str(base), "--out",
+                   str(tmp_path / "shown"), "--print-config"]) == 0
+    assert f"vocab_size = {grown.vocab_size}" in capsys.readouterr().out
     old = GPT(load_run(base).model.config)
     load_weights(base / rundir.WEIGHTS, old)
     new = GPT(ModelConfig.from_dict({**old.config.to_dict(), "vocab_size": grown.vocab_size}))

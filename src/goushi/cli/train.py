@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -16,6 +17,7 @@ from goushi.engine import Engine, SampleConfig
 from goushi.errors import GoushiError
 from goushi.precision import train_plan
 from goushi.run_record import RunRecord
+from goushi.tokenizer import Tokenizer
 from goushi.train import BatchSource, shape, train
 from goushi.train import recipe as recipes
 from goushi.train.config import TrainConfig, init_model_config, resolve_model_config, resolve_run_config
@@ -171,8 +173,16 @@ def _model_for_print(cfg: TrainConfig) -> ModelConfig:
     if cfg.init_from:
         base = rundir.read_run(cfg.init_from).model
         vocab = _vocab_for_print(cfg) if (cfg.data or cfg.model.get("vocab_size")) else base.vocab_size
-        return init_model_config(cfg, base, vocab)
+        return init_model_config(cfg, base, vocab, grow=bool(cfg.data) and _data_extends_base(cfg))
     return resolve_model_config(cfg, _vocab_for_print(cfg))
+
+
+def _data_extends_base(cfg: TrainConfig) -> bool:
+    """Whether the data was encoded with the base run's tokenizer grown (`goushi data build --extend-vocab`): the
+    model then grows to the data's vocabulary, as training will."""
+    data_tok = Tokenizer.from_file(Path(cfg.data) / data_layout.TOKENIZER)
+    base_tok = Tokenizer.from_file(Path(cfg.init_from) / rundir.TOKENIZER)
+    return data_tok.hash() != base_tok.hash() and data_tok.extends(base_tok)
 
 
 def print_config(cfg: TrainConfig, mc: ModelConfig, why: list[str] | None = None) -> None:
