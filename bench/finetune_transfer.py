@@ -58,6 +58,7 @@ ROWS: dict[str, list[str]] = {
     "ft-ext-d0.2-docs-mask-dec0.6": ["--dropout", "0.2", "--windows", "docs", "--doc-mask", "--decay-frac", "0.6"],
     "ft-ext-d0.2-mask-dec0.6": ["--dropout", "0.2", "--doc-mask", "--decay-frac", "0.6"],
     "ft-ext-d0.3-mask-dec0.6": ["--dropout", "0.3", "--doc-mask", "--decay-frac", "0.6"],
+    "ft-ext-d0.2-mask-dec1.0": ["--dropout", "0.2", "--doc-mask", "--decay-frac", "1.0"],
 }
 EXTEND = 4000  # characters at most: every one the base lacks that the corpus holds twice or more, in practice
 

@@ -72,17 +72,18 @@ RECIPES["big-long"] = Recipe(
 # A run that starts from another run's weights (--init-from) on a small corpus: the data, not the budget, runs
 # out, so it evaluates often, stops when validation loss no longer improves and serves the best weights.
 FINETUNE = Recipe(
-    "finetune", {"lr": 1e-3, "min_lr": 1e-4, "warmup": 20, "schedule": "wsd", "decay_frac": 0.6, "weight_decay": 0.1,
+    "finetune", {"lr": 1e-3, "min_lr": 1e-4, "warmup": 20, "schedule": "wsd", "decay_frac": 1.0, "weight_decay": 0.1,
                  "eval_every": 25, "eval_batches": 20, "patience": 4, "serve": "best", "doc_mask": True,
                  "model": {"dropout": 0.2}},
-    summary="fine-tuning: peak lr 1e-3 after 20 warmup steps, held, then decaying over the last 60 % of the budget "
-            "(wsd); dropout 0.2; each document of a window read alone (--doc-mask); validation every 25 steps, stop "
+    summary="fine-tuning: peak lr 1e-3 after 20 warmup steps, then decaying linearly over the whole budget to 1e-4 "
+            "(wsd with decay_frac 1); dropout 0.2; each document of a window read alone (--doc-mask); validation every 25 steps, stop "
             "after 4 evaluations without a new best, serve the best weights",
     evidence="bench/finetune_transfer.py (docs/recipe.md, 'Pretrain 60 minutes, fine-tune 10'): a 60-minute poetry "
              "base fine-tuned on copypasta, 5.893 held-out bits/char with dropout 0.1 against 6.099 without and "
              "6.476 from scratch; the 6 x 256 base of recipe big: 5.783, 5.656 on a vocabulary grown by "
              "`goushi data build --extend-vocab`, 5.626 there with dropout 0.2 (5.661 in bf16), 5.604 with "
-             "--doc-mask (and --windows docs), 5.556 with the last 60 % decaying too (0.858x scratch)",
+             "--doc-mask (and --windows docs), 5.562 with --doc-mask and the last 60 % decaying, 5.545 decaying over "
+             "the whole budget (0.856x scratch; dropout 0.3 there: 5.674)",
     budgets="runs started from another run's weights (--init-from), any budget")
 RECIPES["finetune"] = FINETUNE
 
