@@ -78,15 +78,22 @@ def run_torchrun(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
+    out = cwd / cmd[cmd.index("--out") + 1] if "--out" in cmd else None
+    # A resumed run's directory as it was before the first try, so that a second try starts from the same checkpoint.
+    before = out.with_name(out.name + ".before-try") if out is not None and "--resume" in cmd else None
+    if before is not None:
+        shutil.copytree(out, before)
     for attempt in (1, 2):
         r = subprocess.run(launcher + cmd[1:], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         # A rank of torch's gloo group sometimes aborts while the process exits, after the run has finished
         # ("done:" printed, the ranks past their closing barrier), when the machine is loaded. Only that signature
-        # gets one more try, from an empty run directory; anything else fails at once.
+        # gets one more try, from the run directory as it was before the first; anything else fails at once.
         if r.returncode == 0 or attempt == 2 or "done:" not in r.stdout or TEARDOWN_ABORT not in r.stderr:
             break
-        if "--out" in cmd:
-            shutil.rmtree(cwd / cmd[cmd.index("--out") + 1], ignore_errors=True)
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)
+            if before is not None:
+                shutil.copytree(before, out)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     return r
 
