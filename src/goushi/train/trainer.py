@@ -116,6 +116,8 @@ class Trainer:
         if (cfg.doc_mask or cfg.windows != "any") and not isinstance(self.source, TokenData):
             raise ConfigError("train config: doc_mask and windows are for text data directories; a chat dataset "
                               "lays out its own rows (drop --doc-mask / --windows)")
+        # how the model reads a batch, in training and in validation alike
+        self.read_as: dict[str, int] = {"doc_sep": self.tokenizer.eot_id} if cfg.doc_mask else {}
         self.mc, self.base = run_model_config(cfg, self.source.vocab_size, self.tokenizer, stored)
         if stored is not None:
             check_resumable(cfg, self.mc, self.tokenizer.hash(), stored)
@@ -255,10 +257,8 @@ class Trainer:
             with self._autocast():
                 if self.objective is not None:
                     loss = self.objective.loss(self.model, self.net, x, y)
-                elif self.cfg.doc_mask:
-                    _, loss = self.net(x, y, doc_sep=self.tokenizer.eot_id)
                 else:
-                    _, loss = self.net(x, y)
+                    _, loss = self.net(x, y, **self.read_as)
             loss_for_grad = loss / self.cfg.grad_accum
             (self.scaler.scale(loss_for_grad) if self.scaler else loss_for_grad).backward()
             return loss.detach()
@@ -309,14 +309,13 @@ class Trainer:
         if self.fsdp:
             batches = distributed.even_batches(batches, self.dist, self.device)
         # validation windows are laid out as training's are (TokenData.windows), and read with the same mask
-        sep = {"doc_sep": self.tokenizer.eot_id} if self.cfg.doc_mask else {}
         for x, y in batches:
             with self._autocast():
                 if y is None:
-                    self.model(x.to(self.device), **sep)
+                    self.model(x.to(self.device), **self.read_as)
                     continue
                 n = self.source.count_tokens(y)
-                _, loss = self.model(x.to(self.device), y.to(self.device), **sep)
+                _, loss = self.model(x.to(self.device), y.to(self.device), **self.read_as)
             total += float(loss) * n  # the model's loss is the mean over targets that carry loss
             count += n
         total, count = self.dist.sum([total, float(count)], self.device)
