@@ -61,9 +61,49 @@ def test_the_largest_rung_that_gets_enough_tokens_per_parameter_is_chosen_and_th
     assert (mc.family, mc.vocab_size, mc.context_length, mc.n_kv_head) == ("llama", 600, 32, 3)
     lines = shape.describe(mc, rungs, 1.0, "10m")
     assert "4 layers x 192" in lines[0] and lines[2].endswith("<- chosen") and not lines[3].endswith("chosen")
-    # timed once per machine: the next run reads the cache
+    # the next run reads the cache, timing only the smallest rung again (to see whether the cache is stale)
     shape.choose(BASE, 600, 32, torch.device("cpu"), torch.float32, no_optimizer)
-    assert len(asked) == 3
+    assert asked[3:] == [(4, 128)]
+
+
+def test_a_ladder_timed_under_load_is_timed_again_and_the_fastest_timing_is_kept(fake_speeds):
+    k = shape.MIN_TOKENS_PER_PARAM
+    loaded = speeds_for({(4, 128): 12.0, (4, 192): k * 0.9}, 600)  # a busy machine: 4 x 192 seems too slow
+    asked = fake_speeds(loaded)
+    mc, _, _ = shape.choose(BASE, 600, 32, torch.device("cpu"), torch.float32, no_optimizer)
+    assert (mc.n_layer, mc.n_embd) == (4, 128)
+    # quiet now: the smallest rung runs 1.5x its cached speed, so the rest are timed again and 4 x 192 fits
+    asked.clear()
+    fake_speeds({r: s * 1.5 for r, s in loaded.items()})
+    mc, rungs, _ = shape.choose(BASE, 600, 32, torch.device("cpu"), torch.float32, no_optimizer)
+    assert (mc.n_layer, mc.n_embd) == (4, 192) and asked[:2] == [(4, 128), (4, 192)]
+    # busy again: the smallest rung is slower than cached, so the cached (fastest) figures stand, untimed
+    asked.clear()
+    fake_speeds({r: s * 0.5 for r, s in loaded.items()})
+    mc2, rungs2, _ = shape.choose(BASE, 600, 32, torch.device("cpu"), torch.float32, no_optimizer)
+    assert (mc2.n_layer, mc2.n_embd) == (4, 192) and asked == [(4, 128)]
+    assert [r.tokens_per_s for r in rungs2] == [r.tokens_per_s for r in rungs]
+
+
+def test_under_torchrun_a_rung_is_timed_at_one_process_batch_and_the_budget_buys_every_process_tokens(
+        fake_speeds, monkeypatch):
+    k = shape.MIN_TOKENS_PER_PARAM
+    fake_speeds(speeds_for({(4, 128): 12.0, (4, 192): k * 0.6, (6, 192): k * 0.3}, 600))
+    batches: list[int] = []
+    real = shape.time_step
+
+    def timed(mc, batch, *a, **kw):
+        batches.append(batch)
+        return real(mc, batch, *a, **kw)
+
+    monkeypatch.setattr(shape, "time_step", timed)
+    one, _, _ = shape.choose(BASE, 600, 32, torch.device("cpu"), torch.float32, no_optimizer)
+    cfg = TrainConfig(time_budget="10m", batch_size=64, optimizer="adamw")
+    mc, lines = shape.for_run(cfg, BASE, torch.device("cpu"), torch.float32, ranks=2)
+    assert (one.n_layer, one.n_embd) == (4, 128)  # one process: 4 x 192 gets 0.6 of what it needs
+    assert set(batches[-2:]) == {32}  # 64 split between 2 processes
+    assert (mc.n_layer, mc.n_embd) == (4, 192)  # two processes: 1.2
+    assert "each of 2 processes" in lines[1]
 
 
 def test_a_short_budget_keeps_the_smallest_rung_even_when_it_falls_short(fake_speeds):

@@ -27,6 +27,10 @@ LADDER: tuple[tuple[int, int, int], ...] = ((4, 128, 4), (4, 192, 6), (6, 192, 6
 # Between the measured winners (3.4, 3.6 tokens per block parameter, eager-timed) and losers (1.1, 1.3).
 MIN_TOKENS_PER_PARAM = 2.5
 PROBE_STEPS = 2  # timed, after one untimed step (allocations, autotuning)
+# Load on a shared machine only ever slows a timing, so the cache keeps the fastest seen. The smallest rung is timed
+# again on every run (about a second); when it runs this much faster than its cached figure, the cached ladder was
+# timed under load and every rung the climb reaches is timed again.
+RECHECK = 1.10
 
 
 @dataclass(frozen=True)
@@ -85,23 +89,30 @@ def time_step(mc: ModelConfig, batch: int, device: torch.device, dtype: torch.dt
 def choose(base: ModelConfig, budget_s: float, batch: int, device: torch.device, dtype: torch.dtype,
            make_optimizers: Callable[[torch.nn.Module], list[torch.optim.Optimizer]],
            prepare: Callable[[torch.nn.Module], None] = lambda m: None,
-           optimizer: str = "") -> tuple[ModelConfig, list[Rung], float]:
+           optimizer: str = "", ranks: int = 1) -> tuple[ModelConfig, list[Rung], float]:
     """(the shape, the rungs timed, seconds spent timing). Rungs are timed smallest first and the climb stops at
     the first that falls short (a bigger one only gets fewer tokens per parameter); the first rung is taken
-    whatever it gets. Speeds are cached per machine, shape, precision, threads, batch and optimiser."""
+    whatever it gets. Speeds are cached per machine, shape, precision, threads, batch and optimiser (RECHECK).
+    `batch` is one process's; under torchrun `ranks` processes each train it, so the budget buys `ranks` times
+    the tokens one process times here."""
     t0 = time.perf_counter()
     rungs: list[Rung] = []
     chosen = rung_config(base, *LADDER[0])
-    for layers, width, heads in LADDER:
+    stale = False
+    for i, (layers, width, heads) in enumerate(LADDER):
         mc = rung_config(base, layers, width, heads)
         key = (f"L{layers} d{width} H{heads} kv{mc.n_kv_head} V{mc.vocab_size} T{mc.context_length} {mc.family} "
                f"{mc.mlp} b{batch} {dtype} {optimizer} threads{torch.get_num_threads()} {device.type}")
         entry = cache_get("shape", key)
-        if entry is None:
-            entry = {"tokens_per_s": time_step(mc, batch, device, dtype, make_optimizers, prepare)}
-            cache_put("shape", key, entry)
-        speed = float(entry["tokens_per_s"])
-        rung = Rung(layers, width, heads, speed, param_counts(mc)["blocks"], speed * budget_s)
+        cached = float(entry["tokens_per_s"]) if entry else 0.0
+        speed = cached
+        if not cached or stale or i == 0:
+            now = time_step(mc, batch, device, dtype, make_optimizers, prepare)
+            stale = stale or (i == 0 and 0 < cached * RECHECK < now)
+            speed = max(now, cached)
+            if speed != cached:
+                cache_put("shape", key, {"tokens_per_s": speed})
+        rung = Rung(layers, width, heads, speed, param_counts(mc)["blocks"], speed * budget_s * ranks)
         rungs.append(rung)
         if rungs[1:] and rung.per_param < MIN_TOKENS_PER_PARAM:
             break
@@ -109,14 +120,15 @@ def choose(base: ModelConfig, budget_s: float, batch: int, device: torch.device,
     return chosen, rungs, time.perf_counter() - t0
 
 
-def describe(chosen: ModelConfig, rungs: list[Rung], seconds: float, budget: str) -> list[str]:
+def describe(chosen: ModelConfig, rungs: list[Rung], seconds: float, budget: str, ranks: int = 1) -> list[str]:
     """The lines a run prints about its shape: what each rung would get in the budget, and the pick."""
     lines = [f"shape: {chosen.n_layer} layers x {chosen.n_embd}, the largest that gets {MIN_TOKENS_PER_PARAM:g} "
              f"training tokens per block parameter in {budget} at this machine's measured speed "
              f"(timed in {seconds:.1f} s; goushi.train.shape):"]
+    per = "eager" if ranks == 1 else f"eager, each of {ranks} processes"
     for r in rungs:
         mark = "<- chosen" if (r.n_layer, r.n_embd) == (chosen.n_layer, chosen.n_embd) else ""
-        lines.append(f"  {r.label():>8}: {r.tokens_per_s:>9,.0f} tokens/s (eager) -> {r.tokens / 1e6:>7.1f} M tokens, "
+        lines.append(f"  {r.label():>8}: {r.tokens_per_s:>9,.0f} tokens/s ({per}) -> {r.tokens / 1e6:>7.1f} M tokens, "
                      f"{r.per_param:>5.1f} per block parameter {mark}".rstrip())
     return lines
 
@@ -129,8 +141,10 @@ def wanted(cfg: TrainConfig) -> bool:
 
 
 def for_run(cfg: TrainConfig, base: ModelConfig, device: torch.device, dtype: torch.dtype,
-            prepare: Callable[[torch.nn.Module], None] = lambda m: None) -> tuple[ModelConfig, list[str]]:
-    """The shape `cfg` trains (its optimiser, batch and budget) and the lines that say why."""
+            prepare: Callable[[torch.nn.Module], None] = lambda m: None,
+            ranks: int = 1) -> tuple[ModelConfig, list[str]]:
+    """The shape `cfg` trains (its optimiser, batch and budget) and the lines that say why. Under torchrun
+    (`ranks` processes) each process trains its share of the global batch, and is timed at that share."""
     from goushi.train.optim import build_optimizers, muon_ns_dtype
 
     def make(model: torch.nn.Module) -> list[torch.optim.Optimizer]:
@@ -138,9 +152,9 @@ def for_run(cfg: TrainConfig, base: ModelConfig, device: torch.device, dtype: to
                                 betas=(cfg.beta1, cfg.beta2), muon_momentum=cfg.muon_momentum, device=device,
                                 ns_dtype=muon_ns_dtype(dtype), embed_lr_mult=cfg.embed_lr_mult)
 
-    mc, rungs, secs = choose(base, float(cfg.budget_seconds or 0), cfg.batch_size, device, dtype, make, prepare,
-                             optimizer=cfg.optimizer)
-    return mc, describe(mc, rungs, secs, cfg.time_budget)
+    mc, rungs, secs = choose(base, float(cfg.budget_seconds or 0), max(1, cfg.batch_size // ranks), device, dtype,
+                             make, prepare, optimizer=cfg.optimizer, ranks=ranks)
+    return mc, describe(mc, rungs, secs, cfg.time_budget, ranks)
 
 
-__all__ = ["LADDER", "MIN_TOKENS_PER_PARAM", "Rung", "choose", "describe", "for_run", "rung_config", "time_step", "wanted"]
+__all__ = ["LADDER", "MIN_TOKENS_PER_PARAM", "RECHECK", "Rung", "choose", "describe", "for_run", "rung_config", "time_step", "wanted"]

@@ -150,7 +150,8 @@ class Trainer:
         its choice holds for every rank. The choice is written into the run's settings, so --resume rebuilds it."""
         cfg = self.cfg
         if self.dist.is_main:
-            mc, lines = shape.for_run(cfg, self.mc, self.device, self.plan.dtype, self.plan.apply_to)
+            mc, lines = shape.for_run(cfg, self.mc, self.device, self.plan.dtype, self.plan.apply_to,
+                                      ranks=self.dist.world)
             for line in lines:
                 self.log(line)
             pick = [float(i) for i, rung in enumerate(shape.LADDER) if rung[:2] == (mc.n_layer, mc.n_embd)]
