@@ -18,6 +18,13 @@ every row beside the from-scratch row of the same invocation:
 - ft-ext*: as ft*, on the corpus encoded with the base's tokenizer grown by the corpus's characters it spells in
   bytes (`goushi data build --tokenizer-from BASE --extend-vocab N`, seen twice or more).
 
+--ft-budget 10m gives each ft row the tokens its own command trains in that time here: its training step (the
+base's shape, the row's dropout, mask, optimiser and vocabulary, eager as `goushi train` runs a fine-tune) is timed
+interleaved with the others' in one process, best of 4 rounds, and the fastest figure ever seen for it is kept in
+WORK/ft-speeds.json (load only lowers a measurement). Until the seventh session every ft row got one --ft-tokens,
+10 minutes at the base's own compiled speed without dropout: 2.2x what the fine-tune with attention dropout
+trains in that time.
+
 Rows train one after another, or --jobs N at a time, each with its share of the cores (the token budgets are
 fixed, so sharing changes only the wall time). --reuse evaluates a finished row again when its command is the same
 and resolves to the settings it trained with (a recipe may have changed since).
@@ -36,7 +43,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_budget import GOUSHI, cpu_name, heldout_bpc, prepare, run, trained_as_now  # noqa: E402
+from quality_budget import GOUSHI, cpu_name, heldout_bpc, measure_speeds, prepare, run, trained_as_now  # noqa: E402
 
 ROWS: dict[str, list[str]] = {
     "scratch": ["--recipe", "short"],
@@ -59,8 +66,38 @@ ROWS: dict[str, list[str]] = {
     "ft-ext-d0.2-mask-dec0.6": ["--dropout", "0.2", "--doc-mask", "--decay-frac", "0.6"],
     "ft-ext-d0.3-mask-dec0.6": ["--dropout", "0.3", "--doc-mask", "--decay-frac", "0.6"],
     "ft-ext-d0.2-mask-dec1.0": ["--dropout", "0.2", "--doc-mask", "--decay-frac", "1.0"],
+    # dropout on the residual branches only: SDPA keeps its fused kernel (goushi train --no-attn-dropout)
+    "ft-ext-noattn": ["--no-attn-dropout"],
+    "ft-ext-noattn-d0.3": ["--no-attn-dropout", "--dropout", "0.3"],
 }
 EXTEND = 4000  # characters at most: every one the base lacks that the corpus holds twice or more, in practice
+
+
+def data_for(name: str, own: Path, borrowed: Path, grown: Path) -> Path:
+    return own if name == "scratch" else grown if name.startswith("ft-ext") else borrowed
+
+
+def measured_budgets(names: list[str], budget: str, base: str, own: Path, borrowed: Path, grown: Path,
+                     work: Path) -> dict[str, int]:
+    """{row: the tokens its command trains in `budget` at the fastest speed seen for it here}."""
+    from goushi.train.config import parse_duration
+
+    seconds = parse_duration(budget)
+    setups = {n: (data_for(n, own, borrowed, grown), ["--init-from", str(Path(base).resolve())] + ROWS[n])
+              for n in names}
+    now = measure_speeds(setups)
+    cache = work / "ft-speeds.json"
+    kept = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
+    out = {}
+    for n, (data_dir, flags) in setups.items():
+        key = f"{data_dir.name} {shlex.join(flags)}"
+        kept[key] = max(now[n], kept.get(key, 0.0))
+        out[n] = int(kept[key] * seconds)
+        print(f"  {n}: {now[n]:,.0f} tokens/s now, {kept[key]:,.0f} the fastest seen -> {out[n]:,} tokens in {budget}")
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(kept, indent=1), encoding="utf-8")
+    tmp.replace(cache)
+    return out
 
 
 def main() -> int:
@@ -72,6 +109,8 @@ def main() -> int:
                     "time budget buys the from-scratch recipe on this machine)")
     ap.add_argument("--ft-tokens", type=int, help="the token budget of the ft rows (default: --scratch-tokens; a "
                     "bigger base trains fewer tokens in the same minutes: give what the budget buys its shape)")
+    ap.add_argument("--ft-budget", help="instead of --ft-tokens: each ft row trains what its own measured speed "
+                    "buys in this time here (10m, 600s)")
     ap.add_argument("--work", required=True, help="folder for data and runs")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--reuse", action="store_true")
@@ -104,14 +143,18 @@ def main() -> int:
                             str(EXTEND), "--force", "--val-fraction", "0.02", "--no-progress"],
                   log=work / "build-data-base-ext.log")
         print(next((ln for ln in out.splitlines() if "extended by" in ln), "").strip())
+    ft_tokens = {r: args.ft_tokens or args.scratch_tokens for r in rows if r != "scratch"}
+    if args.ft_budget:
+        ft_tokens = measured_budgets([r for r in rows if r != "scratch"], args.ft_budget, args.base, own,
+                                     borrowed, grown, work)
     print(f"held-out: {heldout} ({heldout.stat().st_size:,} bytes); budget {args.scratch_tokens:,} tokens for "
-          f"scratch, {args.ft_tokens or args.scratch_tokens:,} for a fine-tuning row")
+          f"scratch; fine-tuning rows: {', '.join(f'{r} {t:,}' for r, t in ft_tokens.items())}")
 
     def one(name: str) -> list[dict]:
         out = work / "runs" / name
-        data_dir = own if name == "scratch" else grown if name.startswith("ft-ext") else borrowed
+        data_dir = data_for(name, own, borrowed, grown)
         init = [] if name == "scratch" else ["--init-from", str(Path(args.base).resolve())]
-        tokens = args.scratch_tokens if name == "scratch" else (args.ft_tokens or args.scratch_tokens)
+        tokens = args.scratch_tokens if name == "scratch" else ft_tokens[name]
         cmd = GOUSHI + ["train", "--data", str(data_dir), "--out", str(out), "--force", "--no-progress",
                         "--sample-tokens", "0", "--tokens", str(tokens)] + init + ROWS[name]
         if name == "scratch":

@@ -323,15 +323,18 @@ def sample_poems(run_dir: Path, n: int) -> list[str]:
 
 
 def train_config_for(flags: list[str], data_dir: Path):
-    """TrainConfig and ModelConfig that `goushi train --data DATA_DIR FLAGS` would use."""
+    """TrainConfig and ModelConfig that `goushi train --data DATA_DIR FLAGS` would use (with --init-from, the
+    base's shape, grown to the data's vocabulary)."""
     from goushi.cli import build_parser
     from goushi.cli.train import overrides_from_args
     from goushi.data import layout
-    from goushi.train.config import resolve_model_config, run_config
+    from goushi.tokenizer import Tokenizer
+    from goushi.train.config import run_config, run_model_config
 
     args = build_parser().parse_args(["train", "--data", str(data_dir), "--out", "/nonexistent"] + flags)
     cfg = run_config(None, overrides_from_args(args))
-    return cfg, resolve_model_config(cfg, int(layout.read_meta(data_dir)["vocab_size"]))
+    tokenizer = Tokenizer.from_file(Path(data_dir) / "tokenizer.json")
+    return cfg, run_model_config(cfg, int(layout.read_meta(data_dir)["vocab_size"]), tokenizer, None)[0]
 
 
 # Settings added after rows were first kept: a run whose config.json lacks one trained with this value.

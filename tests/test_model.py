@@ -91,6 +91,30 @@ def test_packed_documents_under_doc_sep_are_each_computed_alone(family):
     with pytest.raises(ValueError, match="doc_sep"):
         model(row, doc_sep=0, pos=1)
 
+def test_no_attn_dropout_keeps_dropout_on_the_residual_branches_only(monkeypatch):
+    seen: list[float] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*a, dropout_p=0.0, **k):
+        seen.append(dropout_p)
+        return sdpa(*a, dropout_p=dropout_p, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    x = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(0))
+    for attn, want in ((True, 0.5), (False, 0.0)):
+        cfg = preset_config("tiny", "llama", vocab_size=61, n_layer=2, n_head=2, n_embd=16, context_length=16,
+                            dropout=0.5, attn_dropout=attn)
+        model = GPT(cfg).train()
+        seen.clear()
+        a, b = model(x)[0], model(x)[0]
+        assert seen and set(seen) == {want}
+        assert not torch.allclose(a, b)  # the residual branches still drop
+        seen.clear()
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(model(x)[0], model(x)[0]) and set(seen) == {0.0}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_attention_weights_are_causal_distributions_and_match_fast_path(family):
     model = small(family)

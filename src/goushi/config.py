@@ -48,6 +48,9 @@ class ModelConfig:
     mlp: str = "gelu"
     tie_embeddings: bool = True
     dropout: float = 0.0
+    # dropout on the attention weights too (nanoGPT's default). Off, it stays on the residual branches only: on
+    # a CPU, SDPA with dropout leaves its fused kernel for the plain one (4x slower attention, measured).
+    attn_dropout: bool = True
     bias: bool = True
     qk_norm: bool = False
     rope_theta: float = 10000.0

@@ -264,7 +264,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
-        self.dropout = cfg.dropout
+        self.dropout = cfg.dropout if cfg.attn_dropout else 0.0
         # The dtype attention itself runs in; None follows its inputs (and autocast). Set to float32 where a
         # CPU's bf16 attention kernels are slower than its fp32 ones (goushi.precision measures it).
         self.attn_dtype: torch.dtype | None = None

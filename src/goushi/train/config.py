@@ -334,7 +334,7 @@ def apply_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, list[s
 
 
 # Fields a run started from another run's weights may still change: they hold no weights.
-INIT_CHANGEABLE = ("dropout",)
+INIT_CHANGEABLE = ("dropout", "attn_dropout")
 
 
 def init_model_config(cfg: TrainConfig, base: ModelConfig, vocab_size: int, *, grow: bool = False) -> ModelConfig:
