@@ -21,9 +21,10 @@ every row beside the from-scratch row of the same invocation:
 --ft-budget 10m gives each ft row the tokens its own command trains in that time here: its training step (the
 base's shape, the row's dropout, mask, optimiser and vocabulary, eager as `goushi train` runs a fine-tune) is timed
 interleaved with the others' in one process, best of 4 rounds, and the fastest figure ever seen for it is kept in
-WORK/ft-speeds.json (load only lowers a measurement). Until the seventh session every ft row got one --ft-tokens,
-10 minutes at the base's own compiled speed without dropout: 2.2x what the fine-tune with attention dropout
-trains in that time.
+WORK/ft-speeds.json (load only lowers a measurement). The time its validations take is paid from the budget, as
+`goushi train --time-budget` pays it: a validation batch is counted as a third of a training step (a forward
+without the backward). Until the seventh session every ft row got one --ft-tokens, 10 minutes at the base's own
+compiled speed without dropout and validations: 2.2x what the fine-tune with attention dropout trains in that time.
 
 Rows train one after another, or --jobs N at a time, each with its share of the cores (the token budgets are
 fixed, so sharing changes only the wall time). --reuse evaluates a finished row again when its command is the same
@@ -43,7 +44,16 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_budget import GOUSHI, cpu_name, heldout_bpc, measure_speeds, prepare, run, trained_as_now  # noqa: E402
+from quality_budget import (  # noqa: E402
+    GOUSHI,
+    cpu_name,
+    heldout_bpc,
+    measure_speeds,
+    prepare,
+    run,
+    train_config_for,
+    trained_as_now,
+)
 
 ROWS: dict[str, list[str]] = {
     "scratch": ["--recipe", "short"],
@@ -77,6 +87,17 @@ def data_for(name: str, own: Path, borrowed: Path, grown: Path) -> Path:
     return own if name == "scratch" else grown if name.startswith("ft-ext") else borrowed
 
 
+def training_share(data_dir: Path, flags: list[str]) -> float:
+    """The share of a run's time spent on training steps when a validation batch costs a third of one."""
+    from goushi.train.data import TokenData
+
+    cfg, mc = train_config_for(flags, data_dir)
+    if not cfg.eval_every:
+        return 1.0
+    batches = len(list(TokenData(data_dir).val_batches(cfg.eval_batches, cfg.batch_size, mc.context_length)))
+    return cfg.eval_every / (cfg.eval_every + batches / 3)
+
+
 def measured_budgets(names: list[str], budget: str, base: str, own: Path, borrowed: Path, grown: Path,
                      work: Path) -> dict[str, int]:
     """{row: the tokens its command trains in `budget` at the fastest speed seen for it here}."""
@@ -86,14 +107,16 @@ def measured_budgets(names: list[str], budget: str, base: str, own: Path, borrow
     setups = {n: (data_for(n, own, borrowed, grown), ["--init-from", str(Path(base).resolve())] + ROWS[n])
               for n in names}
     now = measure_speeds(setups)
+    share = {n: training_share(*setups[n]) for n in names}
     cache = work / "ft-speeds.json"
     kept = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
     out = {}
     for n, (data_dir, flags) in setups.items():
         key = f"{data_dir.name} {shlex.join(flags)}"
         kept[key] = max(now[n], kept.get(key, 0.0))
-        out[n] = int(kept[key] * seconds)
-        print(f"  {n}: {now[n]:,.0f} tokens/s now, {kept[key]:,.0f} the fastest seen -> {out[n]:,} tokens in {budget}")
+        out[n] = int(kept[key] * seconds * share[n])
+        print(f"  {n}: {now[n]:,.0f} tokens/s now, {kept[key]:,.0f} the fastest seen; {share[n]:.1%} of the time "
+              f"trains, the rest validates -> {out[n]:,} tokens in {budget}")
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps(kept, indent=1), encoding="utf-8")
     tmp.replace(cache)

@@ -4,6 +4,7 @@ run-directory owner (goushi.rundir)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,23 @@ def test_token_shards_are_a_batch_source(data_dir):
     assert len(val) == 2 and all(torch.equal(a[0], b[0]) for a, b in zip(val, src.val_batches(2, 4, 16), strict=True))
     assert src.data_record().tokenizer_hash == src.tokenizer.hash()
     assert src.sample_prompt() and src.data_card() == data_dir / "DATA_CARD.md"
+
+
+def test_a_short_validation_split_is_read_once_end_to_end(tmp_path):
+    chars = iter(chr(0x4E00 + i) for i in range(400))
+    val_docs = ["".join(next(chars) for _ in range(n)) for n in (30, 25, 40, 33, 28)]  # 161 tokens with the ends
+    data = make_data_dir(tmp_path / "d", ["".join(next(chars) for _ in range(100))], val_docs)
+    src, T = TokenData(data), 16
+    val = np.asarray(src.val).astype(np.int64)
+    # asked for 4 batches of 8 windows (544 tokens): the split holds 161, so each target is read once
+    batches = list(src.val_batches(4, 8, T))
+    ys = torch.cat([y for _, y in batches])
+    assert len(ys) == math.ceil((len(val) - T - 1) / T) + 1 < 4 * 8
+    assert sorted(set(ys.flatten().tolist())) == sorted(set(val[1:].tolist()))  # every target in the split
+    assert len(ys.flatten()) < len(val) + T  # windows overlap by less than one window
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, src.val_batches(4, 8, T), strict=True))
+    # a long enough split keeps the windows asked for
+    assert sum(len(y) for _, y in src.val_batches(1, 4, T)) == 4
 
 
 def test_windows_from_document_starts_cover_every_token(tmp_path):

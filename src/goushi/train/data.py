@@ -180,15 +180,17 @@ class TokenData:
         return self._windows(self.train, starts[rank * per: (rank + 1) * per], T)
 
     def val_batches(self, n_batches: int, batch: int, T: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
-        """The same evenly spaced validation windows at every evaluation, so losses compare across steps."""
+        """The same evenly spaced validation windows at every evaluation, so losses compare across steps. A split
+        shorter than the windows asked for is read once, end to end: a fine-tune's 5,900 validation tokens were
+        read 14 times over by 20 overlapping batches, a quarter of its training time at an evaluation every 25
+        steps, for the same targets."""
         last = len(self.val) - T - 1
         n = n_batches * batch
+        if len(self.val) < n * (T + 1):
+            n = math.ceil(last / T) + 1  # windows end to end, the last flush with the split's end
         starts = torch.linspace(0, last, n).round().long() if n > 1 else torch.zeros(1, dtype=torch.long)
-        if self.windows == "docs":
-            starts = self.snap_to_docs(starts, T, "val")
-        # Fewer distinct windows than asked for when the split is short (or two moved to one document's start):
-        # do not count one window twice.
-        starts = torch.unique(starts) if len(self.val) < n * (T + 1) or self.windows == "docs" else starts
+        if self.windows == "docs":  # two windows may move to one document's start: do not count one twice
+            starts = torch.unique(self.snap_to_docs(starts, T, "val"))
         per = math.ceil(len(starts) / world)
         mine = starts[rank * per: (rank + 1) * per]
         for i in range(0, len(mine), batch):
