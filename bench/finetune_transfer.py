@@ -79,6 +79,10 @@ ROWS: dict[str, list[str]] = {
     # dropout on the residual branches only: SDPA keeps its fused kernel (goushi train --no-attn-dropout)
     "ft-ext-noattn": ["--no-attn-dropout"],
     "ft-ext-noattn-d0.3": ["--no-attn-dropout", "--dropout", "0.3"],
+    "ft-ext-noattn-d0.1": ["--no-attn-dropout", "--dropout", "0.1"],
+    "ft-ext-noattn-lr2e-3": ["--no-attn-dropout", "--lr", "2e-3", "--min-lr", "2e-4"],
+    "ft-ext-noattn-s2": ["--no-attn-dropout", "--seed", "2"],
+    "ft-ext-s2": ["--seed", "2"],
 }
 EXTEND = 4000  # characters at most: every one the base lacks that the corpus holds twice or more, in practice
 
