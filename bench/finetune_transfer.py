@@ -25,6 +25,8 @@ WORK/ft-speeds.json (load only lowers a measurement). The time its validations t
 `goushi train --time-budget` pays it: a validation batch is counted as a third of a training step (a forward
 without the backward). Until the seventh session every ft row got one --ft-tokens, 10 minutes at the base's own
 compiled speed without dropout and validations: 2.2x what the fine-tune with attention dropout trains in that time.
+Without --scratch-tokens the scratch row is timed the same way beside them, so every row is the same minutes on
+this machine (a --scratch-tokens figure carried from another machine compares minutes of two CPUs).
 
 Rows train one after another, or --jobs N at a time, each with its share of the cores (the token budgets are
 fixed, so sharing changes only the wall time). --reuse evaluates a finished row again when its command is the same
@@ -91,6 +93,13 @@ def data_for(name: str, own: Path, borrowed: Path, grown: Path) -> Path:
     return own if name == "scratch" else grown if name.startswith("ft-ext") else borrowed
 
 
+def row_flags(name: str, base: str) -> list[str]:
+    """The row's flags to `goushi train` beyond data, output and budget."""
+    if name == "scratch":
+        return ROWS[name] + ["--eval-every", "250"]  # so best/ exists for the second score
+    return ["--init-from", str(Path(base).resolve())] + ROWS[name]
+
+
 def training_share(data_dir: Path, flags: list[str]) -> float:
     """The share of a run's time spent on training steps when a validation batch costs a third of one."""
     from goushi.train.data import TokenData
@@ -108,8 +117,7 @@ def measured_budgets(names: list[str], budget: str, base: str, own: Path, borrow
     from goushi.train.config import parse_duration
 
     seconds = parse_duration(budget)
-    setups = {n: (data_for(n, own, borrowed, grown), ["--init-from", str(Path(base).resolve())] + ROWS[n])
-              for n in names}
+    setups = {n: (data_for(n, own, borrowed, grown), row_flags(n, base)) for n in names}
     now = measure_speeds(setups)
     share = {n: training_share(*setups[n]) for n in names}
     cache = work / "ft-speeds.json"
@@ -132,8 +140,9 @@ def main() -> int:
     ap.add_argument("base", help="the pretrained run (RUN_DIR) to fine-tune")
     ap.add_argument("corpus", nargs="+", help="the small corpus: text files or folders of .txt files")
     ap.add_argument("--configs", default="scratch,ft", help=f"comma-separated, of: {', '.join(ROWS)}")
-    ap.add_argument("--scratch-tokens", type=int, required=True, help="the token budget of every row (what the "
-                    "time budget buys the from-scratch recipe on this machine)")
+    ap.add_argument("--scratch-tokens", type=int, help="the token budget of every row (what the time budget buys "
+                    "the from-scratch recipe on this machine); with --ft-budget, of the scratch row only (default "
+                    "there: timed beside the ft rows, as they are)")
     ap.add_argument("--ft-tokens", type=int, help="the token budget of the ft rows (default: --scratch-tokens; a "
                     "bigger base trains fewer tokens in the same minutes: give what the budget buys its shape)")
     ap.add_argument("--ft-budget", help="instead of --ft-tokens: each ft row trains what its own measured speed "
@@ -145,6 +154,8 @@ def main() -> int:
     ap.add_argument("--scratch-run", help="score this finished run as the scratch row instead of training it (its "
                     "command must be the scratch row's; say it beside the figures)")
     args = ap.parse_args()
+    if not args.scratch_tokens and not args.ft_budget:
+        ap.error("give --scratch-tokens N (the tokens of every row) or --ft-budget TIME (each row timed here)")
     rows = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [r for r in rows if r not in ROWS]
     if bad:
@@ -170,22 +181,22 @@ def main() -> int:
                             str(EXTEND), "--force", "--val-fraction", "0.02", "--no-progress"],
                   log=work / "build-data-base-ext.log")
         print(next((ln for ln in out.splitlines() if "extended by" in ln), "").strip())
-    ft_tokens = {r: args.ft_tokens or args.scratch_tokens for r in rows if r != "scratch"}
     if args.ft_budget:
-        ft_tokens = measured_budgets([r for r in rows if r != "scratch"], args.ft_budget, args.base, own,
-                                     borrowed, grown, work)
-    print(f"held-out: {heldout} ({heldout.stat().st_size:,} bytes); budget {args.scratch_tokens:,} tokens for "
-          f"scratch; fine-tuning rows: {', '.join(f'{r} {t:,}' for r, t in ft_tokens.items())}")
+        # scratch is timed beside the others unless its tokens are given (or its run is scored as it is)
+        timed = [r for r in rows if r != "scratch" or not (args.scratch_tokens or args.scratch_run)]
+        tokens = measured_budgets(timed, args.ft_budget, args.base, own, borrowed, grown, work)
+    else:
+        tokens = {r: args.ft_tokens or args.scratch_tokens for r in rows}
+    if args.scratch_tokens:
+        tokens["scratch"] = args.scratch_tokens
+    print(f"held-out: {heldout} ({heldout.stat().st_size:,} bytes); token budgets: "
+          f"{', '.join(f'{r} {tokens[r]:,}' for r in rows if r in tokens)}")
 
     def one(name: str) -> list[dict]:
         out = work / "runs" / name
         data_dir = data_for(name, own, borrowed, grown)
-        init = [] if name == "scratch" else ["--init-from", str(Path(args.base).resolve())]
-        tokens = args.scratch_tokens if name == "scratch" else ft_tokens[name]
         cmd = GOUSHI + ["train", "--data", str(data_dir), "--out", str(out), "--force", "--no-progress",
-                        "--sample-tokens", "0", "--tokens", str(tokens)] + init + ROWS[name]
-        if name == "scratch":
-            cmd += ["--eval-every", "250"]  # so best/ exists for the second score
+                        "--sample-tokens", "0", "--tokens", str(tokens.get(name, 0))] + row_flags(name, args.base)
         env = {**os.environ, "GOUSHI_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
         stamp, logf = out / "bench-command.json", work / f"train-{name}.log"
         if name == "scratch" and args.scratch_run:
