@@ -20,7 +20,8 @@ every row beside the from-scratch row of the same invocation:
 
 --ft-budget 10m gives each ft row the tokens its own command trains in that time here: its training step (the
 base's shape, the row's dropout, mask, optimiser and vocabulary, eager as `goushi train` runs a fine-tune) is timed
-interleaved with the others' in one process, best of 4 rounds, and the fastest figure ever seen for it is kept in
+interleaved with the others' in one process at the threads each row trains with (the cores / --jobs), best of
+4 rounds, and the fastest figure ever seen for it is kept in
 WORK/ft-speeds.json (load only lowers a measurement). The time its validations take is paid from the budget, as
 `goushi train --time-budget` pays it: a validation batch is counted as a third of a training step (a forward
 without the backward). Until the seventh session every ft row got one --ft-tokens, 10 minutes at the base's own
@@ -112,19 +113,28 @@ def training_share(data_dir: Path, flags: list[str]) -> float:
 
 
 def measured_budgets(names: list[str], budget: str, base: str, own: Path, borrowed: Path, grown: Path,
-                     work: Path) -> dict[str, int]:
-    """{row: the tokens its command trains in `budget` at the fastest speed seen for it here}."""
+                     work: Path, threads: int) -> dict[str, int]:
+    """{row: the tokens its command trains in `budget` at the fastest speed seen for it here, timed at the
+    `threads` each row trains with (left to the probe, a timing may take both cores for a row that gets one)}."""
     from goushi.train.config import parse_duration
 
     seconds = parse_duration(budget)
     setups = {n: (data_for(n, own, borrowed, grown), row_flags(n, base)) for n in names}
-    now = measure_speeds(setups)
+    before = os.environ.get("GOUSHI_THREADS")
+    os.environ["GOUSHI_THREADS"] = str(threads)
+    try:
+        now = measure_speeds(setups)
+    finally:
+        if before is None:
+            os.environ.pop("GOUSHI_THREADS")
+        else:
+            os.environ["GOUSHI_THREADS"] = before
     share = {n: training_share(*setups[n]) for n in names}
     cache = work / "ft-speeds.json"
     kept = json.loads(cache.read_text(encoding="utf-8")) if cache.exists() else {}
     out = {}
     for n, (data_dir, flags) in setups.items():
-        key = f"{data_dir.name} {shlex.join(flags)}"
+        key = f"{data_dir.name} {shlex.join(flags)} threads{threads}"
         kept[key] = max(now[n], kept.get(key, 0.0))
         out[n] = int(kept[key] * seconds * share[n])
         print(f"  {n}: {now[n]:,.0f} tokens/s now, {kept[key]:,.0f} the fastest seen; {share[n]:.1%} of the time "
@@ -181,10 +191,11 @@ def main() -> int:
                             str(EXTEND), "--force", "--val-fraction", "0.02", "--no-progress"],
                   log=work / "build-data-base-ext.log")
         print(next((ln for ln in out.splitlines() if "extended by" in ln), "").strip())
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)  # each row's share of the cores
     if args.ft_budget:
         # scratch is timed beside the others unless its tokens are given (or its run is scored as it is)
         timed = [r for r in rows if r != "scratch" or not (args.scratch_tokens or args.scratch_run)]
-        tokens = measured_budgets(timed, args.ft_budget, args.base, own, borrowed, grown, work)
+        tokens = measured_budgets(timed, args.ft_budget, args.base, own, borrowed, grown, work, threads)
     else:
         tokens = {r: args.ft_tokens or args.scratch_tokens for r in rows}
     if args.scratch_tokens:
@@ -197,7 +208,7 @@ def main() -> int:
         data_dir = data_for(name, own, borrowed, grown)
         cmd = GOUSHI + ["train", "--data", str(data_dir), "--out", str(out), "--force", "--no-progress",
                         "--sample-tokens", "0", "--tokens", str(tokens.get(name, 0))] + row_flags(name, args.base)
-        env = {**os.environ, "GOUSHI_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+        env = {**os.environ, "GOUSHI_THREADS": str(threads)}
         stamp, logf = out / "bench-command.json", work / f"train-{name}.log"
         if name == "scratch" and args.scratch_run:
             out, logf = Path(args.scratch_run), Path(args.scratch_run) / "train.log"

@@ -107,9 +107,11 @@ def test_a_run_from_another_runs_weights_gets_the_fine_tuning_recipe(tmp_path):
         assert cfg.recipe == "finetune" and (cfg.patience, cfg.serve) == (4, "best") and cfg.lr == 1e-3
         assert why[0] == f"recipe: finetune, chosen for a run that starts from another run's weights ({base})"
         assert cfg.family == TrainConfig().family  # the shape and family are the base run's, never the recipe's
-        assert cfg.model == {"dropout": 0.2}  # a weight-free field: the base's shape takes it (INIT_CHANGEABLE)
-    cfg, why = resolved(tmp_path, init_from=base, max_steps=100, lr=3e-4, patience=0)
+        # weight-free fields: the base's shape takes them (INIT_CHANGEABLE)
+        assert cfg.model == {"dropout": 0.2, "attn_dropout": False}
+    cfg, why = resolved(tmp_path, init_from=base, max_steps=100, lr=3e-4, patience=0, model={"attn_dropout": True})
     assert (cfg.lr, cfg.patience, cfg.serve) == (3e-4, 0, "best") and "kept your settings" in why[-1]
+    assert cfg.model == {"dropout": 0.2, "attn_dropout": True}  # --attn-dropout wins over the recipe
 
 
 def test_a_bad_recipe_name_is_refused_naming_the_field(tmp_path):

@@ -40,8 +40,8 @@ MODEL_FLAGS: dict[str, tuple[type, str]] = {
 }
 MODEL_BOOLS = {"tie_embeddings": "share the token embedding with the LM head", "bias": "biases in linear layers and norms",
                "qk_norm": "RMS-normalise queries and keys",
-               "attn_dropout": "--dropout on the attention weights too (default); --no-attn-dropout keeps it on the "
-                               "residual branches only, which trains faster on a CPU"}
+               "attn_dropout": "--dropout on the attention weights too (default, except in the finetune recipe); "
+                               "--no-attn-dropout keeps it on the residual branches only, which trains faster on a CPU"}
 CHOICES = {"pos_encoding": POS_ENCODINGS, "norm": NORMS, "mlp": MLPS}
 
 TRAIN_FLAGS: dict[str, tuple[type, str]] = {
