@@ -59,6 +59,17 @@ def test_typo_in_option_is_refused(capsys):
         main(["train", "--preset", "tiny", "--n-layerz", "3"])
     assert e.value.code == 2
     assert "--n-layerz" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", "d", "--no-atn-dropout"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "goushi train: unknown option --no-atn-dropout; did you mean --no-attn-dropout?" in err
+    with pytest.raises(SystemExit) as e:
+        main(["data", "build", "--out", "d", "--sorces", "s.toml"])
+    assert "goushi data build: unknown option --sorces; did you mean --sources?" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "runs/x", "stray"])
+    assert "goushi sample: unexpected argument 'stray'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

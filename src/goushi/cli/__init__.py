@@ -7,6 +7,7 @@ A subcommand module defines `register(subparsers)`, which adds its parser and se
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 
@@ -31,10 +32,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _innermost(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser, str]:
+    """The (sub)parser the words of `argv` name, and its command line (`goushi data build`)."""
+    words = [parser.prog]
+    for word in argv:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and word in subs[0].choices:
+            parser = subs[0].choices[word]
+            words.append(word)
+    return parser, " ".join(words)
+
+
+def unknown_arguments(parser: argparse.ArgumentParser, argv: list[str], extra: list[str]) -> str:
+    """One line for arguments no parser takes: the first of them, the nearest option when one is close (a
+    typo), and where the options are listed."""
+    inner, command = _innermost(parser, argv)
+    word = extra[0]
+    if not word.startswith("-"):
+        return f"{command}: unexpected argument {word!r}; `{command} --help` lists what it takes"
+    options = [o for a in inner._actions for o in a.option_strings if o.startswith("--")]
+    near = difflib.get_close_matches(word.split("=", 1)[0], options, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return f"{command}: unknown option {word}; {hint}`{command} --help` lists its options"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse's own exit (SystemExit 2), with a line that says what to type instead
+        parser.exit(2, f"error: {unknown_arguments(parser, argv, extra)}\n")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
