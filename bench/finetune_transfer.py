@@ -87,6 +87,9 @@ ROWS: dict[str, list[str]] = {
     "ft-ext-noattn-s2": ["--no-attn-dropout", "--seed", "2"],
     "ft-ext-noattn-lr2e-3-s2": ["--no-attn-dropout", "--lr", "2e-3", "--min-lr", "2e-4", "--seed", "2"],
     "ft-ext-noattn-lr3e-3": ["--no-attn-dropout", "--lr", "3e-3", "--min-lr", "3e-4"],
+    "ft-ext-noattn-d0.1-lr2e-3": ["--no-attn-dropout", "--dropout", "0.1", "--lr", "2e-3", "--min-lr", "2e-4"],
+    "ft-ext-noattn-d0.1-lr2e-3-s2": ["--no-attn-dropout", "--dropout", "0.1", "--lr", "2e-3", "--min-lr", "2e-4",
+                                     "--seed", "2"],
     "ft-ext-s2": ["--seed", "2"],
 }
 EXTEND = 4000  # characters at most: every one the base lacks that the corpus holds twice or more, in practice

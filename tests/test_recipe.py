@@ -104,14 +104,14 @@ def test_a_run_from_another_runs_weights_gets_the_fine_tuning_recipe(tmp_path):
     base = str(tmp_path / "base")
     for overrides in (dict(init_from=base, time_budget="10m"), dict(init_from=base, max_steps=100)):
         cfg, why = resolved(tmp_path, **overrides)
-        assert cfg.recipe == "finetune" and (cfg.patience, cfg.serve) == (4, "best") and cfg.lr == 1e-3
+        assert cfg.recipe == "finetune" and (cfg.patience, cfg.serve) == (4, "best") and cfg.lr == 2e-3
         assert why[0] == f"recipe: finetune, chosen for a run that starts from another run's weights ({base})"
         assert cfg.family == TrainConfig().family  # the shape and family are the base run's, never the recipe's
         # weight-free fields: the base's shape takes them (INIT_CHANGEABLE)
-        assert cfg.model == {"dropout": 0.2, "attn_dropout": False}
+        assert cfg.model == {"dropout": 0.1, "attn_dropout": False}
     cfg, why = resolved(tmp_path, init_from=base, max_steps=100, lr=3e-4, patience=0, model={"attn_dropout": True})
     assert (cfg.lr, cfg.patience, cfg.serve) == (3e-4, 0, "best") and "kept your settings" in why[-1]
-    assert cfg.model == {"dropout": 0.2, "attn_dropout": True}  # --attn-dropout wins over the recipe
+    assert cfg.model == {"dropout": 0.1, "attn_dropout": True}  # --attn-dropout wins over the recipe
 
 
 def test_a_bad_recipe_name_is_refused_naming_the_field(tmp_path):
