@@ -88,6 +88,8 @@ ROWS: dict[str, list[str]] = {
     "ft-ext-noattn-lr2e-3-s2": ["--no-attn-dropout", "--lr", "2e-3", "--min-lr", "2e-4", "--seed", "2"],
     "ft-ext-noattn-lr3e-3": ["--no-attn-dropout", "--lr", "3e-3", "--min-lr", "3e-4"],
     "ft-ext-noattn-d0.1-lr2e-3": ["--no-attn-dropout", "--dropout", "0.1", "--lr", "2e-3", "--min-lr", "2e-4"],
+    "ft-ext-noattn-d0.1-lr3e-3": ["--no-attn-dropout", "--dropout", "0.1", "--lr", "3e-3", "--min-lr", "3e-4"],
+    "ft-ext-noattn-d0.05-lr2e-3": ["--no-attn-dropout", "--dropout", "0.05", "--lr", "2e-3", "--min-lr", "2e-4"],
     "ft-ext-noattn-d0.1-lr2e-3-s2": ["--no-attn-dropout", "--dropout", "0.1", "--lr", "2e-3", "--min-lr", "2e-4",
                                      "--seed", "2"],
     "ft-ext-s2": ["--seed", "2"],
